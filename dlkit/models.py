@@ -1,0 +1,176 @@
+"""Turns a `Recipe` into a `keras.Sequential`, with its optimizer, loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from dlkit.layers import Maxout
+from dlkit.recipes import Recipe
+
+
+def build_model(
+    recipe: Recipe,
+    input_shape: int | Sequence[int],
+    num_classes: int,
+    *,
+    input_max: float = 255.0,
+    input_mean: np.ndarray | None = None,
+    input_variance: np.ndarray | None = None,
+) -> keras.Sequential:
+    """Builds the network a recipe describes, ready for `compile_model`.
+
+    The input normalization is the model's first layer, so a saved model takes
+    raw inputs, and every variant of a comparison reads the very same data.
+
+    Args:
+        recipe: The recipe to build.
+        input_shape: Shape of one example; anything not flat is flattened first.
+        num_classes: Size of the softmax output.
+        input_max: Largest raw input value, used by `normalization="scale"`.
+            Defaults to `255.0`.
+        input_mean: Per-feature training mean, needed by `"standardize"`.
+        input_variance: Per-feature training variance, needed by `"standardize"`.
+
+    Returns:
+        An uncompiled `keras.Sequential` named after the recipe.
+
+    Example:
+
+    >>> model = build_model(Recipe(depth=2, width=32), (784,), 10)
+    >>> model.output_shape
+    (None, 10)
+    """
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    input_dim = int(np.prod(shape))
+    layers: list[keras.layers.Layer] = [keras.Input(shape=shape)]
+    if len(shape) > 1:
+        layers.append(keras.layers.Flatten())
+    if recipe.normalization == "scale":
+        layers.append(keras.layers.Rescaling(1.0 / input_max, name="scale"))
+    elif recipe.normalization == "standardize":
+        if input_mean is None or input_variance is None:
+            raise ValueError(
+                "normalization='standardize' needs the training split's per-feature "
+                "input_mean and input_variance (load_dataset computes them)."
+            )
+        layers.append(
+            keras.layers.Normalization(
+                mean=np.reshape(input_mean, (-1,)),
+                variance=np.reshape(input_variance, (-1,)),
+                name="standardize",
+            )
+        )
+    if recipe.input_dropout:
+        layers.append(keras.layers.Dropout(recipe.input_dropout, name="input_dropout"))
+
+    for i, units in enumerate(recipe.hidden_layers(input_dim, num_classes), start=1):
+        if recipe.activation == "maxout":
+            layers.append(
+                Maxout(
+                    units,
+                    pieces=recipe.maxout_pieces,
+                    kernel_initializer=_initializer(recipe.initializer),
+                    kernel_regularizer=_regularizer(recipe.weight_decay),
+                    name=f"hidden_{i}",
+                )
+            )
+        else:
+            layers.append(
+                keras.layers.Dense(
+                    units,
+                    activation=recipe.activation,
+                    kernel_initializer=_initializer(recipe.initializer),
+                    kernel_regularizer=_regularizer(recipe.weight_decay),
+                    name=f"hidden_{i}",
+                )
+            )
+        if recipe.dropout:
+            layers.append(keras.layers.Dropout(recipe.dropout, name=f"dropout_{i}"))
+
+    layers.append(
+        keras.layers.Dense(
+            num_classes,
+            activation="softmax",
+            kernel_initializer=_initializer(recipe.initializer),
+            kernel_regularizer=_regularizer(recipe.weight_decay),
+            name="output",
+        )
+    )
+    return keras.Sequential(layers, name=recipe.name.replace("-", "_"))
+
+
+def compile_model(
+    model: keras.Model,
+    recipe: Recipe,
+    *,
+    steps_per_execution: int = 1,
+    jit_compile: bool | str = "auto",
+) -> keras.Model:
+    """Compiles `model` with the recipe's optimizer, loss and an accuracy metric.
+
+    Args:
+        model: A model from `build_model`.
+        recipe: The recipe it was built from.
+        steps_per_execution: Training steps run per call into TensorFlow; more
+            steps cut Python overhead without changing the updates. Defaults to `1`.
+        jit_compile: Whether to compile with XLA. Defaults to `"auto"`.
+
+    Returns:
+        The same model, compiled.
+    """
+    model.compile(
+        optimizer=make_optimizer(recipe),
+        loss=make_loss(recipe),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
+    """Returns the Keras optimizer a recipe names, at its initial learning rate."""
+    lr = recipe.learning_rate
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(lr)
+    if recipe.optimizer == "momentum":
+        return keras.optimizers.SGD(lr, momentum=recipe.momentum)
+    if recipe.optimizer == "nesterov":
+        return keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True)
+    optimizers = {
+        "adagrad": keras.optimizers.Adagrad,
+        "rmsprop": keras.optimizers.RMSprop,
+        "adadelta": keras.optimizers.Adadelta,
+        "adam": keras.optimizers.Adam,
+        "nadam": keras.optimizers.Nadam,
+    }
+    return optimizers[recipe.optimizer](lr)
+
+
+def make_loss(recipe: Recipe) -> keras.losses.Loss:
+    """Returns the loss on the softmax output against one-hot targets."""
+    if recipe.loss == "mse":
+        return keras.losses.MeanSquaredError()
+    return keras.losses.CategoricalCrossentropy()
+
+
+def _initializer(name: str) -> keras.initializers.Initializer:
+    # A fresh instance per layer: Keras warns that reusing one instance gives
+    # every layer the same draw.
+    if name == "large_normal":
+        return keras.initializers.RandomNormal(stddev=1.0)
+    if name == "random_normal":
+        return keras.initializers.RandomNormal(stddev=0.05)
+    return keras.initializers.get(name)
+
+
+def _regularizer(weight_decay: float) -> keras.regularizers.Regularizer | None:
+    return keras.regularizers.L2(weight_decay) if weight_decay else None
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` file saved by dlkit (maxout layers included)."""
+    return keras.models.load_model(path)

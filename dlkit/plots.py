@@ -1,0 +1,85 @@
+"""Plots: learning curves and test accuracy per variant, as matplotlib figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: dlkit runs in terminals and CI without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_learning_curves(curves: dict[str, Sequence[dict[str, list[float]]]]) -> plt.Figure:
+    """Draws loss and accuracy per epoch for every variant, overlaid.
+
+    Args:
+        curves: For each variant label, one Keras history per seed. Training
+            curves are solid, validation curves dashed; with several seeds the
+            line is the mean and the band spans one standard deviation.
+
+    Returns:
+        A figure with a loss panel and an accuracy panel.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, histories) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                runs = [h[prefix + metric] for h in histories if h.get(prefix + metric)]
+                if not runs:
+                    continue
+                # Early stopping makes runs differ in length: average what exists per epoch.
+                length = max(len(r) for r in runs)
+                table = np.full((len(runs), length), np.nan)
+                for row, values in enumerate(runs):
+                    table[row, : len(values)] = values
+                mean, std = np.nanmean(table, axis=0), np.nanstd(table, axis=0)
+                epochs = np.arange(1, length + 1)
+                name = f"{label} ({'validation' if prefix else 'training'})"
+                ax.plot(epochs, mean, style, color=color, label=name)
+                if len(runs) > 1:
+                    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Loss (solid: training, dashed: validation)")
+    axes[1].set_title("Accuracy (solid: training, dashed: validation)")
+    handles, labels = axes[1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
+    figure.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
+    return figure
+
+
+def plot_test_accuracy(table: pd.DataFrame) -> plt.Figure:
+    """Draws test accuracy per variant with one-standard-deviation error bars.
+
+    Args:
+        table: The comparison table, with `variant`, `test_accuracy_mean` and
+            `test_accuracy_std` columns.
+    """
+    figure, ax = plt.subplots(figsize=(max(5, 1.1 * len(table) + 2), 4.5))
+    positions = np.arange(len(table))
+    ax.bar(
+        positions,
+        table["test_accuracy_mean"],
+        yerr=table["test_accuracy_std"].fillna(0),
+        capsize=4,
+        color="tab:blue",
+        alpha=0.8,
+    )
+    ax.set_xticks(positions, table["variant"], rotation=30, ha="right")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    for x, value in zip(positions, table["test_accuracy_mean"]):
+        if np.isfinite(value):
+            ax.text(x, value + 0.01, f"{value:.3f}", ha="center", fontsize=8)
+    ax.set_title("Test accuracy (mean over seeds, error bar: one std)")
+    ax.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,458 @@
+"""Recipes: validated, flat descriptions of a fully connected network and how to train it.
+
+This module is pure Python on purpose: listing, validating and counting the
+parameters of recipes never imports TensorFlow, so `dlkit recipes` starts fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dlkit.errors import DlkitError, closest
+
+ACTIVATIONS = (
+    "sigmoid",
+    "relu",
+    "tanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "softplus",
+    "linear",
+    "maxout",
+)
+INITIALIZERS = (
+    "glorot_uniform",
+    "glorot_normal",
+    "he_uniform",
+    "he_normal",
+    "lecun_normal",
+    "random_normal",  # stddev 0.05, Keras's default for RandomNormal
+    "large_normal",  # stddev 1.0: the "large random" of the initialization lesson
+    "zeros",
+)
+LOSSES = ("crossentropy", "mse")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
+NORMALIZATIONS = ("none", "scale", "standardize")
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A fully connected classifier and the way it is trained.
+
+    Every field is a plain value, so a recipe logs to MLflow as params
+    (`dataclasses.asdict`) and overrides go through `dataclasses.replace`
+    (or `Recipe.replace`, which also accepts the strings the CLI passes).
+
+    Args:
+        name: Label used in logs and reports. Defaults to `"custom"`.
+        depth: Number of hidden layers; 0 is softmax regression. Defaults to `3`.
+        width: Units per hidden layer. Defaults to `500`.
+        widths: Explicit hidden-layer sizes; when non-empty they replace `depth`
+            and `width`. Defaults to `()`.
+        match_depth: When > 0, the `depth` hidden layers are resized so the
+            network has the parameter count of a `match_depth`-layer net of
+            `width` units on the same data: the fair "deep vs. wide"
+            comparison. Defaults to `0` (use `width` as given).
+        activation: Hidden activation, one of `ACTIVATIONS`. Defaults to `"relu"`.
+        maxout_pieces: Linear pieces per unit when `activation="maxout"`.
+            Defaults to `2`.
+        input_dropout: Dropout rate on the input vector. Defaults to `0.0`.
+        dropout: Dropout rate after each hidden layer. Defaults to `0.0`.
+        weight_decay: L2 penalty on every kernel. Defaults to `0.0`.
+        initializer: Kernel initializer, one of `INITIALIZERS`.
+            Defaults to `"glorot_uniform"`.
+        loss: `"crossentropy"` or `"mse"`, both on the softmax output against
+            one-hot targets. Defaults to `"crossentropy"`.
+        optimizer: One of `OPTIMIZERS`. Defaults to `"adam"`.
+        learning_rate: Initial learning rate. Defaults to `0.001`.
+        momentum: Momentum for `"momentum"` and `"nesterov"`. Defaults to `0.9`.
+        lr_decay: Factor the learning rate is multiplied by every
+            `lr_decay_epochs` epochs. Defaults to `0.5`.
+        lr_decay_epochs: Decay period in epochs; 0 keeps the rate constant.
+            Defaults to `0`.
+        batch_size: Examples per gradient step; a value at least the training
+            set size is full-batch gradient descent. Defaults to `128`.
+        epochs: Maximum number of epochs. Defaults to `20`.
+        early_stopping: Stop when `monitor` stops improving. Defaults to `False`.
+        monitor: Quantity early stopping watches, one of `MONITORS`.
+            Defaults to `"val_loss"`.
+        patience: Epochs without improvement before stopping. Defaults to `3`.
+        restore_best_weights: Roll back to the best epoch when stopping.
+            Defaults to `True`.
+        normalization: Input preprocessing built into the model: `"none"`
+            (raw values), `"scale"` (divide by the data's maximum value, e.g.
+            255) or `"standardize"` (per-feature mean 0, variance 1 from the
+            training split). Defaults to `"scale"`.
+
+    Example:
+
+    >>> recipe = Recipe(depth=3, width=500, activation="relu", dropout=0.2)
+    >>> recipe.param_count(input_dim=784, num_classes=10)
+    898510
+    """
+
+    name: str = "custom"
+    depth: int = 3
+    width: int = 500
+    widths: tuple[int, ...] = ()
+    match_depth: int = 0
+    activation: str = "relu"
+    maxout_pieces: int = 2
+    input_dropout: float = 0.0
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    initializer: str = "glorot_uniform"
+    loss: str = "crossentropy"
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    lr_decay: float = 0.5
+    lr_decay_epochs: int = 0
+    batch_size: int = 128
+    epochs: int = 20
+    early_stopping: bool = False
+    monitor: str = "val_loss"
+    patience: int = 3
+    restore_best_weights: bool = True
+    normalization: str = "scale"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = _FIELD_TYPES[field.name]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, field.name, float(value))
+            elif expected is tuple and isinstance(value, list):
+                object.__setattr__(self, field.name, tuple(value))
+            elif not _is_type(value, expected):
+                raise DlkitError(
+                    f"Recipe field `{field.name}` must be {_TYPE_NAMES[expected]}. "
+                    f"Received: {field.name}={value!r}"
+                )
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("initializer", self.initializer, INITIALIZERS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("monitor", self.monitor, MONITORS)
+        _check_range("depth", self.depth, low=0)
+        _check_range("width", self.width, low=1)
+        _check_range("match_depth", self.match_depth, low=0)
+        _check_range("maxout_pieces", self.maxout_pieces, low=2)
+        _check_range("input_dropout", self.input_dropout, low=0.0, high=1.0, high_open=True)
+        _check_range("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        _check_range("weight_decay", self.weight_decay, low=0.0)
+        _check_range("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_range("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)
+        _check_range("lr_decay_epochs", self.lr_decay_epochs, low=0)
+        _check_range("batch_size", self.batch_size, low=1)
+        _check_range("epochs", self.epochs, low=1)
+        _check_range("patience", self.patience, low=0)
+        for units in self.widths:
+            if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+                raise DlkitError(
+                    "Recipe field `widths` must hold positive whole numbers of units. "
+                    f"Received: widths={self.widths!r}"
+                )
+        if self.widths and self.match_depth:
+            raise DlkitError(
+                "Recipe fields `widths` and `match_depth` cannot be combined: explicit "
+                "widths are not resized. Received: "
+                f"widths={self.widths!r}, match_depth={self.match_depth}"
+            )
+        if self.match_depth and self.depth == 0:
+            raise DlkitError(
+                "Recipe field `match_depth` needs at least one hidden layer to resize. "
+                f"Received: depth=0, match_depth={self.match_depth}"
+            )
+
+    def replace(self, **overrides: Any) -> Recipe:
+        """Returns a copy with `overrides` applied; string values are parsed by field type.
+
+        Unknown field names raise `DlkitError` naming the closest fields.
+        """
+        return dataclasses.replace(self, **coerce_overrides(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the recipe as plain values (what MLflow logs as params)."""
+        return dataclasses.asdict(self)
+
+    def hidden_layers(self, input_dim: int, num_classes: int) -> tuple[int, ...]:
+        """Returns the hidden-layer widths for data of this input and output size."""
+        if self.widths:
+            return self.widths
+        if not self.match_depth:
+            return (self.width,) * self.depth
+        target = _count(input_dim, num_classes, (self.width,) * self.match_depth, self._pieces)
+
+        def params(units: int) -> int:
+            return _count(input_dim, num_classes, (units,) * self.depth, self._pieces)
+
+        # The count grows with the width, so bisect for the last width at or
+        # under the target, then keep whichever neighbour lands closer.
+        low, high = 1, 1
+        while params(high) < target:
+            high *= 2
+        while low < high:
+            mid = (low + high + 1) // 2
+            if params(mid) <= target:
+                low = mid
+            else:
+                high = mid - 1
+        best = min((low, low + 1), key=lambda units: abs(params(units) - target))
+        return (best,) * self.depth
+
+    def param_count(self, input_dim: int, num_classes: int) -> int:
+        """Returns the number of trainable parameters for this input and output size."""
+        hidden = self.hidden_layers(input_dim, num_classes)
+        return _count(input_dim, num_classes, hidden, self._pieces)
+
+    def describe(self, input_dim: int, num_classes: int) -> dict[str, str]:
+        """Returns a one-line-per-column summary for listings such as `dlkit recipes`."""
+        hidden = self.hidden_layers(input_dim, num_classes)
+        layers = "-".join(str(n) for n in (input_dim, *hidden, num_classes))
+        activation = self.activation if hidden else "-"
+        if self.activation == "maxout" and hidden:
+            activation = f"maxout(k={self.maxout_pieces})"
+        regularization = []
+        if self.input_dropout or self.dropout:
+            regularization.append(f"dropout {self.input_dropout:g}/{self.dropout:g}")
+        if self.weight_decay:
+            regularization.append(f"L2 {self.weight_decay:g}")
+        if self.early_stopping:
+            regularization.append(f"early stop ({self.monitor}, patience {self.patience})")
+        return {
+            "name": self.name,
+            "layers": layers,
+            "activation": activation,
+            "regularization": ", ".join(regularization) or "-",
+            "training": f"{self.optimizer} lr {self.learning_rate:g}, {self.loss}, "
+            f"batch {self.batch_size}, {self.epochs} epochs",
+            "params": f"{self.param_count(input_dim, num_classes):,}",
+        }
+
+    def build(self, input_shape: int | tuple[int, ...], num_classes: int, **stats: Any):
+        """Returns this recipe's `keras.Sequential`; see `dlkit.models.build_model`.
+
+        Example:
+
+        >>> model = get_recipe("deep-relu").build((784,), 10)
+        >>> model.count_params()
+        898510
+        """
+        from dlkit.models import build_model
+
+        return build_model(self, input_shape, num_classes, **stats)
+
+    @property
+    def _pieces(self) -> int:
+        return self.maxout_pieces if self.activation == "maxout" else 1
+
+
+def _count(input_dim: int, num_classes: int, hidden: tuple[int, ...], pieces: int) -> int:
+    total, fan_in = 0, input_dim
+    for units in hidden:
+        total += (fan_in + 1) * units * pieces
+        fan_in = units
+    return total + (fan_in + 1) * num_classes
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "name": str,
+    "depth": int,
+    "width": int,
+    "widths": tuple,
+    "match_depth": int,
+    "activation": str,
+    "maxout_pieces": int,
+    "input_dropout": float,
+    "dropout": float,
+    "weight_decay": float,
+    "initializer": str,
+    "loss": str,
+    "optimizer": str,
+    "learning_rate": float,
+    "momentum": float,
+    "lr_decay": float,
+    "lr_decay_epochs": int,
+    "batch_size": int,
+    "epochs": int,
+    "early_stopping": bool,
+    "monitor": str,
+    "patience": int,
+    "restore_best_weights": bool,
+    "normalization": str,
+}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    tuple: "a list of whole numbers",
+}
+FIELDS = tuple(_FIELD_TYPES)
+
+
+def _is_type(value: Any, expected: type) -> bool:
+    if expected in (int, float) and isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, float) and math.isfinite(value)
+    return isinstance(value, expected)
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DlkitError(
+            f"Unknown {field} {value!r}.{closest(value, choices)} "
+            f"Expected one of: {', '.join(choices)}."
+        )
+
+
+def _check_range(
+    field: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        expected = " and ".join(part for part in (left, right) if part)
+        raise DlkitError(
+            f"Recipe field `{field}` is out of range: expected a value {expected}. "
+            f"Received: {field}={value!r}"
+        )
+
+
+def coerce_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Checks override names and parses string values by field type.
+
+    Strings come from the command line and YAML-less sources (`"0.5"`,
+    `"true"`, `"512,256"`); values of the right type pass through unchanged.
+    """
+    parsed = {}
+    for key, value in overrides.items():
+        if key not in _FIELD_TYPES:
+            raise DlkitError(
+                f"Unknown recipe field {key!r}.{closest(key, FIELDS)} "
+                f"Valid fields: {', '.join(FIELDS)}."
+            )
+        parsed[key] = _parse(key, value) if isinstance(value, str) else value
+    return parsed
+
+
+def parse_assignments(assignments: Iterable[str]) -> dict[str, Any]:
+    """Parses `field=value` strings (the CLI's `--set`) into typed overrides."""
+    overrides: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DlkitError(
+                f"Overrides are written field=value (e.g. dropout=0.5). Received: {item!r}"
+            )
+        overrides[key.strip()] = value.strip()
+    return coerce_overrides(overrides)
+
+
+def _parse(field: str, text: str) -> Any:
+    expected = _FIELD_TYPES[field]
+    try:
+        if expected is str:
+            return text
+        if expected is bool:
+            lowered = text.lower()
+            if lowered in ("true", "yes", "on", "1"):
+                return True
+            if lowered in ("false", "no", "off", "0"):
+                return False
+            raise ValueError(text)
+        if expected is int:
+            return int(text)
+        if expected is float:
+            return float(text)
+        parts = text.replace("x", ",").replace(" ", ",").split(",")
+        return tuple(int(part) for part in parts if part)
+    except ValueError:
+        raise DlkitError(
+            f"Recipe field `{field}` must be {_TYPE_NAMES[expected]}. Received: {field}={text!r}"
+        ) from None
+
+
+# The registry: three verbs, keyed by name. Presets themselves live in
+# dlkit/presets.py as small functions that state only what differs.
+_REGISTRY: dict[str, Callable[[], Recipe]] = {}
+
+
+def register_recipe(
+    fn: Callable[[], Recipe] | None = None, *, name: str | None = None
+) -> Callable[..., Any]:
+    """Registers a function returning a `Recipe` under `name`.
+
+    Args:
+        fn: A function with no arguments that returns a `Recipe`.
+        name: Registry key. Defaults to the function's name with `_` as `-`.
+
+    Returns:
+        The function, unchanged, so this works as a decorator.
+
+    Example:
+
+    >>> @register_recipe
+    ... def tiny_relu():
+    ...     return Recipe(depth=2, width=32)
+    >>> get_recipe("tiny-relu").width
+    32
+    """
+
+    def decorate(function: Callable[[], Recipe]) -> Callable[[], Recipe]:
+        key = name or function.__name__.replace("_", "-")
+        _REGISTRY[key] = function
+        return function
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def get_recipe(name: str, **overrides: Any) -> Recipe:
+    """Returns the preset `name` with `overrides` applied (the user's values win).
+
+    Args:
+        name: A registered recipe name, see `list_recipes()`.
+        **overrides: Recipe fields to change; strings are parsed by field type.
+
+    Returns:
+        A validated `Recipe` whose `name` is `name`.
+
+    Example:
+
+    >>> get_recipe("deep-relu", dropout=0.2).dropout
+    0.2
+    """
+    _load_presets()
+    if name not in _REGISTRY:
+        raise DlkitError(
+            f"Unknown recipe {name!r}.{closest(name, _REGISTRY)} "
+            "Run `dlkit recipes` to list them all."
+        )
+    return dataclasses.replace(_REGISTRY[name](), name=name).replace(**overrides)
+
+
+def list_recipes() -> list[str]:
+    """Returns the registered recipe names, in registration order."""
+    _load_presets()
+    return list(_REGISTRY)
+
+
+def _load_presets() -> None:
+    import dlkit.presets  # noqa: F401  (registers the presets on import)

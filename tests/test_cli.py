@@ -1,0 +1,99 @@
+"""The CLI, in-process: listings, a real training, and every kind of user mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from dlkit.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("recipes", "train"):
+        assert command in result.output
+
+
+def test_recipes_lists_every_preset_with_its_parameters():
+    result = invoke("recipes")
+    assert result.exit_code == 0
+    assert "deep-relu" in result.output and "wide-sigmoid-dropout-early-stop" in result.output
+    assert "784-500-500-500-10" in result.output and "898,510" in result.output
+    digits = invoke("recipes", "--input-dim", "64")
+    assert "64-500-500-500-10" in digits.output and "538,510" in digits.output
+
+
+def test_recipes_and_help_do_not_import_tensorflow():
+    code = (
+        "import sys; from dlkit.cli import main\n"
+        "for args in (['--help'], ['recipes']):\n"
+        "    try: main(args)\n"
+        "    except SystemExit: pass\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_train_on_digits_logs_a_run(tracking_uri):
+    result = invoke(
+        "train",
+        "deep-relu",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--train-size",
+        "300",
+        "--set",
+        "width=32",
+        "--tracking-uri",
+        tracking_uri,
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "Logged to MLflow run" in result.output
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dlkit").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["width"] == "32" and run.data.params["epochs"] == "2"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "dep-relu"], "Unknown recipe 'dep-relu'. Did you mean 'deep-relu'"),
+        (["train", "deep-relu", "--set", "dropout=1.5"], "Received: dropout=1.5"),
+        (["train", "deep-relu", "--set", "depth=-1"], "Received: depth=-1"),
+        (["train", "deep-relu", "--set", "dropuot=0.2"], "Unknown recipe field 'dropuot'"),
+        (["train", "deep-relu", "--set", "activation=relu7"], "Unknown activation"),
+        (["train", "deep-relu", "-d", "./no/such/folder"], "does not exist"),
+        (["train", "deep-relu", "-d", "mnsit", "--data-dir", "."], "Unknown dataset 'mnsit'"),
+        (["train", "deep-relu", "--epochs", "0"], "Invalid value for '--epochs'"),
+    ],
+)
+def test_user_mistakes_give_one_message_and_a_non_zero_exit(args, message):
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_unreadable_file_is_a_user_mistake(tmp_path):
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip")
+    result = invoke(
+        "train", "deep-relu", "-d", str(broken), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"
+    )
+    assert result.exit_code == 1
+    assert "Cannot read" in result.output and "Traceback" not in result.output

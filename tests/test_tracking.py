@@ -1,0 +1,102 @@
+"""Tracking: a training logged to a real MLflow store in a temp folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dlkit import Recipe, load_model, train
+from dlkit.tracking import FAILURE_TAG, Tracker
+from dlkit.training import TrainingDiverged
+
+RECIPE = Recipe(
+    name="small-es",
+    depth=2,
+    width=32,
+    epochs=40,
+    batch_size=64,
+    early_stopping=True,
+    patience=1,
+    learning_rate=0.01,
+)
+
+
+def test_training_is_one_run_with_params_metrics_facts_and_artifacts(
+    digits, tracking_uri, tmp_path
+):
+    result = train(RECIPE, digits, seed=3, tracking_uri=tracking_uri, experiment="t", verbose=0)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+
+    params = run.data.params
+    assert params["depth"] == "2" and params["dropout"] == "0.0"
+    assert params["early_stopping"] == "true" and params["seed"] == "3"
+    assert params["data.name"] == "digits" and params["data.train_size"] == "400"
+    assert set(params) >= set(RECIPE.to_dict())
+
+    metrics = run.data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
+    assert metrics["epochs_run"] == result.epochs_run < 40
+    assert metrics["stopped_epoch"] == result.stopped_epoch
+    assert metrics["best_epoch"] == result.best_epoch
+    assert metrics["params"] == RECIPE.param_count(64, 10)
+    history = client.get_metric_history(result.run_id, "val_loss")
+    assert [m.step for m in history] == list(range(1, result.epochs_run + 1))
+    assert [m.value for m in history] == pytest.approx(result.history["val_loss"])
+
+    tags = run.data.tags
+    assert tags["dlkit.recipe"] == "small-es" and tags["dlkit.dataset"] == "digits"
+    assert tags["dlkit.device"] in ("CPU", "GPU") and tags["dlkit.version"]
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"recipe.json", "learning_curves.png", "model"} <= artifacts
+    local = Path(client.download_artifacts(result.run_id, "", str(tmp_path / "dl")))
+    assert json.loads((local / "recipe.json").read_text()) == json.loads(
+        json.dumps(RECIPE.to_dict())
+    )
+    assert (local / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    model = load_model(str(local / "model" / "model.keras"))
+    x_test, y_test = digits.arrays("test")
+    accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test))
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)
+
+
+def test_artifacts_live_beside_the_sqlite_store(digits, tracking_uri, tmp_path):
+    result = train(RECIPE.replace(epochs=1), digits, tracking_uri=tracking_uri, verbose=0)
+    assert (tmp_path / "mlruns" / "dlkit" / result.run_id / "artifacts" / "recipe.json").exists()
+
+
+def test_diverged_training_ends_its_run_failed_with_the_reason(digits, tracking_uri):
+    bad = RECIPE.replace(
+        optimizer="sgd",
+        learning_rate=1e12,
+        normalization="none",
+        initializer="large_normal",
+        early_stopping=False,
+    )
+    with pytest.raises(TrainingDiverged):
+        train(bad, digits, tracking_uri=tracking_uri, experiment="nan", verbose=0)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "diverged" in run.data.tags[FAILURE_TAG]
+
+
+def test_interrupted_run_ends_killed(tracking_uri):
+    tracker = Tracker(tracking_uri, "ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("x") as run_id:
+            raise KeyboardInterrupt
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags[FAILURE_TAG]
+
+
+def test_default_store_is_sqlite_mlflow_db_in_the_working_directory(tmp_path):
+    tracker = Tracker(experiment="default")
+    assert tracker.tracking_uri == "sqlite:///mlflow.db"
+    assert (tmp_path / "mlflow.db").exists()

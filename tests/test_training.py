@@ -1,0 +1,75 @@
+"""Training: seeded reproducibility, early stopping facts, decay, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dlkit import DlkitError, Recipe
+from dlkit.data import load_dataset
+from dlkit.training import TrainingDiverged, fit
+
+SMALL = Recipe(depth=2, width=32, epochs=3, batch_size=64)
+
+
+def test_same_seed_same_result_other_seed_differs(digits):
+    a = fit(SMALL, digits, seed=1, verbose=0)
+    b = fit(SMALL, digits, seed=1, verbose=0)
+    c = fit(SMALL, digits, seed=2, verbose=0)
+    assert a.history["loss"] == b.history["loss"]
+    assert a.test_accuracy == b.test_accuracy
+    assert a.history["loss"] != c.history["loss"]
+
+
+def test_result_reports_what_happened(digits):
+    result = fit(SMALL, digits, seed=0, verbose=0)
+    assert result.epochs_run == 3 and result.stopped_epoch is None
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result.params == SMALL.param_count(64, 10)
+    assert result.samples_per_second > 0 and result.wall_time > 0
+    assert result.device in ("CPU", "GPU")
+    assert 1 <= result.best_epoch <= 3
+    metrics = result.summary_metrics()
+    assert metrics["test_accuracy"] == result.test_accuracy
+    assert metrics["final_val_loss"] == result.history["val_loss"][-1]
+
+
+def test_early_stopping_stops_and_reports_its_epochs(digits):
+    # patience 0 on a tiny net: the first epoch without improvement stops it
+    recipe = SMALL.replace(
+        epochs=60, early_stopping=True, patience=0, monitor="val_accuracy", learning_rate=0.01
+    )
+    result = fit(recipe, digits, seed=0, verbose=0)
+    assert result.epochs_run < 60
+    assert result.stopped_epoch == result.epochs_run
+    best = max(range(result.epochs_run), key=lambda i: result.history["val_accuracy"][i]) + 1
+    assert result.best_epoch == best
+
+
+def test_early_stopping_needs_a_validation_split():
+    data = load_dataset("digits", validation_split=0.0, train_size=100)
+    with pytest.raises(DlkitError, match="no validation split"):
+        fit(SMALL.replace(early_stopping=True), data, verbose=0)
+
+
+def test_step_decay_lowers_the_learning_rate_every_n_epochs(digits):
+    recipe = SMALL.replace(
+        epochs=4, lr_decay=0.5, lr_decay_epochs=2, learning_rate=0.01, optimizer="sgd"
+    )
+    result = fit(recipe, digits, seed=0, verbose=0)
+    assert result.history["learning_rate"] == pytest.approx([0.01, 0.01, 0.005, 0.005])
+
+
+def test_nan_loss_raises_a_clear_error(digits):
+    recipe = SMALL.replace(
+        optimizer="sgd", learning_rate=1e12, normalization="none", initializer="large_normal"
+    )
+    with pytest.raises(TrainingDiverged, match="diverged.*Lower learning_rate"):
+        fit(recipe, digits, seed=0, verbose=0)
+
+
+def test_mse_and_crossentropy_both_train(digits):
+    for loss in ("mse", "crossentropy"):
+        result = fit(SMALL.replace(loss=loss), digits, seed=0, verbose=0)
+        assert math.isfinite(result.test_loss)
