@@ -25,6 +25,11 @@ _LAZY = {
     "fit": "dlkit.training",
     "TrainResult": "dlkit.training",
     "Tracker": "dlkit.tracking",
+    "compare": "dlkit.comparison",
+    "report": "dlkit.comparison",
+    "Comparison": "dlkit.reports",
+    "Experiment": "dlkit.experiments",
+    "load_experiment": "dlkit.experiments",
 }
 
 __all__ = [

@@ -17,6 +17,7 @@ import click
 
 from dlkit.errors import DlkitError
 from dlkit.recipes import get_recipe, list_recipes, parse_assignments
+from dlkit.text import text_table
 
 
 def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -150,7 +151,7 @@ def main() -> None:
 def recipes(input_dim: int, classes: int) -> None:
     """List the preset recipes: layers, activation, regularization, parameters."""
     rows = [get_recipe(name).describe(input_dim, classes) for name in list_recipes()]
-    click.echo(format_table(rows, align_right=("params",)))
+    click.echo(text_table(rows, align_right=("params",)))
     click.echo(
         f"\n{len(rows)} recipes; parameter counts for {input_dim} inputs and {classes} classes. "
         "Wide recipes match the deep ones' parameter count on any data."
@@ -219,23 +220,119 @@ def train(
     )
 
 
-def format_table(rows: Sequence[dict[str, Any]], align_right: Sequence[str] = ()) -> str:
-    """Formats dicts with the same keys as a plain text table."""
-    if not rows:
-        return "(nothing to show)"
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+@main.command()
+@click.argument("targets", nargs=-1, required=True)
+@dataset_options
+@training_options
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train every variant with seeds 0..N-1.  [default: the file's, else 1]",
+)
+@click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
+@click.option(
+    "--output",
+    "output_dir",
+    default="reports",
+    show_default=True,
+    help="Folder the report files are written to (in a subfolder per experiment).",
+)
+@_handle_errors
+def compare(
+    targets: Sequence[str],
+    dataset: str | None,
+    train_size: int | None,
+    validation_split: float | None,
+    data_dir: str | None,
+    download: bool,
+    epochs: int | None,
+    assignments: Sequence[str],
+    tracking_uri: str | None,
+    quiet: bool,
+    seeds: int | None,
+    force: bool,
+    output_dir: str,
+) -> None:
+    """Compare recipes side by side: an experiment file, or recipe names.
 
-    def line(values: dict[str, Any]) -> str:
-        cells = [
-            str(values[c]).rjust(widths[c]) if c in align_right else str(values[c]).ljust(widths[c])
-            for c in columns
-        ]
-        return "  ".join(cells).rstrip()
+    \b
+    dlkit compare experiments/quickstart.yaml
+    dlkit compare deep-relu wide-relu --dataset digits --seeds 3 --epochs 10
+    """
+    from dlkit.data import source_kind
+    from dlkit.experiments import is_experiment_file, resolve_experiment
 
-    header = line({c: c for c in columns})
-    rule = "  ".join("-" * widths[c] for c in columns)
-    return "\n".join([header, rule, *(line(row) for row in rows)])
+    if len(targets) > 1 and any(is_experiment_file(t) for t in targets):
+        raise DlkitError("Give either one experiment file or recipe names, not both.")
+    target = targets[0] if len(targets) == 1 and is_experiment_file(targets[0]) else list(targets)
+    experiment = resolve_experiment(
+        target,
+        dataset=dataset,
+        train_size=train_size,
+        validation_split=validation_split,
+        epochs=epochs,
+        seeds=seeds,
+        overrides=parse_assignments(assignments),
+    )
+    source_kind(experiment.data.source)
+    _quiet_tensorflow()
+    from dlkit.comparison import compare as run_comparison
+
+    comparison = run_comparison(
+        experiment,
+        force=force,
+        tracking_uri=tracking_uri,
+        data_dir=data_dir,
+        download=download,
+        output_dir=output_dir,
+        verbose=0 if quiet else 2,
+        log=click.echo,
+    )
+    _print_report(comparison, tracking_uri)
+
+
+@main.command()
+@click.argument("experiment")
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow store.  [env: MLFLOW_TRACKING_URI; default: sqlite:///mlflow.db]",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    default="reports",
+    show_default=True,
+    help="Folder the report files are written to (in a subfolder per experiment).",
+)
+@_handle_errors
+def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
+    """Rebuild a comparison's table and plots from MLflow, without training.
+
+    EXPERIMENT is the experiment's name or its experiment file.
+    """
+    from dlkit.comparison import report as build_report
+
+    _print_report(
+        build_report(experiment, tracking_uri=tracking_uri, output_dir=output_dir), tracking_uri
+    )
+
+
+def _print_report(comparison: Any, tracking_uri: str | None) -> None:
+    from dlkit.tracking import resolve_tracking_uri
+
+    click.echo("\n" + comparison.format())
+    if comparison.output_dir:
+        click.echo(
+            f"\nReport files: {comparison.output_dir}/ (table.csv, table.md, "
+            "learning_curves.png, test_accuracy.png)"
+        )
+    click.echo(
+        f"MLflow: experiment {comparison.name!r}, parent run {comparison.parent_run_id}. "
+        f"Review: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)}"
+    )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def plot_test_accuracy(table: pd.DataFrame) -> plt.Figure:
     ax.set_ylim(0, 1)
     for x, value in zip(positions, table["test_accuracy_mean"]):
         if np.isfinite(value):
-            ax.text(x, value + 0.01, f"{value:.3f}", ha="center", fontsize=8)
+            ax.text(x, value / 2, f"{value:.3f}", ha="center", color="white", fontsize=9)
     ax.set_title("Test accuracy (mean over seeds, error bar: one std)")
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()

@@ -52,6 +52,8 @@ class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "dlkit"):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # MLflow draws a progress bar for every artifact download; reports fetch several.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             found = self.client.get_experiment_by_name(experiment)
@@ -78,8 +80,9 @@ class Tracker:
         *,
         tags: dict[str, str] | None = None,
         parent_id: str | None = None,
+        resume_id: str | None = None,
     ) -> Iterator[str]:
-        """Opens a run and yields its id; ends it by how the block exits.
+        """Opens a run (or reopens `resume_id`) and yields its id; ends it by how the block exits.
 
         A normal exit ends the run FINISHED, an exception FAILED and an
         interrupt (Ctrl-C) KILLED, with the reason in the `dlkit.failure` tag.
@@ -88,8 +91,15 @@ class Tracker:
         all_tags = {MLFLOW_RUN_NAME: name, "dlkit.version": dlkit.__version__, **(tags or {})}
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
-        run_id = run.info.run_id
+        if resume_id:
+            run_id = resume_id
+            self.client.update_run(run_id, status="RUNNING")
+            if FAILURE_TAG in self.client.get_run(run_id).data.tags:
+                self.client.delete_tag(run_id, FAILURE_TAG)
+            self.set_tags(run_id, all_tags)
+        else:
+            run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+            run_id = run.info.run_id
         try:
             yield run_id
         except KeyboardInterrupt:

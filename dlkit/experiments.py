@@ -1,0 +1,392 @@
+"""Experiment files: what to compare, validated before anything trains.
+
+An experiment names a question, a dataset, the variants (a recipe plus
+overrides, or a grid of axes expanded to their cross product), the seeds and
+the overrides every variant shares. Pure Python: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlkit.errors import DlkitError, closest
+from dlkit.recipes import Recipe, coerce_overrides, get_recipe
+
+TOP_KEYS = ("name", "question", "dataset", "seeds", "overrides", "variants", "grid", "expect")
+DATASET_KEYS = ("source", "train_size", "validation_split")
+VARIANT_KEYS = ("label", "recipe", "overrides")
+GRID_KEYS = ("recipe", "axes")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which data every variant trains on.
+
+    Args:
+        source: A `load_dataset` source. Defaults to `"mnist"`.
+        train_size: First N training examples only. Defaults to `None` (all).
+        validation_split: Fraction held out for validation. Defaults to `0.1`.
+    """
+
+    source: str = "mnist"
+    train_size: int | None = None
+    validation_split: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One arm of a comparison: a registered recipe plus overrides, under a label."""
+
+    label: str
+    recipe: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A validated comparison.
+
+    Args:
+        name: Names the MLflow experiment and the report folder.
+        question: The one-line question the comparison answers.
+        data: The `DataSpec` shared by all variants.
+        variants: The arms, in report order.
+        seeds: The seeds every variant is trained with.
+        overrides: Recipe fields set on every variant (a variant's own win).
+        expect: Expectations the report checks (see `dlkit.expectations`).
+        path: The file it was read from, if any.
+    """
+
+    name: str
+    question: str
+    data: DataSpec
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...] = (0,)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    expect: tuple[str, ...] = ()
+    path: str | None = None
+
+    def recipes(self) -> dict[str, Recipe]:
+        """Returns each variant's resolved recipe: preset, then shared, then own overrides."""
+        resolved = {}
+        for i, variant in enumerate(self.variants):
+            where = f"variants[{i}] ({variant.label})"
+            try:
+                fields = {**self.overrides, **variant.overrides}
+                resolved[variant.label] = get_recipe(variant.recipe, **fields)
+            except DlkitError as error:
+                raise DlkitError(f"{self._where()}{where}: {error}") from None
+        return resolved
+
+    def with_options(
+        self,
+        *,
+        dataset: str | None = None,
+        train_size: int | None = None,
+        validation_split: float | None = None,
+        epochs: int | None = None,
+        seeds: int | Sequence[int] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> Experiment:
+        """Returns a copy with command-line options applied; they beat the file."""
+        data = self.data
+        if dataset is not None:
+            data = dataclasses.replace(data, source=dataset)
+        if train_size is not None:
+            data = dataclasses.replace(data, train_size=train_size)
+        if validation_split is not None:
+            data = dataclasses.replace(data, validation_split=validation_split)
+        forced = dict(overrides or {})
+        if epochs is not None:
+            forced["epochs"] = epochs
+        variants = self.variants
+        if forced:
+            forced = coerce_overrides(forced)
+            variants = tuple(
+                dataclasses.replace(v, overrides={**v.overrides, **forced}) for v in self.variants
+            )
+        experiment = dataclasses.replace(
+            self,
+            data=data,
+            variants=variants,
+            seeds=self.seeds if seeds is None else _seeds(seeds, "seeds"),
+            overrides={**self.overrides, **forced},
+        )
+        experiment.recipes()  # validate the result before anything trains
+        return experiment
+
+    def _where(self) -> str:
+        return f"{self.path}: " if self.path else ""
+
+
+def config_hash(recipe: Recipe, data: DataSpec, seed: int) -> str:
+    """Returns a short hash of everything that determines one training's outcome."""
+    from dlkit import __version__
+
+    payload = {
+        "recipe": {k: v for k, v in recipe.to_dict().items() if k != "name"},
+        "data": dataclasses.asdict(data),
+        "seed": seed,
+        "dlkit": __version__,
+    }
+    text = json.dumps(payload, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Reads and validates an experiment file.
+
+    Raises:
+        DlkitError: naming the file and the offending key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise DlkitError(f"Cannot read experiment file {str(path)!r}: {error.strerror}.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DlkitError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    try:
+        return parse_experiment(raw, default_name=path.stem, path=str(path))
+    except DlkitError as error:
+        message = str(error)
+        prefix = f"{path}: "
+        raise DlkitError(message if message.startswith(prefix) else prefix + message) from None
+
+
+def parse_experiment(
+    raw: Any, *, default_name: str = "experiment", path: str | None = None
+) -> Experiment:
+    """Validates a parsed experiment mapping (the content of a YAML file)."""
+    if not isinstance(raw, dict):
+        raise DlkitError("an experiment file must be a mapping of keys such as name, variants.")
+    _check_keys(raw, TOP_KEYS, "")
+    name = _string(raw.get("name", default_name), "name")
+    question = _string(raw["question"], "question") if "question" in raw else ""
+    data = _data_spec(raw.get("dataset", {}))
+    seeds = _seeds(raw.get("seeds", 1), "seeds")
+    overrides = _overrides(raw.get("overrides", {}), "overrides")
+
+    variants = [
+        _variant(item, f"variants[{i}]") for i, item in enumerate(raw.get("variants") or [])
+    ]
+    if "variants" in raw and not isinstance(raw["variants"], list):
+        raise DlkitError("variants: expected a list of {label, recipe, overrides} entries.")
+    if "grid" in raw:
+        variants += expand_grid(raw["grid"])
+    if not variants:
+        raise DlkitError("the experiment has no variants: give `variants:` or `grid:`.")
+    labels = [v.label for v in variants]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise DlkitError(f"variants: labels must be unique; repeated: {', '.join(duplicates)}.")
+
+    expect = raw.get("expect", [])
+    if isinstance(expect, str):
+        expect = [expect]
+    if not isinstance(expect, list) or not all(isinstance(e, str) for e in expect):
+        raise DlkitError("expect: expected a list of expectations such as 'a > b'.")
+
+    experiment = Experiment(
+        name=name,
+        question=question,
+        data=data,
+        variants=tuple(variants),
+        seeds=seeds,
+        overrides=overrides,
+        expect=tuple(expect),
+        path=path,
+    )
+    experiment.recipes()
+    from dlkit.expectations import parse_expectation
+
+    for i, text in enumerate(experiment.expect):
+        try:
+            parse_expectation(text, labels)
+        except DlkitError as error:
+            raise DlkitError(f"expect[{i}]: {error}") from None
+    return experiment
+
+
+def experiment_from_recipes(
+    names: Sequence[str], *, dataset: str = "mnist", seeds: int | Sequence[int] = 1
+) -> Experiment:
+    """Returns an experiment comparing registered recipes as they are."""
+    variants = tuple(Variant(label=name, recipe=name) for name in names)
+    for name in names:
+        get_recipe(name)
+    return Experiment(
+        name="compare-" + "-vs-".join(names),
+        question=f"How do {', '.join(names)} compare?",
+        data=DataSpec(source=dataset),
+        variants=variants,
+        seeds=_seeds(seeds, "seeds"),
+    )
+
+
+def expand_grid(grid: Any) -> list[Variant]:
+    """Expands `{recipe, axes: {field: [values]}}` into one variant per combination.
+
+    `recipe` may itself be an axis (a list of recipe names). Labels read
+    `field=value,field=value` in axis order.
+    """
+    if not isinstance(grid, dict):
+        raise DlkitError("grid: expected a mapping with `recipe` and `axes`.")
+    _check_keys(grid, GRID_KEYS, "grid.")
+    axes = grid.get("axes")
+    if not isinstance(axes, dict) or not axes:
+        raise DlkitError("grid.axes: expected a mapping of recipe fields to lists of values.")
+    base = grid.get("recipe")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise DlkitError(f"grid.axes.{key}: expected a non-empty list of values.")
+    if "recipe" not in axes and not isinstance(base, str):
+        raise DlkitError("grid.recipe: name the recipe the axes modify (or make `recipe` an axis).")
+    variants = []
+    for combination in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, combination))
+        recipe = chosen.pop("recipe", base)
+        label = ",".join(f"{key}={_label_value(value)}" for key, value in zip(axes, combination))
+        overrides = _overrides(chosen, "grid.axes")
+        variants.append(
+            Variant(label=label, recipe=_string(recipe, "grid.recipe"), overrides=overrides)
+        )
+    return variants
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_keys(raw: dict, allowed: Sequence[str], prefix: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise DlkitError(
+                f"{prefix}{key}: unknown key.{closest(str(key), allowed)} "
+                f"Expected: {', '.join(allowed)}."
+            )
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DlkitError(f"{where}: expected a non-empty string. Received: {value!r}")
+    return value
+
+
+def _seeds(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise DlkitError(f"{where}: expected a count or a list of seeds. Received: {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise DlkitError(f"{where}: the number of seeds must be at least 1. Received: {value}")
+        return tuple(range(value))
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+    ):
+        if len(set(value)) != len(value):
+            raise DlkitError(f"{where}: seeds repeat. Received: {list(value)}")
+        return tuple(value)
+    raise DlkitError(
+        f"{where}: expected a count or a list of whole-number seeds. Received: {value!r}"
+    )
+
+
+def _overrides(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DlkitError(f"{where}: expected a mapping of recipe fields to values.")
+    try:
+        return coerce_overrides(
+            {str(k): (tuple(v) if isinstance(v, list) else v) for k, v in value.items()}
+        )
+    except DlkitError as error:
+        raise DlkitError(f"{where}: {error}") from None
+
+
+def _variant(item: Any, where: str) -> Variant:
+    if isinstance(item, str):
+        return Variant(label=item, recipe=item)
+    if not isinstance(item, dict):
+        raise DlkitError(
+            f"{where}: expected a recipe name or a mapping with label, recipe, overrides."
+        )
+    _check_keys(item, VARIANT_KEYS, f"{where}.")
+    if "recipe" not in item:
+        raise DlkitError(f"{where}: missing `recipe` (a registered recipe name).")
+    recipe = _string(item["recipe"], f"{where}.recipe")
+    label = _string(item.get("label", recipe), f"{where}.label")
+    return Variant(
+        label=label,
+        recipe=recipe,
+        overrides=_overrides(item.get("overrides", {}), f"{where}.overrides"),
+    )
+
+
+def _data_spec(raw: Any) -> DataSpec:
+    if isinstance(raw, str):
+        return DataSpec(source=raw)
+    if not isinstance(raw, dict):
+        raise DlkitError(
+            "dataset: expected a source name, or a mapping with source, train_size and "
+            "validation_split."
+        )
+    _check_keys(raw, DATASET_KEYS, "dataset.")
+    source = _string(raw.get("source", "mnist"), "dataset.source")
+    train_size = raw.get("train_size")
+    if train_size is not None and (
+        not isinstance(train_size, int) or isinstance(train_size, bool) or train_size < 1
+    ):
+        raise DlkitError(
+            f"dataset.train_size: expected a positive whole number. Received: {train_size!r}"
+        )
+    split = raw.get("validation_split", 0.1)
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
+        raise DlkitError(
+            f"dataset.validation_split: expected a number in [0, 1). Received: {split!r}"
+        )
+    return DataSpec(source=source, train_size=train_size, validation_split=float(split))
+
+
+def resolve_experiment(
+    target: Experiment | str | Path | Sequence[str],
+    *,
+    dataset: str | None = None,
+    train_size: int | None = None,
+    validation_split: float | None = None,
+    epochs: int | None = None,
+    seeds: int | Sequence[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Experiment:
+    """Returns the validated experiment that a file, recipe names or `Experiment` describe."""
+    if isinstance(target, Experiment):
+        experiment = target
+    elif isinstance(target, (str, Path)) and is_experiment_file(str(target)):
+        experiment = load_experiment(target)
+    else:
+        names = [target] if isinstance(target, (str, Path)) else list(target)
+        experiment = experiment_from_recipes([str(n) for n in names])
+    return experiment.with_options(
+        dataset=dataset,
+        train_size=train_size,
+        validation_split=validation_split,
+        epochs=epochs,
+        seeds=seeds,
+        overrides=overrides,
+    )
+
+
+def is_experiment_file(target: str) -> bool:
+    return target.endswith((".yaml", ".yml")) or Path(target).is_file()

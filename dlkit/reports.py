@@ -1,0 +1,305 @@
+"""Comparison reports: rebuilt from MLflow alone, as tables (terminal, CSV, Markdown) and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dlkit.errors import DlkitError
+from dlkit.expectations import evaluate, parse_expectation
+from dlkit.text import text_table
+
+PLAN_ARTIFACT = "plan.json"
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+RUN_METRICS = (
+    "test_accuracy",
+    "test_loss",
+    "best_val_accuracy",
+    "final_accuracy",
+    "epochs_run",
+    "stopped_epoch",
+    "wall_time_s",
+    "samples_per_second",
+    "params",
+)
+
+
+class Comparison:
+    """The outcome of a comparison: one row per child run, summarized per variant.
+
+    Attributes:
+        name: The experiment's name.
+        question: The question it answers.
+        parent_run_id: The MLflow parent run.
+        runs: One row per planned variant x seed: `variant`, `seed`, `run_id`,
+            `status`, `failure` and the run's final metrics.
+        histories: For each variant, the per-epoch Keras history of each
+            finished seed.
+        expectations: The verdict on each expectation of the experiment.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        question: str,
+        parent_run_id: str,
+        runs: pd.DataFrame,
+        histories: dict[str, list[dict[str, list[float]]]],
+        expect: tuple[str, ...] = (),
+    ):
+        self.name = name
+        self.question = question
+        self.parent_run_id = parent_run_id
+        self.runs = runs
+        self.histories = histories
+        self.output_dir: Path | None = None  # where compare/report saved the files
+        self.table = summarize(runs)
+        labels = list(self.table["variant"])
+        values = self.table.set_index("variant").to_dict("index")
+        self.expectations = [evaluate(parse_expectation(e, labels), values) for e in expect]
+
+    @property
+    def best(self) -> str | None:
+        """The variant with the highest mean test accuracy."""
+        best = self.table[self.table["best"]]
+        return None if best.empty else str(best["variant"].iloc[0])
+
+    def plot_learning_curves(self):
+        """Returns a figure of every variant's curves, mean over seeds with a band."""
+        from dlkit.plots import plot_learning_curves
+
+        return plot_learning_curves(self.histories)
+
+    def plot_test_accuracy(self):
+        """Returns a bar chart of test accuracy per variant with error bars."""
+        from dlkit.plots import plot_test_accuracy
+
+        return plot_test_accuracy(self.table)
+
+    def format(self) -> str:
+        """Returns the report as terminal text: table, failures, expectations."""
+        lines = [f"{self.name}: {self.question}".rstrip(": "), ""]
+        lines.append(text_table(self._display_rows()))
+        lines.append("(* best mean test accuracy; ± is one standard deviation over seeds)")
+        failed = self.runs[self.runs["status"] != "FINISHED"]
+        if not failed.empty:
+            lines.append("")
+            lines.append(f"{len(failed)} run(s) did not finish:")
+            for row in failed.itertuples():
+                lines.append(f"  {row.variant} seed {row.seed}: {row.status} - {row.failure}")
+        if self.expectations:
+            lines.append("")
+            lines.append("Expectations:")
+            for verdict in self.expectations:
+                mark = {True: "HELD", False: "DID NOT HOLD", None: "UNCHECKED"}[verdict.held]
+                lines.append(f"  [{mark}] {verdict.expectation}  ({verdict.detail})")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """Returns the report as Markdown."""
+        rows = self._display_rows()
+        header = list(rows[0])
+        lines = [f"## {self.name}", ""]
+        if self.question:
+            lines += [self.question, ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(row[c]) for c in header) + " |" for row in rows]
+        if self.expectations:
+            lines += ["", "Expectations:", ""]
+            for verdict in self.expectations:
+                mark = {True: "held", False: "**did not hold**", None: "unchecked"}[verdict.held]
+                lines.append(f"- `{verdict.expectation}`: {mark} ({verdict.detail})")
+        return "\n".join(lines) + "\n"
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Writes table.csv, table.md, learning_curves.png, test_accuracy.png and runs.csv."""
+        import matplotlib.pyplot as plt
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / name for name in ("table.csv", "table.md", "runs.csv")]
+        self.table.to_csv(paths[0], index=False)
+        paths[1].write_text(self.markdown())
+        self.runs.to_csv(paths[2], index=False)
+        for name, draw in (
+            ("learning_curves.png", self.plot_learning_curves),
+            ("test_accuracy.png", self.plot_test_accuracy),
+        ):
+            figure = draw()
+            figure.savefig(folder / name, dpi=100)
+            plt.close(figure)
+            paths.append(folder / name)
+        return paths
+
+    def _display_rows(self) -> list[dict[str, str]]:
+        rows = []
+        for row in self.table.to_dict("records"):
+            stopped = row["stopped_epoch"]
+            rows.append(
+                {
+                    "variant": row["variant"] + (" *" if row["best"] else ""),
+                    "params": _int(row["params"]),
+                    "seeds": f"{row['finished']}/{row['planned']}",
+                    "test acc": _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
+                    "test loss": _pm(row["test_loss_mean"], row["test_loss_std"]),
+                    "best val acc": _num(row["best_val_accuracy"]),
+                    "train acc": _num(row["train_accuracy"]),
+                    "gap": _num(row["gap"]),
+                    "epochs": _num(row["epochs_run"], ".1f"),
+                    "stopped at": "-" if not math.isfinite(stopped) else f"{stopped:.1f}",
+                    "time (s)": _num(row["wall_time_s"], ".1f"),
+                    "samples/s": _int(row["samples_per_second"]),
+                }
+            )
+        return rows
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Aggregates child runs into one row per variant (mean and std over seeds)."""
+    rows = []
+    for variant, group in runs.groupby("variant", sort=False):
+        done = group[group["status"] == "FINISHED"]
+
+        def mean(column: str, frame: pd.DataFrame = done) -> float:
+            values = frame[column].dropna() if column in frame else []
+            return float(np.mean(values)) if len(values) else math.nan
+
+        def std(column: str, done: pd.DataFrame = done) -> float:
+            values = done[column].dropna()
+            return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+        train_acc = mean("final_accuracy")
+        rows.append(
+            {
+                "variant": variant,
+                "recipe": group["recipe"].iloc[0],
+                "planned": len(group),
+                "finished": len(done),
+                "failed": int((group["status"] != "FINISHED").sum()),
+                "params": mean("params", group),
+                "test_accuracy_mean": mean("test_accuracy"),
+                "test_accuracy_std": std("test_accuracy"),
+                "test_loss_mean": mean("test_loss"),
+                "test_loss_std": std("test_loss"),
+                "best_val_accuracy": mean("best_val_accuracy"),
+                "train_accuracy": train_acc,
+                "gap": train_acc - mean("test_accuracy"),
+                "epochs_run": mean("epochs_run"),
+                "stopped_epoch": mean("stopped_epoch"),
+                "wall_time_s": mean("wall_time_s"),
+                "samples_per_second": mean("samples_per_second"),
+            }
+        )
+    table = pd.DataFrame(rows)
+    # The expectations read these names; keep them in step with dlkit.expectations.METRICS.
+    table["test_accuracy"] = table["test_accuracy_mean"]
+    table["test_loss"] = table["test_loss_mean"]
+    scores = table["test_accuracy_mean"].fillna(-1.0)
+    table["best"] = (scores == scores.max()) & (scores >= 0)
+    return table
+
+
+def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Comparison:
+    """Rebuilds a comparison from MLflow alone: the parent's plan, its children's metrics.
+
+    Args:
+        tracker: A `dlkit.tracking.Tracker` on the comparison's MLflow experiment.
+        parent_run_id: The parent run. Defaults to the experiment's latest.
+    """
+    client = tracker.client
+    parent_run_id = parent_run_id or latest_parent(tracker)
+    if parent_run_id is None:
+        raise DlkitError(
+            f"MLflow experiment {tracker.experiment!r} at {tracker.tracking_uri} has no "
+            "comparison yet. Run `dlkit compare` first, or check --tracking-uri."
+        )
+    with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+        try:
+            plan_file = client.download_artifacts(parent_run_id, PLAN_ARTIFACT, tmp)
+        except Exception:
+            raise DlkitError(
+                f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison."
+            ) from None
+        plan = json.loads(Path(plan_file).read_text())
+
+    children = client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5000,
+    )
+    by_hash: dict[str, Any] = {}
+    for child in children:  # newest first: keep the newest finished run of each hash
+        key = child.data.tags.get("dlkit.config_hash")
+        current = by_hash.get(key)
+        if current is None or (
+            current.info.status != "FINISHED" and child.info.status == "FINISHED"
+        ):
+            by_hash[key] = child
+
+    rows, histories = [], {}
+    for entry in plan["runs"]:
+        child = by_hash.get(entry["config_hash"])
+        row = {
+            "variant": entry["variant"],
+            "recipe": entry["recipe"],
+            "seed": entry["seed"],
+            "config_hash": entry["config_hash"],
+            "run_id": child.info.run_id if child else None,
+            "status": child.info.status if child else "NOT RUN",
+            "failure": (child.data.tags.get("dlkit.failure", "") if child else "not run yet"),
+        }
+        for metric in RUN_METRICS:
+            row[metric] = child.data.metrics.get(metric, math.nan) if child else math.nan
+        rows.append(row)
+        histories.setdefault(entry["variant"], [])
+        if child and child.info.status == "FINISHED":
+            histories[entry["variant"]].append(_history(client, child.info.run_id))
+    return Comparison(
+        name=plan["name"],
+        question=plan.get("question", ""),
+        parent_run_id=parent_run_id,
+        runs=pd.DataFrame(rows),
+        histories=histories,
+        expect=tuple(plan.get("expect", ())),
+    )
+
+
+def latest_parent(tracker: Any) -> str | None:
+    """Returns the id of the experiment's most recent comparison parent run, if any."""
+    found = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string="tags.`dlkit.role` = 'parent'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def _history(client: Any, run_id: str) -> dict[str, list[float]]:
+    history = {}
+    for key in HISTORY_KEYS:
+        points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        if points:
+            history[key] = [m.value for m in points]
+    return history
+
+
+def _pm(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if math.isfinite(std) else "")
+
+
+def _num(value: float, spec: str = ".4f") -> str:
+    return format(value, spec) if math.isfinite(value) else "-"
+
+
+def _int(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "-"

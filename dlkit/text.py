@@ -1,0 +1,24 @@
+"""Plain-text tables for the terminal (no pandas, so listings stay fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def text_table(rows: Sequence[dict[str, Any]], align_right: Sequence[str] = ()) -> str:
+    """Formats dicts sharing the same keys as an aligned table with a header rule."""
+    if not rows:
+        return "(nothing to show)"
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+
+    def line(values: dict[str, Any]) -> str:
+        cells = (
+            str(values[c]).rjust(widths[c]) if c in align_right else str(values[c]).ljust(widths[c])
+            for c in columns
+        )
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * widths[c] for c in columns)
+    return "\n".join([line({c: c for c in columns}), rule, *(line(row) for row in rows)])

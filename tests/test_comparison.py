@@ -1,0 +1,251 @@
+"""Comparisons: parent/child runs in a real MLflow store, the report, resume, failures."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from dlkit import compare, report
+from dlkit.cli import main
+from dlkit.experiments import parse_experiment
+
+TINY = {
+    "name": "tiny",
+    "question": "Does ReLU beat sigmoid here?",
+    "dataset": {"source": "digits", "train_size": 300},
+    "seeds": 2,
+    "overrides": {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64},
+    "variants": [
+        {"label": "relu", "recipe": "deep-relu"},
+        {"label": "sigmoid", "recipe": "deep-sigmoid"},
+    ],
+    "expect": ["relu > sigmoid"],
+}
+
+
+def children(client: MlflowClient, experiment: str, parent_id: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One real comparison, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("comparison")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = compare(
+        parse_experiment(TINY),
+        tracking_uri=uri,
+        output_dir=folder / "reports",
+        verbose=0,
+        log=lambda line: None,
+    )
+    return result, uri, folder
+
+
+def test_parent_with_one_child_per_variant_and_seed(finished):
+    result, uri, _ = finished
+    client = MlflowClient(uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dlkit.role"] == "parent"
+    assert client.get_experiment(parent.info.experiment_id).name == "tiny"
+    runs = children(client, "tiny", result.parent_run_id)
+    assert sorted((r.data.tags["dlkit.variant"], r.data.tags["dlkit.seed"]) for r in runs) == [
+        ("relu", "0"),
+        ("relu", "1"),
+        ("sigmoid", "0"),
+        ("sigmoid", "1"),
+    ]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.params["seed"] == r.data.tags["dlkit.seed"] for r in runs)
+    assert all(r.data.params["data.train_size"] == "300" for r in runs)  # identical splits
+    assert len({r.data.tags["dlkit.config_hash"] for r in runs}) == 4
+
+
+def test_table_matches_the_children_metrics(finished):
+    result, uri, _ = finished
+    client = MlflowClient(uri)
+    runs = children(client, "tiny", result.parent_run_id)
+    for variant in ("relu", "sigmoid"):
+        accuracies = [
+            r.data.metrics["test_accuracy"] for r in runs if r.data.tags["dlkit.variant"] == variant
+        ]
+        row = result.table.set_index("variant").loc[variant]
+        assert row["test_accuracy_mean"] == pytest.approx(np.mean(accuracies))
+        assert row["test_accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
+        assert row["finished"] == 2 and row["epochs_run"] == 2
+        assert row["params"] == (64 + 1) * 16 + 17 * 16 + 17 * 10
+    assert result.table["best"].sum() == 1
+    assert len(result.histories["relu"]) == 2 and len(result.histories["relu"][0]["loss"]) == 2
+    assert result.expectations[0].expectation == "relu > sigmoid"
+    text = result.format()
+    assert "relu" in text and "±" in text and "Expectations:" in text
+
+
+def test_report_artifacts_in_mlflow_and_in_the_output_folder(finished):
+    result, uri, folder = finished
+    client = MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    expected = {"table.csv", "table.md", "runs.csv", "learning_curves.png", "test_accuracy.png"}
+    assert names == {f"report/{name}" for name in expected}
+    assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"plan.json"}
+    local = folder / "reports" / "tiny"
+    saved = pd.read_csv(local / "table.csv")
+    assert list(saved["variant"]) == ["relu", "sigmoid"]
+    assert saved["test_accuracy_mean"].tolist() == pytest.approx(
+        result.table["test_accuracy_mean"].tolist()
+    )
+    assert (local / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| variant |" in (local / "table.md").read_text()
+
+
+def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
+    result, uri, _ = finished
+    rebuilt = report("tiny", tracking_uri=uri, output_dir=tmp_path)
+    assert rebuilt.parent_run_id == result.parent_run_id
+    pd.testing.assert_frame_equal(rebuilt.table, result.table)
+    cli = CliRunner().invoke(
+        main, ["report", "tiny", "--tracking-uri", uri, "--output", str(tmp_path)]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "relu" in cli.output and "Expectations:" in cli.output
+    missing = CliRunner().invoke(main, ["report", "nothing", "--tracking-uri", uri])
+    assert missing.exit_code == 1 and "No MLflow experiment named 'nothing'" in missing.output
+
+
+class InterruptOnce(keras.callbacks.Callback):
+    """Plays a user's Ctrl-C during the first epoch of the n-th training."""
+
+    def __init__(self, at_training: int):
+        super().__init__()
+        self.trainings = 0
+        self.at = at_training
+
+    def on_train_begin(self, logs=None):
+        self.trainings += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.trainings == self.at:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_kills_child_and_parent_and_rerun_reuses_finished(tracking_uri):
+    experiment = parse_experiment(TINY)
+    with pytest.raises(KeyboardInterrupt):
+        compare(
+            experiment,
+            tracking_uri=tracking_uri,
+            output_dir=None,
+            verbose=0,
+            callbacks=[InterruptOnce(at_training=3)],
+            log=lambda line: None,
+        )
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`dlkit.role` = 'parent'")
+    assert parent.info.status == "KILLED"
+    statuses = sorted(r.info.status for r in children(client, "tiny", parent.info.run_id))
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]
+
+    lines: list[str] = []
+    result = compare(
+        experiment, tracking_uri=tracking_uri, output_dir=None, verbose=0, log=lines.append
+    )
+    assert result.parent_run_id == parent.info.run_id
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert sum("skipped" in line for line in lines) == 2
+    assert sum(": training" in line for line in lines) == 2
+    assert (result.runs["status"] == "FINISHED").all()
+
+    forced = compare(
+        experiment,
+        tracking_uri=tracking_uri,
+        output_dir=None,
+        verbose=0,
+        force=True,
+        log=lines.append,
+    )
+    assert forced.parent_run_id != parent.info.run_id
+    assert len(children(client, "tiny", forced.parent_run_id)) == 4
+
+
+def test_a_failing_variant_does_not_stop_the_others(tracking_uri):
+    spec = {**TINY, "seeds": 1, "expect": []}
+    spec["variants"] = [
+        {
+            "label": "diverges",
+            "recipe": "deep-relu",
+            "overrides": {
+                "optimizer": "sgd",
+                "learning_rate": 1e12,
+                "normalization": "none",
+                "initializer": "large_normal",
+            },
+        },
+        {"label": "fine", "recipe": "deep-relu"},
+    ]
+    lines: list[str] = []
+    result = compare(
+        parse_experiment(spec),
+        tracking_uri=tracking_uri,
+        output_dir=None,
+        verbose=0,
+        log=lines.append,
+    )
+    statuses = dict(zip(result.runs["variant"], result.runs["status"]))
+    assert statuses == {"diverges": "FAILED", "fine": "FINISHED"}
+    assert "diverged" in result.runs.set_index("variant").loc["diverges", "failure"]
+    assert "did not finish" in result.format() and "diverges seed 0: FAILED" in result.format()
+    assert result.best == "fine"
+    assert any("FAILED" in line for line in lines)
+
+
+def test_compare_command_with_recipe_names(tracking_uri, tmp_path):
+    cli = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "deep-relu",
+            "softmax-regression",
+            "--dataset",
+            "digits",
+            "--train-size",
+            "200",
+            "--epochs",
+            "1",
+            "--set",
+            "width=8",
+            "--seeds",
+            "1",
+            "--quiet",
+            "--tracking-uri",
+            tracking_uri,
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "[2/2] softmax-regression seed 0" in cli.output
+    assert (tmp_path / "out" / "compare-deep-relu-vs-softmax-regression" / "table.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compare", "deep-relu", "nope"], "Unknown recipe 'nope'"),
+        (["compare", "missing.yaml"], "Cannot read experiment file"),
+        (["compare", "deep-relu", "--set", "dropout=2"], "Received: dropout=2.0"),
+        (["compare", "deep-relu", "-d", "./nowhere"], "does not exist"),
+    ],
+)
+def test_compare_command_mistakes(args, message):
+    cli = CliRunner().invoke(main, args)
+    assert cli.exit_code == 1
+    assert message in cli.output and "Traceback" not in cli.output

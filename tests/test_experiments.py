@@ -1,0 +1,184 @@
+"""Experiment files: validation, grids, options, and every file shipped in experiments/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlkit import DlkitError
+from dlkit.expectations import evaluate, parse_expectation
+from dlkit.experiments import (
+    config_hash,
+    expand_grid,
+    experiment_from_recipes,
+    load_experiment,
+    parse_experiment,
+)
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+GOOD = """\
+# dlkit compare good.yaml
+name: good
+question: Does it work?
+dataset: {source: digits, train_size: 300, validation_split: 0.2}
+seeds: [3, 5]
+overrides: {epochs: 2, width: 16}
+variants:
+  - {label: relu, recipe: deep-relu}
+  - {label: sigmoid, recipe: deep-relu, overrides: {activation: sigmoid}}
+  - softmax-regression
+expect:
+  - relu > sigmoid by 0.1
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_resolves_presets_shared_and_own_overrides(tmp_path):
+    experiment = load_experiment(write(tmp_path, GOOD))
+    assert experiment.name == "good" and experiment.seeds == (3, 5)
+    assert experiment.data.train_size == 300 and experiment.data.validation_split == 0.2
+    recipes = experiment.recipes()
+    assert list(recipes) == ["relu", "sigmoid", "softmax-regression"]
+    assert recipes["sigmoid"].activation == "sigmoid" and recipes["sigmoid"].width == 16
+    assert recipes["relu"].epochs == 2 and recipes["relu"].name == "deep-relu"
+
+
+def test_command_line_options_beat_the_file(tmp_path):
+    experiment = load_experiment(write(tmp_path, GOOD)).with_options(
+        dataset="mnist", epochs=7, seeds=2, overrides={"activation": "tanh"}
+    )
+    assert experiment.data.source == "mnist" and experiment.seeds == (0, 1)
+    assert all(r.epochs == 7 and r.activation == "tanh" for r in experiment.recipes().values())
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- just\n- a list\n", "must be a mapping"),
+        ("name: x\nvariants: [deep-relu]\nseed: 3\n", "seed: unknown key. Did you mean 'seeds'"),
+        ("variants: [dep-relu]\n", "variants[0] (dep-relu): Unknown recipe 'dep-relu'"),
+        (
+            "variants:\n  - {recipe: deep-relu, overrides: {dropout: 1.5}}\n",
+            "Received: dropout=1.5",
+        ),
+        ("variants:\n  - {recipe: deep-relu, overides: {}}\n", "variants[0].overides: unknown key"),
+        ("variants:\n  - {label: a}\n", "variants[0]: missing `recipe`"),
+        ("variants: [deep-relu, deep-relu]\n", "labels must be unique; repeated: deep-relu"),
+        ("name: x\n", "has no variants"),
+        ("variants: [deep-relu]\nseeds: 0\n", "seeds: the number of seeds must be at least 1"),
+        ("variants: [deep-relu]\ndataset: {source: digits, train_size: -5}\n", "train_size"),
+        ("variants: [deep-relu]\noverrides: {dropuot: 0.1}\n", "overrides: Unknown recipe field"),
+        (
+            "variants: [deep-relu]\nexpect: [deep-relu > nothing]\n",
+            "'nothing', which is not a variant",
+        ),
+        ("variants: [deep-relu]\nexpect: ['speed: deep-relu > 0.5']\n", "unknown metric 'speed'"),
+        ("variants: [deep-relu\n", "not valid YAML"),
+        ("grid: {axes: {depth: [1, 2]}}\n", "grid.recipe"),
+        ("grid: {recipe: deep-relu, axes: {depth: []}}\n", "grid.axes.depth: expected a non-empty"),
+    ],
+)
+def test_bad_files_fail_before_training_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DlkitError) as error:
+        load_experiment(path)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_missing_file():
+    with pytest.raises(DlkitError, match="Cannot read experiment file"):
+        load_experiment("no/such/file.yaml")
+
+
+def test_grid_expands_to_the_cross_product_including_recipe_axes():
+    variants = expand_grid({"axes": {"recipe": ["deep-relu", "deep-sigmoid"], "depth": [2, 4, 6]}})
+    assert len(variants) == 6
+    assert variants[0].label == "recipe=deep-relu,depth=2" and variants[0].recipe == "deep-relu"
+    assert variants[-1].recipe == "deep-sigmoid" and variants[-1].overrides == {"depth": 6}
+    experiment = parse_experiment(
+        {
+            "grid": {
+                "recipe": "deep-relu",
+                "axes": {"activation": ["relu", "tanh"], "dropout": [0, 0.5]},
+            }
+        }
+    )
+    assert [v.label for v in experiment.variants] == [
+        "activation=relu,dropout=0",
+        "activation=relu,dropout=0.5",
+        "activation=tanh,dropout=0",
+        "activation=tanh,dropout=0.5",
+    ]
+    assert experiment.recipes()["activation=tanh,dropout=0.5"].dropout == 0.5
+
+
+def test_config_hash_changes_with_anything_that_changes_the_outcome(tmp_path):
+    experiment = load_experiment(write(tmp_path, GOOD))
+    recipe = experiment.recipes()["relu"]
+    base = config_hash(recipe, experiment.data, 0)
+    assert base == config_hash(recipe, experiment.data, 0)
+    assert base != config_hash(recipe, experiment.data, 1)
+    assert base != config_hash(recipe.replace(dropout=0.1), experiment.data, 0)
+    assert base != config_hash(recipe, experiment.with_options(train_size=100).data, 0)
+
+
+def test_recipe_names_make_an_experiment():
+    experiment = experiment_from_recipes(["deep-relu", "wide-relu"], seeds=3)
+    assert experiment.name == "compare-deep-relu-vs-wide-relu" and experiment.seeds == (0, 1, 2)
+    with pytest.raises(DlkitError, match="Unknown recipe"):
+        experiment_from_recipes(["deep-relu", "nope"])
+
+
+@pytest.mark.parametrize(
+    "text, held",
+    [
+        ("a > b", True),
+        ("a > b by 0.05", True),
+        ("a > b by 0.2", False),
+        ("b < a", True),
+        ("a ~ b within 0.2", True),
+        ("a ~ b within 0.01", False),
+        ("epochs_run: a < b", True),
+        ("a > 0.95", False),
+        ("gap: a > b", False),
+    ],
+)
+def test_expectations(text, held):
+    values = {
+        "a": {"test_accuracy": 0.9, "epochs_run": 5, "gap": 0.01},
+        "b": {"test_accuracy": 0.8, "epochs_run": 9, "gap": 0.05},
+    }
+    verdict = evaluate(parse_expectation(text, ["a", "b"]), values)
+    assert verdict.held is held
+    assert "difference" in verdict.detail
+
+
+def test_expectation_on_a_variant_without_results_is_unchecked():
+    verdict = evaluate(parse_expectation("a > b", ["a", "b"]), {"a": {"test_accuracy": 0.9}})
+    assert verdict.held is None
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_shipped_experiment_loads_and_starts_with_its_command(path):
+    experiment = load_experiment(path)
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# dlkit compare ") and path.name in first_line
+    assert experiment.question and experiment.expect
+    assert experiment.recipes()
+
+
+def test_the_readme_example_experiment_is_valid():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    experiment = parse_experiment(yaml.safe_load(block))
+    assert len(experiment.variants) == 3 + 4
+    assert experiment.recipes()["dropout-0.5"].dropout == 0.5
