@@ -164,6 +164,11 @@ def recipes(input_dim: int, classes: int) -> None:
 @training_options
 @click.option("--seed", "-s", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--experiment", default="dlkit", show_default=True, help="MLflow experiment name.")
+@click.option(
+    "--gradient-norms",
+    is_flag=True,
+    help="Log per-layer gradient norms every epoch (metrics grad_norm_1, ...).",
+)
 @_handle_errors
 def train(
     recipe: str,
@@ -178,6 +183,7 @@ def train(
     quiet: bool,
     seed: int,
     experiment: str,
+    gradient_norms: bool,
 ) -> None:
     """Train RECIPE once and log it as an MLflow run."""
     from dlkit.data import source_kind
@@ -205,6 +211,7 @@ def train(
         tracking_uri=tracking_uri,
         experiment=experiment,
         verbose=0 if quiet else 2,
+        gradient_norms=gradient_norms,
     )
     stopped = f", stopped early at epoch {result.stopped_epoch}" if result.stopped_epoch else ""
     click.echo(
@@ -232,6 +239,12 @@ def train(
 )
 @click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
 @click.option(
+    "--gradient-norms",
+    is_flag=True,
+    default=None,
+    help="Log per-layer gradient norms and plot them against the layer index.",
+)
+@click.option(
     "--output",
     "output_dir",
     default="reports",
@@ -252,6 +265,7 @@ def compare(
     quiet: bool,
     seeds: int | None,
     force: bool,
+    gradient_norms: bool | None,
     output_dir: str,
 ) -> None:
     """Compare recipes side by side: an experiment file, or recipe names.
@@ -274,6 +288,7 @@ def compare(
         epochs=epochs,
         seeds=seeds,
         overrides=parse_assignments(assignments),
+        gradient_norms=gradient_norms or None,
     )
     source_kind(experiment.data.source)
     _quiet_tensorflow()

@@ -35,6 +35,7 @@ def compare(
     epochs: int | None = None,
     seeds: int | Sequence[int] | None = None,
     overrides: dict[str, Any] | None = None,
+    gradient_norms: bool | None = None,
     force: bool = False,
     tracking_uri: str | None = None,
     data_dir: str | None = None,
@@ -62,6 +63,7 @@ def compare(
         epochs: Override every variant's epochs.
         seeds: Number of seeds (0..N-1) or the list of seeds.
         overrides: Recipe fields set on every variant; they win over the file.
+        gradient_norms: Log per-layer gradient norms (overrides the file).
         force: Retrain everything in a new parent run. Defaults to `False`.
         tracking_uri: MLflow store. Defaults to `$MLFLOW_TRACKING_URI`, else
             `sqlite:///mlflow.db`.
@@ -89,6 +91,7 @@ def compare(
         epochs=epochs,
         seeds=seeds,
         overrides=overrides,
+        gradient_norms=gradient_norms,
     )
     recipes = experiment.recipes()
     spec = experiment.data
@@ -157,6 +160,7 @@ def compare(
                     },
                     verbose=verbose,
                     callbacks=callbacks,
+                    gradient_norms=experiment.gradient_norms,
                 )
                 log(f"{prefix}: test accuracy {result.test_accuracy:.4f}")
             except Exception as error:  # one failing variant must not stop the others
@@ -228,6 +232,8 @@ def _log_plan(tracker: Tracker, parent_id: str, experiment: Experiment, plan: li
             "name": experiment.name,
             "question": experiment.question,
             "expect": list(experiment.expect),
+            "gradient_norms": experiment.gradient_norms,
+            "published": experiment.published,
             "runs": plan,
         }
         Path(tmp, PLAN_ARTIFACT).write_text(json.dumps(content, indent=2) + "\n")

@@ -20,7 +20,18 @@ import yaml
 from dlkit.errors import DlkitError, closest
 from dlkit.recipes import Recipe, coerce_overrides, get_recipe
 
-TOP_KEYS = ("name", "question", "dataset", "seeds", "overrides", "variants", "grid", "expect")
+TOP_KEYS = (
+    "name",
+    "question",
+    "dataset",
+    "seeds",
+    "overrides",
+    "variants",
+    "grid",
+    "expect",
+    "gradient_norms",
+    "published",
+)
 DATASET_KEYS = ("source", "train_size", "validation_split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
 GRID_KEYS = ("recipe", "axes")
@@ -62,6 +73,10 @@ class Experiment:
         seeds: The seeds every variant is trained with.
         overrides: Recipe fields set on every variant (a variant's own win).
         expect: Expectations the report checks (see `dlkit.expectations`).
+        gradient_norms: Log per-layer gradient norms and plot them against
+            the layer index. Defaults to `False`.
+        published: Published test accuracy per variant label, shown beside
+            the measured one in the report.
         path: The file it was read from, if any.
     """
 
@@ -72,6 +87,8 @@ class Experiment:
     seeds: tuple[int, ...] = (0,)
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     expect: tuple[str, ...] = ()
+    gradient_norms: bool = False
+    published: dict[str, float] = dataclasses.field(default_factory=dict)
     path: str | None = None
 
     def recipes(self) -> dict[str, Recipe]:
@@ -95,6 +112,7 @@ class Experiment:
         epochs: int | None = None,
         seeds: int | Sequence[int] | None = None,
         overrides: dict[str, Any] | None = None,
+        gradient_norms: bool | None = None,
     ) -> Experiment:
         """Returns a copy with command-line options applied; they beat the file."""
         data = self.data
@@ -119,6 +137,7 @@ class Experiment:
             variants=variants,
             seeds=self.seeds if seeds is None else _seeds(seeds, "seeds"),
             overrides={**self.overrides, **forced},
+            gradient_norms=self.gradient_norms if gradient_norms is None else gradient_norms,
         )
         experiment.recipes()  # validate the result before anything trains
         return experiment
@@ -197,6 +216,22 @@ def parse_experiment(
     if not isinstance(expect, list) or not all(isinstance(e, str) for e in expect):
         raise DlkitError("expect: expected a list of expectations such as 'a > b'.")
 
+    gradient_norms = raw.get("gradient_norms", False)
+    if not isinstance(gradient_norms, bool):
+        raise DlkitError(f"gradient_norms: expected true or false. Received: {gradient_norms!r}")
+    published = raw.get("published", {})
+    if not isinstance(published, dict):
+        raise DlkitError("published: expected a mapping of variant labels to test accuracies.")
+    for label, value in published.items():
+        if label not in labels:
+            raise DlkitError(
+                f"published.{label}: not a variant.{closest(str(label), labels)} "
+                f"Variants: {', '.join(labels)}."
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise DlkitError(
+                f"published.{label}: expected a test accuracy in [0, 1]. Received: {value!r}"
+            )
     experiment = Experiment(
         name=name,
         question=question,
@@ -205,6 +240,8 @@ def parse_experiment(
         seeds=seeds,
         overrides=overrides,
         expect=tuple(expect),
+        gradient_norms=gradient_norms,
+        published={str(k): float(v) for k, v in published.items()},
         path=path,
     )
     experiment.recipes()
@@ -369,6 +406,7 @@ def resolve_experiment(
     epochs: int | None = None,
     seeds: int | Sequence[int] | None = None,
     overrides: dict[str, Any] | None = None,
+    gradient_norms: bool | None = None,
 ) -> Experiment:
     """Returns the validated experiment that a file, recipe names or `Experiment` describe."""
     if isinstance(target, Experiment):
@@ -385,6 +423,7 @@ def resolve_experiment(
         epochs=epochs,
         seeds=seeds,
         overrides=overrides,
+        gradient_norms=gradient_norms,
     )
 
 

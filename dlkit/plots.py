@@ -83,3 +83,38 @@ def plot_test_accuracy(table: pd.DataFrame) -> plt.Figure:
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def plot_gradient_norms(gradients: dict[str, Sequence[dict[int, dict[int, float]]]]) -> plt.Figure:
+    """Draws each layer's gradient norm against its index, on a log scale.
+
+    Args:
+        gradients: For each variant label, one `{layer: {epoch: norm}}` per
+            seed. The left panel shows initialization (epoch 0), the right the
+            last epoch; lines are the geometric mean over seeds.
+
+    Returns:
+        A figure with two panels. Layer 1 is nearest the input; the last is
+        the softmax output layer.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for label, runs in gradients.items():
+        if not runs:
+            continue
+        for ax, pick in zip(axes, (min, max)):
+            layers = sorted(runs[0])
+            values = []
+            for layer in layers:
+                norms = [run[layer][pick(run[layer])] for run in runs if run.get(layer)]
+                values.append(float(np.exp(np.mean(np.log(np.maximum(norms, 1e-30))))))
+            ax.plot(layers, values, marker="o", label=label)
+    for ax, title in zip(axes, ("At initialization", "After the last epoch")):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (1 = nearest the input; last = output)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("gradient norm of the layer's kernel")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(5, max(1, len(labels))), fontsize=8)
+    figure.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 5), 1, 1))
+    return figure

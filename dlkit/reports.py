@@ -42,6 +42,8 @@ class Comparison:
         histories: For each variant, the per-epoch Keras history of each
             finished seed.
         expectations: The verdict on each expectation of the experiment.
+        gradients: With gradient norms logged: for each variant and finished
+            seed, `{layer index: {epoch: norm}}` (epoch 0 is initialization).
     """
 
     def __init__(
@@ -52,14 +54,20 @@ class Comparison:
         runs: pd.DataFrame,
         histories: dict[str, list[dict[str, list[float]]]],
         expect: tuple[str, ...] = (),
+        gradients: dict[str, list[dict[int, dict[int, float]]]] | None = None,
+        published: dict[str, float] | None = None,
     ):
         self.name = name
         self.question = question
         self.parent_run_id = parent_run_id
         self.runs = runs
         self.histories = histories
+        self.gradients = gradients or {}
         self.output_dir: Path | None = None  # where compare/report saved the files
         self.table = summarize(runs)
+        self.published = published or {}
+        if self.published:
+            self.table["published_accuracy"] = self.table["variant"].map(self.published)
         labels = list(self.table["variant"])
         values = self.table.set_index("variant").to_dict("index")
         self.expectations = [evaluate(parse_expectation(e, labels), values) for e in expect]
@@ -81,6 +89,12 @@ class Comparison:
         from dlkit.plots import plot_test_accuracy
 
         return plot_test_accuracy(self.table)
+
+    def plot_gradient_norms(self):
+        """Returns gradient norm against layer index, at initialization and after training."""
+        from dlkit.plots import plot_gradient_norms
+
+        return plot_gradient_norms(self.gradients)
 
     def format(self) -> str:
         """Returns the report as terminal text: table, failures, expectations."""
@@ -118,7 +132,7 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Writes table.csv, table.md, learning_curves.png, test_accuracy.png and runs.csv."""
+        """Writes table.csv, table.md, runs.csv and the plots (PNG) into `folder`."""
         import matplotlib.pyplot as plt
 
         folder = Path(folder)
@@ -127,10 +141,13 @@ class Comparison:
         self.table.to_csv(paths[0], index=False)
         paths[1].write_text(self.markdown())
         self.runs.to_csv(paths[2], index=False)
-        for name, draw in (
+        plots = [
             ("learning_curves.png", self.plot_learning_curves),
             ("test_accuracy.png", self.plot_test_accuracy),
-        ):
+        ]
+        if any(self.gradients.values()):
+            plots.append(("gradient_norms.png", self.plot_gradient_norms))
+        for name, draw in plots:
             figure = draw()
             figure.savefig(folder / name, dpi=100)
             plt.close(figure)
@@ -147,6 +164,11 @@ class Comparison:
                     "params": _int(row["params"]),
                     "seeds": f"{row['finished']}/{row['planned']}",
                     "test acc": _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
+                    **(
+                        {"published": _num(row.get("published_accuracy", math.nan))}
+                        if self.published
+                        else {}
+                    ),
                     "test loss": _pm(row["test_loss_mean"], row["test_loss_std"]),
                     "best val acc": _num(row["best_val_accuracy"]),
                     "train acc": _num(row["train_accuracy"]),
@@ -243,7 +265,7 @@ def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Compariso
         ):
             by_hash[key] = child
 
-    rows, histories = [], {}
+    rows, histories, gradients = [], {}, {}
     for entry in plan["runs"]:
         child = by_hash.get(entry["config_hash"])
         row = {
@@ -259,8 +281,11 @@ def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Compariso
             row[metric] = child.data.metrics.get(metric, math.nan) if child else math.nan
         rows.append(row)
         histories.setdefault(entry["variant"], [])
+        gradients.setdefault(entry["variant"], [])
         if child and child.info.status == "FINISHED":
             histories[entry["variant"]].append(_history(client, child.info.run_id))
+            if plan.get("gradient_norms"):
+                gradients[entry["variant"]].append(_gradients(client, child))
     return Comparison(
         name=plan["name"],
         question=plan.get("question", ""),
@@ -268,6 +293,8 @@ def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Compariso
         runs=pd.DataFrame(rows),
         histories=histories,
         expect=tuple(plan.get("expect", ())),
+        gradients=gradients if plan.get("gradient_norms") else None,
+        published=plan.get("published"),
     )
 
 
@@ -289,6 +316,17 @@ def _history(client: Any, run_id: str) -> dict[str, list[float]]:
         if points:
             history[key] = [m.value for m in points]
     return history
+
+
+def _gradients(client: Any, run: Any) -> dict[int, dict[int, float]]:
+    from dlkit.callbacks import GRAD_PREFIX
+
+    layers = {}
+    for key in run.data.metrics:
+        if key.startswith(GRAD_PREFIX):
+            points = client.get_metric_history(run.info.run_id, key)
+            layers[int(key.removeprefix(GRAD_PREFIX))] = {m.step: m.value for m in points}
+    return dict(sorted(layers.items()))
 
 
 def _pm(mean: float, std: float) -> str:

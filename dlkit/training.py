@@ -251,6 +251,7 @@ def train(
     experiment: str = "dlkit",
     run_name: str | None = None,
     verbose: int | str = 2,
+    gradient_norms: bool = False,
     **overrides: Any,
 ) -> TrainResult:
     """Trains a recipe on a dataset and logs it as one MLflow run.
@@ -265,6 +266,8 @@ def train(
         experiment: MLflow experiment name. Defaults to `"dlkit"`.
         run_name: MLflow run name. Defaults to the recipe's name and seed.
         verbose: Keras progress output (0, 1 or 2). Defaults to `2`.
+        gradient_norms: Log every layer's gradient norm per epoch (metrics
+            `grad_norm_1` nearest the input, ...). Defaults to `False`.
         **overrides: Recipe fields to override, e.g. `epochs=5`.
 
     Returns:
@@ -295,6 +298,7 @@ def train(
         seed=seed,
         run_name=run_name or f"{recipe.name}/seed{seed}",
         verbose=verbose,
+        gradient_norms=gradient_norms,
     )
     result.run_id = run_id
     return result
@@ -311,17 +315,34 @@ def tracked_fit(
     tags: dict[str, str] | None = None,
     verbose: int | str = 2,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    gradient_norms: bool = False,
 ) -> tuple[str, TrainResult]:
-    """Runs `fit` inside one MLflow run of `tracker` and logs everything about it."""
+    """Runs `fit` inside one MLflow run of `tracker` and logs everything about it.
+
+    With `gradient_norms`, per-layer gradient norms on a fixed batch of 512
+    training examples are logged at step 0 (initialization) and every epoch.
+    """
     run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **(tags or {})}
     with tracker.run(run_name, tags=run_tags, parent_id=parent_id) as run_id:
         tracker.log_params(run_id, train_params(recipe, data.info, seed))
+        # Gradient norms go first so their values are in the logs MLflow receives.
+        probes = [_gradient_probe(data)] if gradient_norms else []
         result = fit(
             recipe,
             data,
             seed=seed,
             verbose=verbose,
-            callbacks=[tracker.callback(run_id), *callbacks],
+            callbacks=[*probes, tracker.callback(run_id), *callbacks],
         )
+        for probe in probes:
+            tracker.log_metrics(run_id, probe.initial, step=0)
         tracker.log_result(run_id, result)
     return run_id, result
+
+
+def _gradient_probe(data: Dataset, examples: int = 512):
+    from dlkit.callbacks import GradientNorms
+
+    x, y = data.arrays("train")
+    x, y = x[:examples], y[:examples]
+    return GradientNorms(x, np.eye(data.info.num_classes, dtype=np.float32)[y])

@@ -24,6 +24,8 @@ TINY = {
         {"label": "sigmoid", "recipe": "deep-sigmoid"},
     ],
     "expect": ["relu > sigmoid"],
+    "gradient_norms": True,
+    "published": {"relu": 0.95},
 }
 
 
@@ -87,13 +89,24 @@ def test_table_matches_the_children_metrics(finished):
     assert result.expectations[0].expectation == "relu > sigmoid"
     text = result.format()
     assert "relu" in text and "±" in text and "Expectations:" in text
+    assert "published" in text and "0.9500" in text
+    # two hidden layers and the output: norms at initialization (epoch 0) and after each epoch
+    layers = result.gradients["sigmoid"][0]
+    assert sorted(layers) == [1, 2, 3] and sorted(layers[1]) == [0, 1, 2]
 
 
 def test_report_artifacts_in_mlflow_and_in_the_output_folder(finished):
     result, uri, folder = finished
     client = MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
-    expected = {"table.csv", "table.md", "runs.csv", "learning_curves.png", "test_accuracy.png"}
+    expected = {
+        "table.csv",
+        "table.md",
+        "runs.csv",
+        "learning_curves.png",
+        "test_accuracy.png",
+        "gradient_norms.png",
+    }
     assert names == {f"report/{name}" for name in expected}
     assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"plan.json"}
     local = folder / "reports" / "tiny"
@@ -177,7 +190,7 @@ def test_interrupt_kills_child_and_parent_and_rerun_reuses_finished(tracking_uri
 
 
 def test_a_failing_variant_does_not_stop_the_others(tracking_uri):
-    spec = {**TINY, "seeds": 1, "expect": []}
+    spec = {**TINY, "seeds": 1, "expect": [], "published": {}}
     spec["variants"] = [
         {
             "label": "diverges",

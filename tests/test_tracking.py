@@ -100,3 +100,17 @@ def test_default_store_is_sqlite_mlflow_db_in_the_working_directory(tmp_path):
     tracker = Tracker(experiment="default")
     assert tracker.tracking_uri == "sqlite:///mlflow.db"
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_gradient_norms_are_logged_per_layer_and_vanish_in_deep_sigmoid_nets(digits, tracking_uri):
+    deep_sigmoid = Recipe(depth=6, width=32, activation="sigmoid", epochs=1, optimizer="sgd")
+    result = train(deep_sigmoid, digits, tracking_uri=tracking_uri, verbose=0, gradient_norms=True)
+    client = MlflowClient(tracking_uri)
+    norms = {}
+    for layer in range(1, 8):  # six hidden layers and the output layer
+        history = sorted(
+            client.get_metric_history(result.run_id, f"grad_norm_{layer}"), key=lambda m: m.step
+        )
+        assert [m.step for m in history] == [0, 1]
+        norms[layer] = history[0].value
+    assert norms[1] < norms[7] / 100  # near the input, gradients are tiny
