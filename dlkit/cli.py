@@ -335,15 +335,39 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
     )
 
 
+@main.command()
+@click.option(
+    "--dataset",
+    "-d",
+    default="synthetic",
+    show_default=True,
+    help="'synthetic' (MNIST-shaped, no download) or any dataset source.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=2),
+    default=4,
+    show_default=True,
+    help="Epochs per timed training; the first is warm-up and not counted.",
+)
+@click.option("--json", "json_path", default=None, help="Also write the figures to this file.")
+@_handle_errors
+def bench(dataset: str, epochs: int, json_path: str | None) -> None:
+    """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
+    _quiet_tensorflow()
+    from dlkit.bench import main as run_bench
+
+    args = ["--dataset", dataset, "--epochs", str(epochs)]
+    run_bench([*args, "--json", json_path] if json_path else args)
+
+
 def _print_report(comparison: Any, tracking_uri: str | None) -> None:
     from dlkit.tracking import resolve_tracking_uri
 
     click.echo("\n" + comparison.format())
     if comparison.output_dir:
-        click.echo(
-            f"\nReport files: {comparison.output_dir}/ (table.csv, table.md, "
-            "learning_curves.png, test_accuracy.png)"
-        )
+        files = ", ".join(sorted(p.name for p in comparison.output_dir.iterdir()))
+        click.echo(f"\nReport files in {comparison.output_dir}/: {files}")
     click.echo(
         f"MLflow: experiment {comparison.name!r}, parent run {comparison.parent_run_id}. "
         f"Review: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)}"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 from conftest import SHARED_MNIST
 
 from dlkit import get_recipe
 from dlkit.data import load_dataset
+from dlkit.experiments import load_experiment
 from dlkit.training import fit
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 pytestmark = [
     pytest.mark.integration,
@@ -20,3 +26,31 @@ def test_relu_preset_beats_90_percent_on_real_mnist():
     assert data.info.test_size == 10_000
     result = fit(get_recipe("deep-relu", epochs=2), data, seed=0, verbose=0)
     assert result.test_accuracy > 0.90
+
+
+def test_classic_demo_ordering_holds_at_reduced_epochs(tmp_path):
+    from dlkit import compare
+
+    # 3 of the 20 epochs, one seed, the four variants that carry the lesson.
+    experiment = load_experiment(EXPERIMENTS / "classic_demo.yaml")
+    keep = {"sigmoid-mse", "sigmoid-crossentropy", "sigmoid-13-layers", "relu"}
+    experiment = dataclasses.replace(
+        experiment,
+        variants=tuple(v for v in experiment.variants if v.label in keep),
+        published={},
+        expect=(),
+    )
+    result = compare(
+        experiment,
+        dataset=str(SHARED_MNIST),
+        epochs=3,
+        seeds=1,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        output_dir=None,
+        verbose=0,
+        log=lambda line: None,
+    )
+    accuracy = result.table.set_index("variant")["test_accuracy_mean"]
+    assert accuracy["relu"] > accuracy["sigmoid-13-layers"] + 0.5  # ReLU >> sigmoid when deep
+    assert accuracy["sigmoid-crossentropy"] > accuracy["sigmoid-mse"] + 0.3  # CE >> MSE
+    assert accuracy["relu"] > 0.9
