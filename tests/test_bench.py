@@ -1,0 +1,55 @@
+"""The benchmark's own logic (its speed figures are measured by `dlkit bench`, not asserted)."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+
+from dlkit.bench import TARGET, format_results, synthetic_mnist
+from dlkit.cli import main
+
+
+def test_target_network_is_784_500_500_10():
+    assert TARGET.hidden_layers(784, 10) == (500, 500)
+    assert TARGET.optimizer == "adam" and TARGET.batch_size == 128
+
+
+def test_synthetic_data_is_mnist_shaped_and_learnable():
+    x_train, y_train, x_test, y_test = synthetic_mnist(n_train=500, n_test=100)
+    assert x_train.shape == (500, 28, 28) and x_train.dtype == np.uint8
+    assert set(np.unique(y_train)) <= set(range(10)) and len(np.unique(y_train)) > 5
+    # a least-squares fit of the teacher's kind separates the classes far above chance
+    features = x_train.reshape(500, -1) / 255.0 - 0.5
+    weights, *_ = np.linalg.lstsq(features, np.eye(10)[y_train], rcond=None)
+    accuracy = np.mean((features @ weights).argmax(1) == y_train)
+    assert accuracy > 0.5
+
+
+def test_results_table_names_every_figure_and_its_target():
+    throughput = {
+        "plain_keras_samples_per_second": 9000.0,
+        "dlkit_samples_per_second": 12000.0,
+        "speedup": 1.33,
+        "mfu_dlkit": 0.35,
+        "mfu_plain": 0.26,
+        "plain_test_accuracy": 0.97,
+        "dlkit_test_accuracy": 0.971,
+    }
+    results = {
+        "machine": {"tensorflow": "2.x", "processor": "x86_64", "gpus": 0},
+        "dataset": "synthetic",
+        "epochs": 4,
+        "throughput": {TARGET.name: throughput},
+        "matmul_peak_gflops": 130.0,
+        "tracking": {"overhead_percent": 1.5},
+        "comparison": {"overhead_per_child_seconds": 0.8},
+        "cli": {"help_seconds": 0.2, "recipes_seconds": 0.3},
+    }
+    text = format_results(results)
+    for fragment in ("1.33x", ">= 1.8x", "35% / 26%", "1.5%", "<= 3%", "0.20", "<= 1.0"):
+        assert fragment in text
+
+
+def test_bench_command_is_listed():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0 and "plain Keras" in result.output
