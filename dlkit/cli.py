@@ -42,6 +42,21 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+tracking_uri_option = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow store.  [env: MLFLOW_TRACKING_URI; default: sqlite:///mlflow.db]",
+)
+output_option = click.option(
+    "--output",
+    "output_dir",
+    default="reports",
+    show_default=True,
+    help="Folder the report files are written to (in a subfolder per experiment).",
+)
+
+
 def dataset_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The data options shared by every command that trains."""
     options = [
@@ -99,12 +114,7 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
             metavar="FIELD=VALUE",
             help="Override a recipe field, e.g. --set dropout=0.5 (repeatable).",
         ),
-        click.option(
-            "--tracking-uri",
-            envvar="MLFLOW_TRACKING_URI",
-            default=None,
-            help="MLflow store.  [env: MLFLOW_TRACKING_URI; default: sqlite:///mlflow.db]",
-        ),
+        tracking_uri_option,
         click.option("--quiet", "-q", is_flag=True, help="Hide Keras's per-epoch progress."),
     ]
     for option in reversed(options):
@@ -244,13 +254,7 @@ def train(
     default=None,
     help="Log per-layer gradient norms and plot them against the layer index.",
 )
-@click.option(
-    "--output",
-    "output_dir",
-    default="reports",
-    show_default=True,
-    help="Folder the report files are written to (in a subfolder per experiment).",
-)
+@output_option
 @_handle_errors
 def compare(
     targets: Sequence[str],
@@ -309,19 +313,8 @@ def compare(
 
 @main.command()
 @click.argument("experiment")
-@click.option(
-    "--tracking-uri",
-    envvar="MLFLOW_TRACKING_URI",
-    default=None,
-    help="MLflow store.  [env: MLFLOW_TRACKING_URI; default: sqlite:///mlflow.db]",
-)
-@click.option(
-    "--output",
-    "output_dir",
-    default="reports",
-    show_default=True,
-    help="Folder the report files are written to (in a subfolder per experiment).",
-)
+@tracking_uri_option
+@output_option
 @_handle_errors
 def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
     """Rebuild a comparison's table and plots from MLflow, without training.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -43,7 +44,7 @@ def compare(
     output_dir: str | Path | None = "reports",
     verbose: int | str = 2,
     callbacks: Sequence[Any] = (),
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Trains every variant with every seed and reports them side by side.
 
@@ -73,7 +74,7 @@ def compare(
             `None` writes none. Defaults to `"reports"`.
         verbose: Keras progress per epoch (0, 1 or 2). Defaults to `2`.
         callbacks: Extra Keras callbacks for every training.
-        log: Where progress lines go. Defaults to `print`.
+        log: Where progress lines go. Defaults to printing them at once (flushed).
 
     Returns:
         A `Comparison` whose `table` is a pandas DataFrame.
@@ -93,6 +94,7 @@ def compare(
         overrides=overrides,
         gradient_norms=gradient_norms,
     )
+    log = log or functools.partial(print, flush=True)
     recipes = experiment.recipes()
     spec = experiment.data
     data = load_dataset(
