@@ -160,6 +160,7 @@ def compare(
                         "dlkit.config_hash": key,
                         "dlkit.role": "child",
                     },
+                    params={"variant": label},
                     verbose=verbose,
                     callbacks=callbacks,
                     gradient_norms=experiment.gradient_norms,

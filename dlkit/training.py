@@ -313,18 +313,20 @@ def tracked_fit(
     run_name: str,
     parent_id: str | None = None,
     tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
     verbose: int | str = 2,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     gradient_norms: bool = False,
 ) -> tuple[str, TrainResult]:
     """Runs `fit` inside one MLflow run of `tracker` and logs everything about it.
 
-    With `gradient_norms`, per-layer gradient norms on a fixed batch of 512
+    `params` are logged beside the recipe's and the dataset's. With
+    `gradient_norms`, per-layer gradient norms on a fixed batch of 512
     training examples are logged at step 0 (initialization) and every epoch.
     """
     run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **(tags or {})}
     with tracker.run(run_name, tags=run_tags, parent_id=parent_id) as run_id:
-        tracker.log_params(run_id, train_params(recipe, data.info, seed))
+        tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
         # Gradient norms go first so their values are in the logs MLflow receives.
         probes = [_gradient_probe(data)] if gradient_norms else []
         result = fit(

@@ -67,6 +67,7 @@ def test_parent_with_one_child_per_variant_and_seed(finished):
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.params["seed"] == r.data.tags["dlkit.seed"] for r in runs)
+    assert all(r.data.params["variant"] == r.data.tags["dlkit.variant"] for r in runs)
     assert all(r.data.params["data.train_size"] == "300" for r in runs)  # identical splits
     assert len({r.data.tags["dlkit.config_hash"] for r in runs}) == 4
 
