@@ -96,9 +96,17 @@ def evaluate(expectation: Expectation, values: dict[str, dict[str, float]]) -> V
 
     Args:
         expectation: From `parse_expectation`.
-        values: For each variant label, its mean metrics (`metric -> value`).
+        values: For each variant label, its mean metrics (`metric -> value`);
+        `diverged` true marks a variant whose every run diverged (NaN loss).
     """
     e = expectation
+    diverged = [
+        label
+        for label in (e.left, e.right)
+        if isinstance(label, str) and values.get(label, {}).get("diverged")
+    ]
+    if diverged:
+        return _with_divergence(e, diverged)
     left = values.get(e.left, {}).get(e.metric, math.nan)
     right = (
         e.right if isinstance(e.right, float) else values.get(e.right, {}).get(e.metric, math.nan)
@@ -121,3 +129,16 @@ def evaluate(expectation: Expectation, values: dict[str, dict[str, float]]) -> V
         f"difference {difference:+.4g} ({need})"
     )
     return Verdict(e.text, held, detail)
+
+
+def _with_divergence(e: Expectation, diverged: list[str]) -> Verdict:
+    detail = f"{' and '.join(diverged)} diverged (NaN loss) in every seed"
+    if (
+        e.metric not in ("test_accuracy", "best_val_accuracy", "train_accuracy")
+        or len(diverged) == 2
+    ):
+        return Verdict(e.text, None, f"cannot check: {detail}")
+    if e.op == "~":
+        return Verdict(e.text, False, f"{detail}, so it is not comparable")
+    worse = e.right if e.op == ">" else e.left
+    return Verdict(e.text, diverged == [worse], f"{detail}: it did not learn at all")

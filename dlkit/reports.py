@@ -204,6 +204,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 "planned": len(group),
                 "finished": len(done),
                 "failed": int((group["status"] != "FINISHED").sum()),
+                "diverged": bool(
+                    len(group)
+                    and group["failure"].astype(str).str.startswith("TrainingDiverged").all()
+                ),
                 "params": mean("params", group),
                 "test_accuracy_mean": mean("test_accuracy"),
                 "test_accuracy_std": std("test_accuracy"),

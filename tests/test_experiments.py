@@ -162,6 +162,22 @@ def test_expectations(text, held):
     assert "difference" in verdict.detail
 
 
+@pytest.mark.parametrize(
+    "text, held",
+    [
+        ("a > b", True),
+        ("b > a", False),
+        ("b < a", True),
+        ("a ~ b within 0.5", False),
+        ("test_loss: a < b", None),
+    ],
+)
+def test_a_variant_that_diverged_in_every_seed_did_not_learn(text, held):
+    values = {"a": {"test_accuracy": 0.9, "test_loss": 0.3}, "b": {"diverged": True}}
+    verdict = evaluate(parse_expectation(text, ["a", "b"]), values)
+    assert verdict.held is held and "diverged" in verdict.detail
+
+
 def test_expectation_on_a_variant_without_results_is_unchecked():
     verdict = evaluate(parse_expectation("a > b", ["a", "b"]), {"a": {"test_accuracy": 0.9}})
     assert verdict.held is None
