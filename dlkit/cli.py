@@ -343,14 +343,21 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
     show_default=True,
     help="Epochs per timed training; the first is warm-up and not counted.",
 )
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Alternating runs of each path; the median is reported.",
+)
 @click.option("--json", "json_path", default=None, help="Also write the figures to this file.")
 @_handle_errors
-def bench(dataset: str, epochs: int, json_path: str | None) -> None:
+def bench(dataset: str, epochs: int, repeats: int, json_path: str | None) -> None:
     """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
     _quiet_tensorflow()
     from dlkit.bench import main as run_bench
 
-    args = ["--dataset", dataset, "--epochs", str(epochs)]
+    args = ["--dataset", dataset, "--epochs", str(epochs), "--repeats", str(repeats)]
     run_bench([*args, "--json", json_path] if json_path else args)
 
 

@@ -19,8 +19,9 @@ from dlkit.recipes import Recipe
 
 # Training steps per call into TensorFlow. It changes nothing about the
 # updates (batch size and order stay as the recipe says) but removes most of
-# the per-step Python overhead that dominates small dense nets on a CPU.
-STEPS_PER_EXECUTION = 32
+# the per-step Python overhead of small dense nets. Measured on 2 CPU cores
+# (784-500-500-10, batch 128): 32 steps ~1.03x plain Keras, 128 ~1.2x, 512 no better.
+STEPS_PER_EXECUTION = 128
 
 
 class TrainingDiverged(DlkitError):
@@ -114,7 +115,7 @@ def fit(
         callbacks: Extra Keras callbacks (dlkit's MLflow logger, for one).
         verbose: Keras's `fit` verbosity: 0 silent, 1 progress bar, 2 one
             line per epoch. Defaults to `2`.
-        steps_per_execution: Steps per TensorFlow call. Defaults to `32`.
+        steps_per_execution: Steps per TensorFlow call. Defaults to `128`.
         jit_compile: XLA compilation, passed to `compile`. Defaults to `"auto"`.
 
     Returns:

@@ -57,6 +57,7 @@ def main() -> None:
     out = ROOT / "docs" / "lessons"
     sections = []
     started = time.time()
+    training_seconds = 0.0
     for stem in args.only or LESSONS:
         path = ROOT / "experiments" / f"{stem}.yaml"
         experiment = load_experiment(path)
@@ -68,6 +69,7 @@ def main() -> None:
             verbose=0,
         )
         print(comparison.format(), flush=True)
+        training_seconds += float(comparison.runs["wall_time_s"].fillna(0).sum())
         command = f"dlkit compare experiments/{path.name}"
         if args.dataset:
             command += f" --dataset {args.dataset}"
@@ -103,7 +105,9 @@ the official training set, as each section says), on a {platform.machine()} mach
 seeds. "Expectations" are the outcomes the lesson predicts, checked on these very runs; one that
 did not hold is reported as such.
 
-Regenerate everything (about {elapsed:.0f} minutes here; finished runs are reused from MLflow):
+Regenerate everything (the trainings take about {training_seconds / 60:.0f} minutes here, plus
+TensorFlow and MLflow start-up; finished runs are reused from MLflow, so an interrupted
+regeneration picks up where it stopped):
 
 ```bash
 python docs/make_lessons.py --dataset ../shared/data/mnist   # or omit --dataset to use TFDS mnist
