@@ -111,7 +111,7 @@ def evaluate(expectation: Expectation, values: dict[str, dict[str, float]]) -> V
     right = (
         e.right if isinstance(e.right, float) else values.get(e.right, {}).get(e.metric, math.nan)
     )
-    name = e.right if isinstance(e.right, str) else f"{e.right:g}"
+    name = e.right if isinstance(e.right, str) else "the threshold"
     if not (math.isfinite(left) and math.isfinite(right)):
         return Verdict(e.text, None, f"cannot check: no finished run for {e.left} or {name}")
     difference = left - right

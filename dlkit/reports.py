@@ -124,6 +124,13 @@ class Comparison:
             lines += [self.question, ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(row[c]) for c in header) + " |" for row in rows]
+        failed = self.runs[self.runs["status"] != "FINISHED"]
+        if not failed.empty:
+            lines += ["", "Runs that did not finish:", ""]
+            lines += [
+                f"- {row.variant} seed {row.seed}: {row.status}, {row.failure}"
+                for row in failed.itertuples()
+            ]
         if self.expectations:
             lines += ["", "Expectations:", ""]
             for verdict in self.expectations:
