@@ -23,6 +23,7 @@ from dlkit.experiments import (
     resolve_experiment,
 )
 from dlkit.reports import PLAN_ARTIFACT, Comparison, latest_parent, load_comparison
+from dlkit.text import safe_name
 from dlkit.tracking import Tracker
 from dlkit.training import tracked_fit
 
@@ -171,11 +172,15 @@ def compare(
             trained_times.append(time.perf_counter() - start)
 
         comparison = load_comparison(tracker, parent_id)
-        _log_report(tracker, parent_id, comparison)
-    if output_dir is not None:
-        folder = Path(output_dir) / _safe(experiment.name)
-        comparison.save(folder)
-        comparison.output_dir = folder
+        # Render the report once: into the output folder, or a temporary one
+        # when there is none, and log those same files to the parent run.
+        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+            folder = (
+                Path(tmp) if output_dir is None else Path(output_dir) / safe_name(experiment.name)
+            )
+            _log_report(tracker, parent_id, comparison, comparison.save(folder))
+        if output_dir is not None:
+            comparison.output_dir = folder
     return comparison
 
 
@@ -201,7 +206,7 @@ def report(
         )
     comparison = load_comparison(tracker)
     if output_dir is not None:
-        folder = Path(output_dir) / _safe(name)
+        folder = Path(output_dir) / safe_name(name)
         comparison.save(folder)
         comparison.output_dir = folder
     return comparison
@@ -255,10 +260,11 @@ def _log_plan(tracker: Tracker, parent_id: str, experiment: Experiment, plan: li
         tracker.log_artifact(parent_id, Path(tmp, "experiment.yaml"))
 
 
-def _log_report(tracker: Tracker, parent_id: str, comparison: Comparison) -> None:
-    with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-        for path in comparison.save(tmp):
-            tracker.log_artifact(parent_id, path, "report")
+def _log_report(
+    tracker: Tracker, parent_id: str, comparison: Comparison, files: list[Path]
+) -> None:
+    for path in files:
+        tracker.log_artifact(parent_id, path, "report")
     best = comparison.best
     tags = {"dlkit.failed_runs": int((comparison.runs["status"] != "FINISHED").sum())}
     if best:
@@ -275,7 +281,3 @@ def _eta(times: list[float], remaining: int) -> str:
     seconds = sum(times) / len(times) * remaining
     minutes, secs = divmod(int(round(seconds)), 60)
     return f" (about {minutes}m{secs:02d}s left)" if minutes else f" (about {secs}s left)"
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

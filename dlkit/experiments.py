@@ -398,17 +398,12 @@ def _data_spec(raw: Any) -> DataSpec:
 
 
 def resolve_experiment(
-    target: Experiment | str | Path | Sequence[str],
-    *,
-    dataset: str | None = None,
-    train_size: int | None = None,
-    validation_split: float | None = None,
-    epochs: int | None = None,
-    seeds: int | Sequence[int] | None = None,
-    overrides: dict[str, Any] | None = None,
-    gradient_norms: bool | None = None,
+    target: Experiment | str | Path | Sequence[str], **options: Any
 ) -> Experiment:
-    """Returns the validated experiment that a file, recipe names or `Experiment` describe."""
+    """Returns the validated experiment that a file, recipe names or `Experiment` describe.
+
+    `options` are those of `Experiment.with_options` (dataset, epochs, seeds, ...).
+    """
     if isinstance(target, Experiment):
         experiment = target
     elif isinstance(target, (str, Path)) and is_experiment_file(str(target)):
@@ -416,15 +411,7 @@ def resolve_experiment(
     else:
         names = [target] if isinstance(target, (str, Path)) else list(target)
         experiment = experiment_from_recipes([str(n) for n in names])
-    return experiment.with_options(
-        dataset=dataset,
-        train_size=train_size,
-        validation_split=validation_split,
-        epochs=epochs,
-        seeds=seeds,
-        overrides=overrides,
-        gradient_norms=gradient_norms,
-    )
+    return experiment.with_options(**options)
 
 
 def is_experiment_file(target: str) -> bool:

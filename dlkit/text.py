@@ -22,3 +22,8 @@ def text_table(rows: Sequence[dict[str, Any]], align_right: Sequence[str] = ()) 
 
     rule = "  ".join("-" * widths[c] for c in columns)
     return "\n".join([line({c: c for c in columns}), rule, *(line(row) for row in rows)])
+
+
+def safe_name(name: str) -> str:
+    """Returns `name` with anything but letters, digits, `-`, `_` and `.` as `_` (for paths)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

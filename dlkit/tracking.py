@@ -24,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import dlkit
 from dlkit.errors import DlkitError
+from dlkit.text import safe_name
 
 if TYPE_CHECKING:
     from dlkit.training import TrainResult
@@ -193,5 +194,4 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     db = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-    return (db.parent / "mlruns" / safe).as_uri()
+    return (db.parent / "mlruns" / safe_name(experiment)).as_uri()
