@@ -1,8 +1,14 @@
 """dlkit: fair, reproducible comparisons of fully connected networks on Keras.
 
 Recipes (`get_recipe`, `list_recipes`, `register_recipe`, `Recipe`) are pure
-Python. Everything that needs TensorFlow or MLflow is imported on first use,
-so `import dlkit` and the CLI's listings start fast.
+Python, and data sources register the same way (`register_source`).
+Everything that needs TensorFlow or MLflow is imported on first use, so
+`import dlkit` and the CLI's listings start fast.
+
+The modules depend on each other one way, each on those before it: recipes
+(pure data) -> models -> sources and data -> training -> tracking (the one
+door to MLflow) -> runs (a training inside a run; a child run over a
+picklable spec) and reports -> comparison -> cli.
 """
 
 from __future__ import annotations
@@ -10,23 +16,29 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dlkit.errors import DlkitError
-from dlkit.recipes import Recipe, get_recipe, list_recipes, register_recipe
-
 __version__ = "0.1.0"
+
+from dlkit import presets  # noqa: E402, F401  (registers the presets on import)
+from dlkit.errors import DlkitError  # noqa: E402
+from dlkit.recipes import Recipe, get_recipe, list_recipes, register_recipe  # noqa: E402
+from dlkit.sources import register_source  # noqa: E402
 
 _LAZY = {
     "load_dataset": "dlkit.data",
     "Dataset": "dlkit.data",
+    "DataSpec": "dlkit.data",
     "build_model": "dlkit.models",
     "load_model": "dlkit.models",
     "Maxout": "dlkit.layers",
-    "train": "dlkit.training",
     "fit": "dlkit.training",
     "TrainResult": "dlkit.training",
     "Tracker": "dlkit.tracking",
+    "train": "dlkit.runs",
+    "ChildSpec": "dlkit.runs",
+    "run_child": "dlkit.runs",
     "compare": "dlkit.comparison",
     "report": "dlkit.comparison",
+    "Options": "dlkit.options",
     "Comparison": "dlkit.reports",
     "Experiment": "dlkit.experiments",
     "load_experiment": "dlkit.experiments",
@@ -38,6 +50,7 @@ __all__ = [
     "get_recipe",
     "list_recipes",
     "register_recipe",
+    "register_source",
     *_LAZY,
 ]
 

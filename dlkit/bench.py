@@ -1,6 +1,6 @@
 """Benchmarks: dlkit's training path against plain Keras, measured in one run on one machine.
 
-    dlkit bench                      # or: python -m dlkit.bench
+    dlkit bench
     dlkit bench --json bench.json --dataset ../shared/data/mnist
 
 Every figure is a ratio or a share measured in the same run, so a noisy,
@@ -28,55 +28,41 @@ from dlkit.recipes import Recipe, get_recipe
 TARGET = Recipe(name="mlp-500x2", depth=2, width=500, activation="relu", batch_size=128)
 
 
-def synthetic_mnist(n_train: int = 24_000, n_test: int = 4_000, seed: int = 0):
-    """MNIST-shaped data that needs no download and can be learned: uint8 28x28 images whose
-    labels come from a fixed random linear teacher."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
-    teacher = rng.normal(size=(784, 10))
-    y = np.argmax((x.reshape(len(x), -1) / 255.0 - 0.5) @ teacher, axis=1)
-    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-
-
 def load_bench_data(source: str):
-    from dlkit.data import Dataset, DatasetInfo, load_dataset
+    """Loads `source` with every training example in the training split (no validation)."""
+    from dlkit.data import load_dataset
 
-    if source != "synthetic":
-        return load_dataset(source, validation_split=0.0)
-    x_train, y_train, x_test, y_test = synthetic_mnist()
-    splits = {
-        "train": (x_train.reshape(len(x_train), -1).astype(np.float32), y_train),
-        "validation": (np.zeros((0, 784), np.float32), np.zeros(0, np.int64)),
-        "test": (x_test.reshape(len(x_test), -1).astype(np.float32), y_test),
-    }
-    info = DatasetInfo("synthetic", "synthetic", (784,), 10, len(x_train), 0, len(x_test), 255.0)
-    return Dataset(info, splits)
+    return load_dataset(source, validation_split=0.0)
 
 
 def plain_keras(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
     """Trains the same network the way a user writes it: numpy arrays into `model.fit`."""
     import keras
 
-    from dlkit.training import _EpochTimer
+    from dlkit.callbacks import EpochTimer
 
     keras.utils.set_random_seed(seed)
+    info = data.info
     x, y = data.arrays("train")
     x_test, y_test = data.arrays("test")
-    layers = [keras.Input(shape=(784,))]
-    layers += [keras.layers.Dense(recipe.width, activation="relu") for _ in range(recipe.depth)]
-    model = keras.Sequential([*layers, keras.layers.Dense(10, activation="softmax")])
+    layers = [keras.Input(shape=info.input_shape)]
+    layers += [
+        keras.layers.Dense(units, activation=recipe.activation)
+        for units in recipe.hidden_layers(int(np.prod(info.input_shape)), info.num_classes)
+    ]
+    model = keras.Sequential([*layers, keras.layers.Dense(info.num_classes, activation="softmax")])
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    timer = _EpochTimer()
-    onehot = np.eye(10, dtype=np.float32)
+    timer = EpochTimer()
+    onehot = np.eye(info.num_classes, dtype=np.float32)
     model.fit(
-        x / 255.0,
+        x / info.input_max,
         onehot[y],
         batch_size=recipe.batch_size,
         epochs=epochs,
         verbose=0,
         callbacks=[timer],
     )
-    _, accuracy = model.evaluate(x_test / 255.0, onehot[y_test], verbose=0)
+    _, accuracy = model.evaluate(x_test / info.input_max, onehot[y_test], verbose=0)
     return {"samples_per_second": timer.samples_per_second(len(x)), "test_accuracy": accuracy}
 
 
@@ -108,8 +94,8 @@ def matmul_peak(n: int = 4096, seconds: float = 3.0) -> float:
 
 def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
     """Time spent in MLflow calls during a tracked training, as a share of its training time."""
+    from dlkit.runs import tracked_fit
     from dlkit.tracking import Tracker
-    from dlkit.training import tracked_fit
 
     class TimedTracker(Tracker):
         seconds = 0.0
@@ -145,14 +131,14 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
     }
 
 
-def comparison_overhead(data_source: str, epochs: int) -> dict[str, float]:
+def comparison_overhead(data_source: str, epochs: int, train_size: int = 1000) -> dict[str, float]:
     """Seconds a comparison spends per child run beyond the child's own `fit`."""
     from dlkit.comparison import compare
     from dlkit.experiments import parse_experiment
 
     spec = {
         "name": "bench-overhead",
-        "dataset": {"source": data_source, "train_size": 1000},
+        "dataset": {"source": data_source, "train_size": train_size},
         "seeds": 2,
         "overrides": {"epochs": epochs, "width": 64},
         "variants": ["deep-relu", "wide-relu"],
@@ -197,11 +183,35 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(
-    dataset: str = "synthetic", epochs: int = 4, repeats: int = 3, seed: int = 0
+    dataset: str = "synthetic",
+    *,
+    epochs: int = 4,
+    repeats: int = 3,
+    seed: int = 0,
+    recipes: tuple[Recipe, ...] | None = None,
+    peak_size: int = 4096,
+    peak_seconds: float = 3.0,
+    overhead_train_size: int = 1000,
 ) -> dict[str, Any]:
-    """Runs every measurement and returns the figures (see the module docstring)."""
+    """Runs every measurement and returns the figures (see the module docstring).
+
+    Args:
+        dataset: Any dataset source. Defaults to `"synthetic"` (MNIST-shaped).
+        epochs: Epochs per timed training; the first is warm-up. Defaults to `4`.
+        repeats: Alternating runs of each path. Defaults to `3`.
+        seed: Training seed. Defaults to `0`.
+        recipes: The networks timed. Defaults to `TARGET` and `deep-relu`.
+        peak_size: Side of the square matmul that measures the peak. Defaults to `4096`.
+        peak_seconds: How long the peak is measured. Defaults to `3.0`.
+        overhead_train_size: Training examples of the comparison-overhead
+            run on digits. Defaults to `1000`.
+
+    Returns:
+        A dict of figures, as `format_results` prints and `save` writes them.
+    """
     import tensorflow as tf
 
+    recipes = recipes or (TARGET, get_recipe("deep-relu"))
     data = load_bench_data(dataset)
     results: dict[str, Any] = {
         "machine": {
@@ -216,7 +226,7 @@ def run(
         "repeats": repeats,
         "throughput": {},
     }
-    for recipe in (TARGET, get_recipe("deep-relu")):
+    for recipe in recipes:
         # Alternate the two paths and keep each one's median, so that load from
         # elsewhere on a shared machine falls on both alike.
         plain_runs, our_runs = [], []
@@ -236,17 +246,23 @@ def run(
             "plain_test_accuracy": plain["test_accuracy"],
             "dlkit_test_accuracy": ours["test_accuracy"],
         }
-    peak = matmul_peak()
+    peak = matmul_peak(peak_size, peak_seconds)
     results["matmul_peak_gflops"] = peak / 1e9
-    for recipe in (TARGET, get_recipe("deep-relu")):
+    input_dim, classes = int(np.prod(data.info.input_shape)), data.info.num_classes
+    for recipe in recipes:
         figures = results["throughput"][recipe.name]
-        flops_per_sample = 6 * recipe.param_count(784, 10)
+        flops_per_sample = 6 * recipe.param_count(input_dim, classes)
         figures["mfu_dlkit"] = flops_per_sample * figures["dlkit_samples_per_second"] / peak
         figures["mfu_plain"] = flops_per_sample * figures["plain_keras_samples_per_second"] / peak
-    results["tracking"] = tracking_overhead(TARGET, data, epochs, seed)
-    results["comparison"] = comparison_overhead("digits", epochs=2)
+    results["tracking"] = tracking_overhead(recipes[0], data, epochs, seed)
+    results["comparison"] = comparison_overhead("digits", 2, overhead_train_size)
     results["cli"] = cli_startup()
     return results
+
+
+def save(results: dict[str, Any], path: str | Path) -> None:
+    """Writes the figures as JSON."""
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -287,7 +303,7 @@ def format_results(results: dict[str, Any]) -> str:
     tracking, comparison, cli = results["tracking"], results["comparison"], results["cli"]
     rows += [
         {
-            "measure": "matmul peak, float32 4096^2 (GFLOP/s)",
+            "measure": "matmul peak, float32 (GFLOP/s)",
             "value": f"{results['matmul_peak_gflops']:.1f}",
             "target": "",
         },
@@ -320,26 +336,3 @@ def format_results(results: dict[str, Any]) -> str:
         f"{machine['gpus']} GPU(s)"
     )
     return header + "\n\n" + text_table(rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m dlkit.bench", description=__doc__)
-    parser.add_argument(
-        "--dataset",
-        default="synthetic",
-        help="'synthetic' (MNIST-shaped, no download) or any dlkit source",
-    )
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per path")
-    parser.add_argument("--json", default=None, help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    results = run(args.dataset, args.epochs, args.repeats)
-    print(format_results(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,15 @@
-"""Keras callbacks of dlkit's own: per-layer gradient norms, for the vanishing-gradient lesson."""
+"""Keras callbacks of dlkit's own: per-epoch metric logging, and per-layer gradient norms."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-GRAD_PREFIX = "grad_norm_"
+from dlkit.keys import GRAD_PREFIX
 
 
 class GradientNorms(keras.callbacks.Callback):
@@ -50,3 +53,45 @@ class GradientNorms(keras.callbacks.Callback):
         self.history.append(values)
         if logs is not None:
             logs.update(values)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Hands each epoch's Keras logs to `log(metrics, step)`, step = epoch number (1-based).
+
+    The sink is the tracking side's (e.g. `functools.partial(tracker.log_metrics,
+    run_id)`), so Keras meets MLflow through this one callback and neither
+    module imports the other.
+
+    Args:
+        log: Called once per epoch with the epoch's metrics and its number.
+    """
+
+    def __init__(self, log: Callable[..., None]):
+        super().__init__()
+        self.log = log
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        if metrics:
+            self.log(metrics, step=epoch + 1)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch's training steps (validation excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(getattr(self, "_last", time.perf_counter()) - self._start)
+
+    def samples_per_second(self, samples_per_epoch: int) -> float:
+        timed = self.seconds[1:] or self.seconds  # the first epoch includes tracing
+        return samples_per_epoch * len(timed) / max(sum(timed), 1e-9)

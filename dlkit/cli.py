@@ -15,9 +15,13 @@ from typing import Any
 
 import click
 
+from dlkit.data import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError
+from dlkit.options import OUTPUT_DIR, Options
 from dlkit.recipes import get_recipe, list_recipes, parse_assignments
 from dlkit.text import text_table
+
+MAX_SEED = 2**32 - 1  # Keras seeds NumPy, whose seeds are 32-bit
 
 
 def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,7 +55,7 @@ tracking_uri_option = click.option(
 output_option = click.option(
     "--output",
     "output_dir",
-    default="reports",
+    default=OUTPUT_DIR,
     show_default=True,
     help="Folder the report files are written to (in a subfolder per experiment).",
 )
@@ -64,8 +68,8 @@ def dataset_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--dataset",
             "-d",
             default=None,
-            help="'digits' (no download), a TFDS name (mnist, fashion_mnist, ...), "
-            "a folder of IDX files or a .npz file.  [default: mnist]",
+            help="'digits' or 'synthetic' (no download), a TFDS name (mnist, fashion_mnist, "
+            f"...), a folder of IDX files or a .npz file.  [default: {DEFAULT_SOURCE}]",
         ),
         click.option(
             "--train-size",
@@ -77,7 +81,7 @@ def dataset_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--validation-split",
             type=click.FloatRange(0, 1, max_open=True),
             default=None,
-            help="Fraction of training data held out.  [default: 0.1]",
+            help=f"Fraction of training data held out.  [default: {DEFAULT_VALIDATION_SPLIT}]",
         ),
         click.option(
             "--data-dir",
@@ -172,7 +176,14 @@ def recipes(input_dim: int, classes: int) -> None:
 @click.argument("recipe")
 @dataset_options
 @training_options
-@click.option("--seed", "-s", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed",
+    "-s",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Random seed.",
+)
 @click.option("--experiment", default="dlkit", show_default=True, help="MLflow experiment name.")
 @click.option(
     "--gradient-norms",
@@ -196,21 +207,23 @@ def train(
     gradient_norms: bool,
 ) -> None:
     """Train RECIPE once and log it as an MLflow run."""
-    from dlkit.data import source_kind
-
     chosen = get_recipe(recipe, **_overrides(assignments, epochs))
-    dataset = dataset or "mnist"
-    source_kind(dataset)
-    _quiet_tensorflow()
-    from dlkit.data import load_dataset
-    from dlkit.training import train as train_recipe
-
-    data = load_dataset(
-        dataset,
-        train_size=train_size,
-        validation_split=0.1 if validation_split is None else validation_split,
+    given = {"source": dataset, "train_size": train_size, "validation_split": validation_split}
+    spec = DataSpec(
+        **{key: value for key, value in given.items() if value is not None},
         data_dir=data_dir,
         download=download,
+    )
+    _quiet_tensorflow()
+    from dlkit.data import load_dataset
+    from dlkit.runs import train as train_recipe
+
+    data = load_dataset(
+        spec.source,
+        train_size=spec.train_size,
+        validation_split=spec.validation_split,
+        data_dir=spec.data_dir,
+        download=spec.download,
         seed=seed,
     )
     click.echo(f"Training {chosen.name} on {data!r}")
@@ -278,14 +291,13 @@ def compare(
     dlkit compare experiments/quickstart.yaml
     dlkit compare deep-relu wide-relu --dataset digits --seeds 3 --epochs 10
     """
-    from dlkit.data import source_kind
     from dlkit.experiments import is_experiment_file, resolve_experiment
+    from dlkit.sources import find_source
 
     if len(targets) > 1 and any(is_experiment_file(t) for t in targets):
         raise DlkitError("Give either one experiment file or recipe names, not both.")
     target = targets[0] if len(targets) == 1 and is_experiment_file(targets[0]) else list(targets)
-    experiment = resolve_experiment(
-        target,
+    options = Options(
         dataset=dataset,
         train_size=train_size,
         validation_split=validation_split,
@@ -293,22 +305,27 @@ def compare(
         seeds=seeds,
         overrides=parse_assignments(assignments),
         gradient_norms=gradient_norms or None,
+        data_dir=data_dir,
+        download=download,
+        force=force,
+        tracking_uri=tracking_uri,
+        output_dir=output_dir,
+        verbose=0 if quiet else 2,
     )
-    source_kind(experiment.data.source)
+    # Everything that can be checked without TensorFlow fails here, before it loads.
+    experiment = resolve_experiment(target, options)
+    find_source(experiment.data.source)
     _quiet_tensorflow()
     from dlkit.comparison import compare as run_comparison
 
-    comparison = run_comparison(
-        experiment,
-        force=force,
-        tracking_uri=tracking_uri,
-        data_dir=data_dir,
-        download=download,
-        output_dir=output_dir,
-        verbose=0 if quiet else 2,
-        log=click.echo,
-    )
+    comparison = run_comparison(experiment, options, log=click.echo)
     _print_report(comparison, tracking_uri)
+    if comparison.failed:
+        first = comparison.runs[comparison.runs["status"] != "FINISHED"].iloc[0]
+        raise click.ClickException(
+            f"{comparison.failed} of {len(comparison.runs)} runs did not finish; the first, "
+            f"{first['variant']} seed {first['seed']}: {first['status']} - {first['failure']}"
+        )
 
 
 @main.command()
@@ -354,11 +371,32 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
 @_handle_errors
 def bench(dataset: str, epochs: int, repeats: int, json_path: str | None) -> None:
     """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
-    _quiet_tensorflow()
-    from dlkit.bench import main as run_bench
+    from dlkit.sources import find_source
 
-    args = ["--dataset", dataset, "--epochs", str(epochs), "--repeats", str(repeats)]
-    run_bench([*args, "--json", json_path] if json_path else args)
+    find_source(dataset)
+    if json_path is not None:
+        _check_writable(json_path)
+    _quiet_tensorflow()
+    from dlkit import bench as benchmark
+
+    results = benchmark.run(dataset, epochs=epochs, repeats=repeats)
+    click.echo(benchmark.format_results(results))
+    if json_path is not None:
+        benchmark.save(results, json_path)
+        click.echo(f"\nFigures written to {json_path}")
+
+
+def _check_writable(path: str) -> None:
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise DlkitError(f"--json {path!r} is a folder. Give the path of a file to write.")
+    if not target.resolve().parent.is_dir():
+        raise DlkitError(
+            f"--json {path!r}: the folder {str(target.resolve().parent)!r} does not exist. "
+            "Create it, or give a path in an existing folder."
+        )
 
 
 def _print_report(comparison: Any, tracking_uri: str | None) -> None:

@@ -1,33 +1,73 @@
-"""Datasets: read from TFDS, IDX files, .npz or scikit-learn's digits into tf.data pipelines.
+"""Datasets: a source's arrays split deterministically and served as tf.data pipelines.
 
-Every source is read once into memory (these are MNIST-sized sets), split
-deterministically, and served by pipelines that shuffle with the seed, batch
-and prefetch. The splits never depend on the training seed, so every variant
-and seed of a comparison sees the same examples.
+Every source (see `dlkit.sources`) is read once into memory (these are
+MNIST-sized sets), checked, split deterministically, and served by pipelines
+that shuffle with the seed, batch and prefetch. The splits never depend on
+the training seed, so every variant and seed of a comparison sees the same
+examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import os
-import struct
-from pathlib import Path
+import functools
 from typing import Any
 
 import numpy as np
 
-from dlkit.errors import DlkitError, closest
+from dlkit.errors import DlkitError
+from dlkit.sources import find_source
 
-LOCAL_SOURCES = ("digits",)
-IDX_FILES = {
-    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
-    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
-    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
-    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
-}
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+DEFAULT_SOURCE = "mnist"
+DEFAULT_VALIDATION_SPLIT = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which data a training reads: plain values, so it travels to any worker.
+
+    Args:
+        source: A dataset source: `"digits"`, `"synthetic"`, a TFDS name, a
+            folder of IDX files, a `.npz` file, or any registered source.
+            Defaults to `"mnist"`.
+        train_size: Train on the first N training examples only.
+            Defaults to `None` (all).
+        validation_split: Fraction of the training pool held out for
+            validation, from its end. Defaults to `0.1`.
+        data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`,
+            else `~/tensorflow_datasets`).
+        download: Let TFDS download data that is not prepared.
+            Defaults to `True`.
+    """
+
+    source: str = DEFAULT_SOURCE
+    train_size: int | None = None
+    validation_split: float = DEFAULT_VALIDATION_SPLIT
+    data_dir: str | None = None
+    download: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        """Returns the fields that decide which examples are read (what a config hash covers)."""
+        return {
+            "source": self.source,
+            "train_size": self.train_size,
+            "validation_split": self.validation_split,
+        }
+
+    def load(self) -> Dataset:
+        """Loads the dataset (cached in this process: every child of a comparison reuses it)."""
+        return _load_cached(self)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(spec: DataSpec) -> Dataset:
+    return load_dataset(
+        spec.source,
+        train_size=spec.train_size,
+        validation_split=spec.validation_split,
+        data_dir=spec.data_dir,
+        download=spec.download,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,23 +181,25 @@ class Dataset:
 
 
 def load_dataset(
-    source: str = "digits",
+    source: str = DEFAULT_SOURCE,
     *,
     train_size: int | None = None,
-    validation_split: float = 0.1,
+    validation_split: float = DEFAULT_VALIDATION_SPLIT,
     flatten: bool = True,
     data_dir: str | None = None,
     download: bool = True,
     batch_size: int = 128,
     seed: int = 0,
 ) -> Dataset:
-    """Loads a dataset and splits it into train, validation and test.
+    """Loads a dataset, checks it, and splits it into train, validation and test.
 
     Args:
-        source: `"digits"` (scikit-learn's 8x8 digits, no download), a TFDS
-            name such as `"mnist"` or `"fashion_mnist"`, a folder of IDX files
-            (the original MNIST format, gzipped or not), or a `.npz` file with
-            `x_train`, `y_train`, `x_test` and `y_test`. Defaults to `"digits"`.
+        source: `"digits"` (scikit-learn's 8x8 digits, no download),
+            `"synthetic"` (MNIST-shaped, learnable, no download), a TFDS name
+            such as `"mnist"` or `"fashion_mnist"`, a folder of IDX files (the
+            original MNIST format, gzipped or not), a `.npz` file with
+            `x_train`, `y_train`, `x_test` and `y_test`, or any source
+            registered with `dlkit.register_source`. Defaults to `"mnist"`.
         train_size: Keep only the first `train_size` training examples (the
             classic demo trains on the first 10,000). Defaults to `None` (all).
         validation_split: Fraction of the training pool held out for
@@ -175,6 +217,10 @@ def load_dataset(
     Returns:
         A `Dataset`.
 
+    Raises:
+        DlkitError: for an unknown source, a missing or corrupt file, or
+            data that cannot be trained on (see `check_arrays`).
+
     Example:
 
     >>> data = load_dataset("digits", train_size=500)
@@ -189,19 +235,12 @@ def load_dataset(
     if train_size is not None and train_size < 1:
         raise DlkitError(f"train_size must be a positive number. Received: train_size={train_size}")
 
-    kind = source_kind(source)
-    if kind == "digits":
-        name, arrays = "digits", _read_digits()
-    elif kind == "npz":
-        name, arrays = Path(source).stem, _read_npz(Path(source))
-    elif kind == "idx":
-        name, arrays = Path(source).resolve().name, _read_idx_folder(Path(source))
-    else:
-        name, arrays = source, _read_tfds(source, data_dir=data_dir, download=download)
-    x_train, y_train, x_test, y_test = arrays
-
-    y_train, y_test = y_train.astype(np.int64).reshape(-1), y_test.astype(np.int64).reshape(-1)
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    reader = find_source(source)
+    name = reader.dataset_name(source)
+    x_train, y_train, x_test, y_test = reader.read(source, data_dir=data_dir, download=download)
+    x_train, y_train, x_test, y_test, num_classes = check_arrays(
+        name, x_train, y_train, x_test, y_test
+    )
     input_max = 255.0 if x_train.dtype == np.uint8 else float(np.abs(x_train).max()) or 1.0
     if flatten:
         x_train = x_train.reshape(len(x_train), -1)
@@ -226,7 +265,7 @@ def load_dataset(
     }
     info = DatasetInfo(
         name=name,
-        source=kind if kind in ("digits", "tfds") else f"{kind}:{Path(source).resolve()}",
+        source=reader.describe(source),
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         num_classes=num_classes,
         train_size=n_train,
@@ -237,161 +276,88 @@ def load_dataset(
     return Dataset(info, splits, batch_size=batch_size, seed=seed)
 
 
-def source_kind(source: str) -> str:
-    """Returns `"digits"`, `"npz"`, `"idx"` or `"tfds"` for a dataset source.
+def check_arrays(
+    name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Checks a source's arrays once, vectorised, and returns them with the class count.
 
-    Paths are checked here, before TensorFlow is imported, so a mistyped path
-    fails at once.
-    """
-    if source in LOCAL_SOURCES:
-        return source
-    path = Path(source).expanduser()
-    looks_like_path = source.endswith(".npz") or os.sep in source or source.startswith(".")
-    if path.is_dir():
-        return "idx"
-    if path.is_file():
-        if source.endswith(".npz"):
-            return "npz"
-        raise DlkitError(
-            f"Cannot read dataset file {source!r}: expected a .npz file with "
-            f"{', '.join(NPZ_KEYS)}, or a folder of IDX files."
-        )
-    if looks_like_path:
-        raise DlkitError(
-            f"Dataset path {source!r} does not exist. Give a folder of IDX files, "
-            "a .npz file, 'digits', or a TFDS name such as 'mnist'."
-        )
-    return "tfds"
+    Images must be real and finite, with one label per image and the same
+    example shape in train and test; labels must be whole numbers from 0 with
+    at least two classes present.
 
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Reads one IDX file (gzipped or not) into a numpy array.
+    Returns:
+        `(x_train, y_train, x_test, y_test, num_classes)`, labels as int64 vectors.
 
     Raises:
-        DlkitError: when the file is missing, truncated or not IDX.
+        DlkitError: naming the dataset and what is wrong.
     """
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as error:
-        raise DlkitError(f"Cannot read IDX file {str(path)!r}: {error}.") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DlkitError(
-            f"{str(path)!r} is not an IDX file: its header does not start with the IDX "
-            "magic number (0x00000801 labels, 0x00000803 images)."
-        )
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DlkitError(f"IDX file {str(path)!r} is truncated inside its header.")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DlkitError(
-            f"IDX file {str(path)!r} is truncated or corrupt: its header promises shape "
-            f"{shape} ({expected:,} bytes of data) but it holds {len(raw) - header:,}."
-        )
-    return (
-        np.frombuffer(raw, dtype=dtype, offset=header)
-        .reshape(shape)
-        .astype(dtype.newbyteorder("="))
-    )
-
-
-def _find_idx(folder: Path, key: str) -> Path:
-    for stem in IDX_FILES[key]:
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                return candidate
-    expected = ", ".join(f"{names[0]}[.gz]" for names in IDX_FILES.values())
-    raise DlkitError(
-        f"Folder {str(folder)!r} has no {IDX_FILES[key][0]}[.gz]. "
-        f"An IDX dataset folder holds the four original MNIST-format files: {expected}."
-    )
-
-
-def _read_idx_folder(folder: Path) -> tuple[np.ndarray, ...]:
-    arrays = tuple(read_idx(_find_idx(folder, key)) for key in IDX_FILES)
-    for x, y, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "test")):
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim < 2:
+            raise DlkitError(
+                f"Dataset {name!r}: x_{split} has shape {x.shape}; expected one row per "
+                "example, e.g. (examples, 28, 28) or (examples, features)."
+            )
+        if y.ndim != 1:
+            raise DlkitError(
+                f"Dataset {name!r}: y_{split} has shape {y.shape}; expected one label per example."
+            )
         if len(x) != len(y):
             raise DlkitError(
-                f"IDX folder {str(folder)!r}: the {split} images ({len(x)}) and labels "
-                f"({len(y)}) differ in count."
+                f"Dataset {name!r}: the {split} images ({len(x)}) and labels ({len(y)}) "
+                "differ in count."
             )
-    return arrays
-
-
-def _read_npz(path: Path) -> tuple[np.ndarray, ...]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in NPZ_KEYS if key not in npz.files]
-            if missing:
-                raise DlkitError(
-                    f"{str(path)!r} lacks {', '.join(missing)}. A dataset .npz holds "
-                    f"{', '.join(NPZ_KEYS)} (found: {', '.join(npz.files) or 'nothing'})."
-                )
-            arrays = tuple(npz[key] for key in NPZ_KEYS)
-    except (OSError, ValueError, EOFError) as error:
-        if isinstance(error, DlkitError):
-            raise
-        raise DlkitError(f"Cannot read {str(path)!r} as a .npz file: {error}") from None
-    x_train, y_train, x_test, y_test = arrays
-    if y_train.ndim == 2:  # one-hot labels
-        y_train, y_test = y_train.argmax(axis=1), y_test.argmax(axis=1)
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise DlkitError(f"{str(path)!r}: x and y of a split differ in length.")
-    return x_train, y_train, x_test, y_test
-
-
-def _read_digits() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    # The set comes ordered by writer; a fixed permutation (independent of
-    # any training seed) gives a stable 80/20 train/test split.
-    order = np.random.default_rng(0).permutation(len(digits.target))
-    x, y = digits.images[order].astype(np.float32), digits.target[order]
-    n_test = len(y) // 5
-    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
-
-
-def _read_tfds(name: str, *, data_dir: str | None, download: bool) -> tuple[np.ndarray, ...]:
-    import tensorflow_datasets as tfds
-
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-    try:
-        train, test = tfds.load(
-            name,
-            split=["train", "test"],
-            data_dir=data_dir,
-            as_supervised=True,
-            download=download,
+        if not len(x):
+            raise DlkitError(f"Dataset {name!r}: the {split} split is empty.")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DlkitError(
+                f"Dataset {name!r}: x_{split} holds {x.dtype} values; expected real numbers."
+            )
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise DlkitError(
+                f"Dataset {name!r}: x_{split} holds NaN or infinite values "
+                f"({int((~np.isfinite(x)).sum()):,} of them). Clean the data before training."
+            )
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DlkitError(
+            f"Dataset {name!r}: train examples have shape {arrays['x_train'].shape[1:]} but "
+            f"test examples {arrays['x_test'].shape[1:]}; they must agree."
         )
-    except tfds.core.registered.DatasetNotFoundError:
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+    whole = np.issubdtype(labels.dtype, np.integer) or (
+        np.issubdtype(labels.dtype, np.floating)
+        and np.isfinite(labels).all()
+        and (labels == np.round(labels)).all()
+    )
+    if not whole:
         raise DlkitError(
-            f"Unknown dataset {name!r}: it is not 'digits', an existing path, or a TFDS "
-            f"dataset.{closest(name, tfds.list_builders())}"
-        ) from None
-    except Exception as error:  # network, checksum, split and manual-download errors alike
-        where = data_dir or "~/tensorflow_datasets"
+            f"Dataset {name!r}: labels must be whole class numbers 0, 1, 2, ... "
+            f"Received {labels.dtype} labels such as {labels[:3].tolist()}."
+        )
+    labels = labels.astype(np.int64)
+    if labels.min() < 0:
         raise DlkitError(
-            f"Could not load TFDS dataset {name!r} from {where}: {_first_line(error)}. "
-            "Either let TFDS download it (needs network access), prepare it under "
-            "--data-dir / $TFDS_DATA_DIR (original files can go in its downloads/manual "
-            "folder), or point --dataset at a local folder of IDX files or a .npz file."
-        ) from None
-    (x_train, y_train), (x_test, y_test) = _to_numpy(train), _to_numpy(test)
-    return x_train, y_train, x_test, y_test
-
-
-def _to_numpy(split: Any) -> tuple[np.ndarray, np.ndarray]:
-    # Large batches rather than batch_size=-1, which TFDS's mock data cannot serve.
-    xs, ys = zip(*split.batch(8192).as_numpy_iterator())
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__).rstrip(".")
+            f"Dataset {name!r}: labels must be class numbers from 0. Received: {labels.min()}."
+        )
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise DlkitError(
+            f"Dataset {name!r}: only one class ({present[0]}) is present; a classifier "
+            "needs at least two."
+        )
+    if len(present) * 2 < present[-1] + 1:
+        raise DlkitError(
+            f"Dataset {name!r}: labels look out of range: {len(present)} classes are present "
+            f"but the largest label is {present[-1]}, which would make {present[-1] + 1} "
+            "classes. Number the classes 0 to N-1."
+        )
+    n_train = len(arrays["y_train"])
+    return (
+        arrays["x_train"],
+        labels[:n_train],
+        arrays["x_test"],
+        labels[n_train:],
+        int(present[-1]) + 1,
+    )

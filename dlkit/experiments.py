@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from dlkit.data import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError, closest
+from dlkit.options import Options
 from dlkit.recipes import Recipe, coerce_overrides, get_recipe
 
 TOP_KEYS = (
@@ -35,21 +37,6 @@ TOP_KEYS = (
 DATASET_KEYS = ("source", "train_size", "validation_split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
 GRID_KEYS = ("recipe", "axes")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """Which data every variant trains on.
-
-    Args:
-        source: A `load_dataset` source. Defaults to `"mnist"`.
-        train_size: First N training examples only. Defaults to `None` (all).
-        validation_split: Fraction held out for validation. Defaults to `0.1`.
-    """
-
-    source: str = "mnist"
-    train_size: int | None = None
-    validation_split: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,28 +90,22 @@ class Experiment:
                 raise DlkitError(f"{self._where()}{where}: {error}") from None
         return resolved
 
-    def with_options(
-        self,
-        *,
-        dataset: str | None = None,
-        train_size: int | None = None,
-        validation_split: float | None = None,
-        epochs: int | None = None,
-        seeds: int | Sequence[int] | None = None,
-        overrides: dict[str, Any] | None = None,
-        gradient_norms: bool | None = None,
-    ) -> Experiment:
-        """Returns a copy with command-line options applied; they beat the file."""
-        data = self.data
-        if dataset is not None:
-            data = dataclasses.replace(data, source=dataset)
-        if train_size is not None:
-            data = dataclasses.replace(data, train_size=train_size)
-        if validation_split is not None:
-            data = dataclasses.replace(data, validation_split=validation_split)
-        forced = dict(overrides or {})
-        if epochs is not None:
-            forced["epochs"] = epochs
+    def with_options(self, options: Options) -> Experiment:
+        """Returns a copy with a comparison's options applied; they beat the file."""
+        changes = {
+            "source": options.dataset,
+            "train_size": options.train_size,
+            "validation_split": options.validation_split,
+            "data_dir": options.data_dir,
+        }
+        data = dataclasses.replace(
+            self.data,
+            **{key: value for key, value in changes.items() if value is not None},
+            download=options.download,
+        )
+        forced = dict(options.overrides)
+        if options.epochs is not None:
+            forced["epochs"] = options.epochs
         variants = self.variants
         if forced:
             forced = coerce_overrides(forced)
@@ -135,9 +116,11 @@ class Experiment:
             self,
             data=data,
             variants=variants,
-            seeds=self.seeds if seeds is None else _seeds(seeds, "seeds"),
+            seeds=self.seeds if options.seeds is None else _seeds(options.seeds, "seeds"),
             overrides={**self.overrides, **forced},
-            gradient_norms=self.gradient_norms if gradient_norms is None else gradient_norms,
+            gradient_norms=(
+                self.gradient_norms if options.gradient_norms is None else options.gradient_norms
+            ),
         )
         experiment.recipes()  # validate the result before anything trains
         return experiment
@@ -152,7 +135,7 @@ def config_hash(recipe: Recipe, data: DataSpec, seed: int) -> str:
 
     payload = {
         "recipe": {k: v for k, v in recipe.to_dict().items() if k != "name"},
-        "data": dataclasses.asdict(data),
+        "data": data.identity(),
         "seed": seed,
         "dlkit": __version__,
     }
@@ -256,7 +239,7 @@ def parse_experiment(
 
 
 def experiment_from_recipes(
-    names: Sequence[str], *, dataset: str = "mnist", seeds: int | Sequence[int] = 1
+    names: Sequence[str], *, dataset: str = DEFAULT_SOURCE, seeds: int | Sequence[int] = 1
 ) -> Experiment:
     """Returns an experiment comparing registered recipes as they are."""
     variants = tuple(Variant(label=name, recipe=name) for name in names)
@@ -381,7 +364,7 @@ def _data_spec(raw: Any) -> DataSpec:
             "validation_split."
         )
     _check_keys(raw, DATASET_KEYS, "dataset.")
-    source = _string(raw.get("source", "mnist"), "dataset.source")
+    source = _string(raw.get("source", DEFAULT_SOURCE), "dataset.source")
     train_size = raw.get("train_size")
     if train_size is not None and (
         not isinstance(train_size, int) or isinstance(train_size, bool) or train_size < 1
@@ -389,7 +372,7 @@ def _data_spec(raw: Any) -> DataSpec:
         raise DlkitError(
             f"dataset.train_size: expected a positive whole number. Received: {train_size!r}"
         )
-    split = raw.get("validation_split", 0.1)
+    split = raw.get("validation_split", DEFAULT_VALIDATION_SPLIT)
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise DlkitError(
             f"dataset.validation_split: expected a number in [0, 1). Received: {split!r}"
@@ -398,11 +381,13 @@ def _data_spec(raw: Any) -> DataSpec:
 
 
 def resolve_experiment(
-    target: Experiment | str | Path | Sequence[str], **options: Any
+    target: Experiment | str | Path | Sequence[str], options: Options | None = None
 ) -> Experiment:
     """Returns the validated experiment that a file, recipe names or `Experiment` describe.
 
-    `options` are those of `Experiment.with_options` (dataset, epochs, seeds, ...).
+    Args:
+        target: An experiment file, recipe names, or an `Experiment`.
+        options: The comparison's `Options`; they beat the file. Defaults to `Options()`.
     """
     if isinstance(target, Experiment):
         experiment = target
@@ -411,7 +396,7 @@ def resolve_experiment(
     else:
         names = [target] if isinstance(target, (str, Path)) else list(target)
         experiment = experiment_from_recipes([str(n) for n in names])
-    return experiment.with_options(**options)
+    return experiment.with_options(options or Options())
 
 
 def is_experiment_file(target: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -237,19 +238,6 @@ class Recipe:
             "params": f"{self.param_count(input_dim, num_classes):,}",
         }
 
-    def build(self, input_shape: int | tuple[int, ...], num_classes: int, **stats: Any):
-        """Returns this recipe's `keras.Sequential`; see `dlkit.models.build_model`.
-
-        Example:
-
-        >>> model = get_recipe("deep-relu").build((784,), 10)
-        >>> model.count_params()
-        898510
-        """
-        from dlkit.models import build_model
-
-        return build_model(self, input_shape, num_classes, **stats)
-
     @property
     def _pieces(self) -> int:
         return self.maxout_pieces if self.activation == "maxout" else 1
@@ -263,32 +251,16 @@ def _count(input_dim: int, num_classes: int, hidden: tuple[int, ...], pieces: in
     return total + (fan_in + 1) * num_classes
 
 
-_FIELD_TYPES: dict[str, type] = {
-    "name": str,
-    "depth": int,
-    "width": int,
-    "widths": tuple,
-    "match_depth": int,
-    "activation": str,
-    "maxout_pieces": int,
-    "input_dropout": float,
-    "dropout": float,
-    "weight_decay": float,
-    "initializer": str,
-    "loss": str,
-    "optimizer": str,
-    "learning_rate": float,
-    "momentum": float,
-    "lr_decay": float,
-    "lr_decay_epochs": int,
-    "batch_size": int,
-    "epochs": int,
-    "early_stopping": bool,
-    "monitor": str,
-    "patience": int,
-    "restore_best_weights": bool,
-    "normalization": str,
-}
+def _field_types() -> dict[str, type]:
+    # The dataclass annotations are the one field list; `tuple[int, ...]` reads as tuple.
+    hints = typing.get_type_hints(Recipe)
+    return {
+        field.name: typing.get_origin(hints[field.name]) or hints[field.name]
+        for field in dataclasses.fields(Recipe)
+    }
+
+
+_FIELD_TYPES = _field_types()
 _TYPE_NAMES = {
     str: "a string",
     int: "a whole number",
@@ -391,18 +363,23 @@ def _parse(field: str, text: str) -> Any:
 
 
 # The registry: three verbs, keyed by name. Presets themselves live in
-# dlkit/presets.py as small functions that state only what differs.
+# dlkit/presets.py as small functions that state only what differs; the
+# package's __init__ imports that module, so they are registered before any
+# lookup without this module importing it back.
 _REGISTRY: dict[str, Callable[[], Recipe]] = {}
 
 
 def register_recipe(
-    fn: Callable[[], Recipe] | None = None, *, name: str | None = None
+    fn: Callable[[], Recipe] | None = None, *, name: str | None = None, replace: bool = False
 ) -> Callable[..., Any]:
     """Registers a function returning a `Recipe` under `name`.
 
     Args:
         fn: A function with no arguments that returns a `Recipe`.
         name: Registry key. Defaults to the function's name with `_` as `-`.
+        replace: Allow replacing a recipe already registered under `name`.
+            Defaults to `False`: a second registration of a name is a mistake
+            (two presets silently shadowing each other) and raises `DlkitError`.
 
     Returns:
         The function, unchanged, so this works as a decorator.
@@ -418,28 +395,40 @@ def register_recipe(
 
     def decorate(function: Callable[[], Recipe]) -> Callable[[], Recipe]:
         key = name or function.__name__.replace("_", "-")
+        if key in _REGISTRY and not replace:
+            raise DlkitError(
+                f"A recipe named {key!r} is already registered. Choose another name, or "
+                "pass replace=True to register_recipe to replace it on purpose."
+            )
         _REGISTRY[key] = function
         return function
 
     return decorate(fn) if fn is not None else decorate
 
 
-def get_recipe(name: str, **overrides: Any) -> Recipe:
+def unregister_recipe(name: str) -> None:
+    """Removes the recipe `name` from the registry (for tests and interactive sessions)."""
+    if name not in _REGISTRY:
+        raise DlkitError(f"Unknown recipe {name!r}.{closest(name, _REGISTRY)}")
+    del _REGISTRY[name]
+
+
+def get_recipe(name: str, /, **overrides: Any) -> Recipe:
     """Returns the preset `name` with `overrides` applied (the user's values win).
 
     Args:
         name: A registered recipe name, see `list_recipes()`.
         **overrides: Recipe fields to change; strings are parsed by field type.
+            `name=...` renames the result.
 
     Returns:
-        A validated `Recipe` whose `name` is `name`.
+        A validated `Recipe` whose `name` is `name`, unless overridden.
 
     Example:
 
     >>> get_recipe("deep-relu", dropout=0.2).dropout
     0.2
     """
-    _load_presets()
     if name not in _REGISTRY:
         raise DlkitError(
             f"Unknown recipe {name!r}.{closest(name, _REGISTRY)} "
@@ -450,9 +439,4 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
 
 def list_recipes() -> list[str]:
     """Returns the registered recipe names, in registration order."""
-    _load_presets()
     return list(_REGISTRY)
-
-
-def _load_presets() -> None:
-    import dlkit.presets  # noqa: F401  (registers the presets on import)

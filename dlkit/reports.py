@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from dlkit.errors import DlkitError
 from dlkit.expectations import evaluate, parse_expectation
+from dlkit.keys import GRAD_PREFIX
 from dlkit.text import text_table
+
+if TYPE_CHECKING:
+    from dlkit.tracking import RunRecord, Tracker
+
 
 PLAN_ARTIFACT = "plan.json"
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -71,6 +75,11 @@ class Comparison:
         labels = list(self.table["variant"])
         values = self.table.set_index("variant").to_dict("index")
         self.expectations = [evaluate(parse_expectation(e, labels), values) for e in expect]
+
+    @property
+    def failed(self) -> int:
+        """The number of planned runs that did not finish (failed, killed or not run)."""
+        return int((self.runs["status"] != "FINISHED").sum())
 
     @property
     def best(self) -> str | None:
@@ -238,42 +247,31 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Comparison:
+def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Comparison:
     """Rebuilds a comparison from MLflow alone: the parent's plan, its children's metrics.
 
     Args:
         tracker: A `dlkit.tracking.Tracker` on the comparison's MLflow experiment.
         parent_run_id: The parent run. Defaults to the experiment's latest.
     """
-    client = tracker.client
-    parent_run_id = parent_run_id or latest_parent(tracker)
+    parent_run_id = parent_run_id or tracker.latest_parent()
     if parent_run_id is None:
         raise DlkitError(
             f"MLflow experiment {tracker.experiment!r} at {tracker.tracking_uri} has no "
             "comparison yet. Run `dlkit compare` first, or check --tracking-uri."
         )
-    with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-        try:
-            plan_file = client.download_artifacts(parent_run_id, PLAN_ARTIFACT, tmp)
-        except Exception:
-            raise DlkitError(
-                f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison."
-            ) from None
-        plan = json.loads(Path(plan_file).read_text())
+    text = tracker.read_artifact(parent_run_id, PLAN_ARTIFACT)
+    if text is None:
+        raise DlkitError(
+            f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison."
+        )
+    plan = json.loads(text)
 
-    children = client.search_runs(
-        [tracker.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=5000,
-    )
-    by_hash: dict[str, Any] = {}
-    for child in children:  # newest first: keep the newest finished run of each hash
-        key = child.data.tags.get("dlkit.config_hash")
+    by_hash: dict[str | None, RunRecord] = {}
+    for child in tracker.children(parent_run_id):  # newest first: keep the newest finished
+        key = child.tags.get("dlkit.config_hash")
         current = by_hash.get(key)
-        if current is None or (
-            current.info.status != "FINISHED" and child.info.status == "FINISHED"
-        ):
+        if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
             by_hash[key] = child
 
     rows, histories, gradients = [], {}, {}
@@ -284,19 +282,19 @@ def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Compariso
             "recipe": entry["recipe"],
             "seed": entry["seed"],
             "config_hash": entry["config_hash"],
-            "run_id": child.info.run_id if child else None,
-            "status": child.info.status if child else "NOT RUN",
-            "failure": (child.data.tags.get("dlkit.failure", "") if child else "not run yet"),
+            "run_id": child.run_id if child else None,
+            "status": child.status if child else "NOT RUN",
+            "failure": child.tags.get("dlkit.failure", "") if child else "not run yet",
         }
         for metric in RUN_METRICS:
-            row[metric] = child.data.metrics.get(metric, math.nan) if child else math.nan
+            row[metric] = child.metrics.get(metric, math.nan) if child else math.nan
         rows.append(row)
         histories.setdefault(entry["variant"], [])
         gradients.setdefault(entry["variant"], [])
-        if child and child.info.status == "FINISHED":
-            histories[entry["variant"]].append(_history(client, child.info.run_id))
+        if child and child.status == "FINISHED":
+            histories[entry["variant"]].append(_history(tracker, child.run_id))
             if plan.get("gradient_norms"):
-                gradients[entry["variant"]].append(_gradients(client, child))
+                gradients[entry["variant"]].append(_gradients(tracker, child))
     return Comparison(
         name=plan["name"],
         question=plan.get("question", ""),
@@ -309,34 +307,20 @@ def load_comparison(tracker: Any, parent_run_id: str | None = None) -> Compariso
     )
 
 
-def latest_parent(tracker: Any) -> str | None:
-    """Returns the id of the experiment's most recent comparison parent run, if any."""
-    found = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string="tags.`dlkit.role` = 'parent'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return found[0].info.run_id if found else None
-
-
-def _history(client: Any, run_id: str) -> dict[str, list[float]]:
+def _history(tracker: Tracker, run_id: str) -> dict[str, list[float]]:
     history = {}
     for key in HISTORY_KEYS:
-        points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        points = tracker.metric_history(run_id, key)
         if points:
-            history[key] = [m.value for m in points]
+            history[key] = [points[step] for step in sorted(points)]
     return history
 
 
-def _gradients(client: Any, run: Any) -> dict[int, dict[int, float]]:
-    from dlkit.callbacks import GRAD_PREFIX
-
+def _gradients(tracker: Tracker, run: RunRecord) -> dict[int, dict[int, float]]:
     layers = {}
-    for key in run.data.metrics:
+    for key in run.metrics:
         if key.startswith(GRAD_PREFIX):
-            points = client.get_metric_history(run.info.run_id, key)
-            layers[int(key.removeprefix(GRAD_PREFIX))] = {m.step: m.value for m in points}
+            layers[int(key.removeprefix(GRAD_PREFIX))] = tracker.metric_history(run.run_id, key)
     return dict(sorted(layers.items()))
 
 

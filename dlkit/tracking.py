@@ -1,13 +1,17 @@
-"""MLflow tracking: the one module that talks to MLflow.
+"""MLflow tracking: the one module that talks to MLflow, for reads and writes alike.
 
 A `Tracker` opens runs (ending them FINISHED, FAILED or KILLED, never left
-RUNNING), logs params, per-epoch metrics through a Keras callback, and a
-training's results and artifacts. Training code stays MLflow-free.
+RUNNING), logs params, metrics, a training's results and artifacts, and reads
+back what reports and resumed comparisons need: the latest parent, its
+children as plain `RunRecord`s, metric histories and artifacts. Training code
+stays MLflow-free, and nothing here imports TensorFlow, so commands that only
+read runs start fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -39,6 +42,21 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def portable_uri(tracking_uri: str) -> str:
+    """Returns `tracking_uri` with a relative sqlite path made absolute.
+
+    `sqlite:///mlflow.db` means "in the working folder"; a worker running
+    elsewhere must be told which file that was.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri.startswith(prefix + "/"):
+        return tracking_uri
+    path = tracking_uri.removeprefix(prefix)
+    if path == ":memory:" or Path(path).is_absolute():
+        return tracking_uri
+    return prefix + str(Path(path).expanduser().resolve())
+
+
 class Tracker:
     """Logs dlkit runs into one MLflow experiment.
 
@@ -46,11 +64,14 @@ class Tracker:
         tracking_uri: MLflow tracking URI. Defaults to `$MLFLOW_TRACKING_URI`,
             else `sqlite:///mlflow.db` in the working directory with artifacts
             in `mlruns/` beside it (MLflow's own default layout).
-        experiment: MLflow experiment name, created when missing.
-            Defaults to `"dlkit"`.
+        experiment: MLflow experiment name. Defaults to `"dlkit"`.
+        create: Create the experiment when missing. Defaults to `True`;
+            `False` raises `DlkitError` instead (for commands that only read).
     """
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "dlkit"):
+    def __init__(
+        self, tracking_uri: str | None = None, experiment: str = "dlkit", *, create: bool = True
+    ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         # MLflow draws a progress bar for every artifact download; reports fetch several.
@@ -64,7 +85,12 @@ class Tracker:
                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. "
                 "Check --tracking-uri / $MLFLOW_TRACKING_URI."
             ) from None
-        if found is None:
+        if found is None or (not create and found.lifecycle_stage == "deleted"):
+            if not create:
+                raise DlkitError(
+                    f"No MLflow experiment named {experiment!r} in the tracking store "
+                    f"{self.tracking_uri}. Run `dlkit compare` first, or check --tracking-uri."
+                )
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=_artifact_location(self.tracking_uri, experiment)
             )
@@ -133,10 +159,6 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def callback(self, run_id: str) -> keras.callbacks.Callback:
-        """Returns a Keras callback that logs every epoch's metrics to `run_id`."""
-        return MlflowMetricsLogger(self, run_id)
-
     def log_result(self, run_id: str, result: TrainResult, *, save_model: bool = True) -> None:
         """Logs a finished training: summary metrics, tags and artifacts.
 
@@ -162,22 +184,82 @@ class Tracker:
                 result.model.save(model_file)
                 self.log_artifact(run_id, model_file, "model")
 
+    # Reads: everything a report or a resumed comparison needs, as plain values.
 
-class MlflowMetricsLogger(keras.callbacks.Callback):
-    """Logs each epoch's Keras logs as MLflow metrics, step = epoch number (1-based).
+    def latest_parent(self) -> str | None:
+        """Returns the id of the experiment's most recent comparison parent run, if any."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string="tags.`dlkit.role` = 'parent'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
 
-    One `log_batch` call per epoch keeps the cost to a few milliseconds an epoch.
+    def children(self, parent_id: str, *, status: str | None = None) -> list[RunRecord]:
+        """Returns the child runs of `parent_id`, newest first, optionally of one status."""
+        query = f"tags.mlflow.parentRunId = '{parent_id}'"
+        if status:
+            query += f" and attributes.status = '{status}'"
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=query,
+            order_by=["attributes.start_time DESC"],
+            max_results=_MAX_CHILDREN,
+        )
+        return [_record(run) for run in runs]
+
+    def get(self, run_id: str) -> RunRecord:
+        """Returns one run as a `RunRecord`."""
+        return _record(self.client.get_run(run_id))
+
+    def metric_history(self, run_id: str, key: str) -> dict[int, float]:
+        """Returns a metric's values by step (empty when it was never logged)."""
+        return {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
+
+    def read_artifact(self, run_id: str, path: str) -> str | None:
+        """Returns a text artifact's content, or `None` when the run has no such file."""
+        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, path, tmp)
+            except Exception:  # MLflow raises several kinds for a missing artifact
+                return None
+            return Path(local).read_text()
+
+
+_MAX_CHILDREN = 50_000
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(
+        run_id=run.info.run_id,
+        status=run.info.status,
+        start_time=run.info.start_time or 0,
+        tags=dict(run.data.tags),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain values: what reports and resumes read.
+
+    Attributes:
+        run_id: The run's id.
+        status: `FINISHED`, `FAILED`, `KILLED` or `RUNNING`.
+        start_time: Start, in milliseconds since the epoch.
+        tags: The run's tags.
+        params: The run's params, as text.
+        metrics: The latest value of each metric.
     """
 
-    def __init__(self, tracker: Tracker, run_id: str):
-        super().__init__()
-        self.tracker = tracker
-        self.run_id = run_id
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        if metrics:
-            self.tracker.log_metrics(self.run_id, metrics, step=epoch + 1)
+    run_id: str
+    status: str
+    start_time: int
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
 
 
 def _param_text(value: Any) -> str:

@@ -6,12 +6,12 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from dlkit.callbacks import EpochTimer
 from dlkit.data import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.models import build_model, compile_model
@@ -141,7 +141,7 @@ def fit(
     )
     compile_model(model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile)
 
-    timer = _EpochTimer()
+    timer = EpochTimer()
     own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer]
     early_stopping = None
     if recipe.early_stopping:
@@ -214,138 +214,3 @@ def _best_epoch(history: dict[str, list[float]], monitor: str) -> int | None:
         return None
     pick = np.nanargmax if "accuracy" in monitor else np.nanargmin
     return int(pick(values)) + 1
-
-
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch's training steps (validation excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._last = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(getattr(self, "_last", time.perf_counter()) - self._start)
-
-    def samples_per_second(self, samples_per_epoch: int) -> float:
-        timed = self.seconds[1:] or self.seconds  # the first epoch includes tracing
-        return samples_per_epoch * len(timed) / max(sum(timed), 1e-9)
-
-
-def train_params(recipe: Recipe, info: DatasetInfo, seed: int) -> dict[str, Any]:
-    """Returns everything that defines a training, as flat params."""
-    return {**recipe.to_dict(), **info.to_params(), "seed": seed}
-
-
-def train(
-    recipe: Recipe | str,
-    data: Dataset | str = "digits",
-    *,
-    seed: int = 0,
-    track: bool = True,
-    tracking_uri: str | None = None,
-    experiment: str = "dlkit",
-    run_name: str | None = None,
-    verbose: int | str = 2,
-    gradient_norms: bool = False,
-    **overrides: Any,
-) -> TrainResult:
-    """Trains a recipe on a dataset and logs it as one MLflow run.
-
-    Args:
-        recipe: A `Recipe`, or the name of a registered one.
-        data: A `Dataset`, or a source for `load_dataset`. Defaults to `"digits"`.
-        seed: Random seed. Defaults to `0`.
-        track: Log the run to MLflow. Defaults to `True`.
-        tracking_uri: MLflow store. Defaults to `$MLFLOW_TRACKING_URI`, else
-            `sqlite:///mlflow.db`.
-        experiment: MLflow experiment name. Defaults to `"dlkit"`.
-        run_name: MLflow run name. Defaults to the recipe's name and seed.
-        verbose: Keras progress output (0, 1 or 2). Defaults to `2`.
-        gradient_norms: Log every layer's gradient norm per epoch (metrics
-            `grad_norm_1` nearest the input, ...). Defaults to `False`.
-        **overrides: Recipe fields to override, e.g. `epochs=5`.
-
-    Returns:
-        A `TrainResult`; with tracking, its `run_id` names the MLflow run.
-
-    Example:
-
-    >>> result = train("deep-relu", "digits", epochs=5)
-    >>> result.test_accuracy > 0.9
-    True
-    """
-    from dlkit.data import load_dataset
-    from dlkit.recipes import get_recipe
-
-    recipe = (
-        get_recipe(recipe, **overrides) if isinstance(recipe, str) else recipe.replace(**overrides)
-    )
-    data = load_dataset(data, seed=seed) if isinstance(data, str) else data
-    if not track:
-        return fit(recipe, data, seed=seed, verbose=verbose)
-    from dlkit.tracking import Tracker
-
-    tracker = Tracker(tracking_uri, experiment)
-    run_id, result = tracked_fit(
-        tracker,
-        recipe,
-        data,
-        seed=seed,
-        run_name=run_name or f"{recipe.name}/seed{seed}",
-        verbose=verbose,
-        gradient_norms=gradient_norms,
-    )
-    result.run_id = run_id
-    return result
-
-
-def tracked_fit(
-    tracker: Any,
-    recipe: Recipe,
-    data: Dataset,
-    *,
-    seed: int,
-    run_name: str,
-    parent_id: str | None = None,
-    tags: dict[str, str] | None = None,
-    params: dict[str, Any] | None = None,
-    verbose: int | str = 2,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    gradient_norms: bool = False,
-) -> tuple[str, TrainResult]:
-    """Runs `fit` inside one MLflow run of `tracker` and logs everything about it.
-
-    `params` are logged beside the recipe's and the dataset's. With
-    `gradient_norms`, per-layer gradient norms on a fixed batch of 512
-    training examples are logged at step 0 (initialization) and every epoch.
-    """
-    run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **(tags or {})}
-    with tracker.run(run_name, tags=run_tags, parent_id=parent_id) as run_id:
-        tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
-        # Gradient norms go first so their values are in the logs MLflow receives.
-        probes = [_gradient_probe(data)] if gradient_norms else []
-        result = fit(
-            recipe,
-            data,
-            seed=seed,
-            verbose=verbose,
-            callbacks=[*probes, tracker.callback(run_id), *callbacks],
-        )
-        for probe in probes:
-            tracker.log_metrics(run_id, probe.initial, step=0)
-        tracker.log_result(run_id, result)
-    return run_id, result
-
-
-def _gradient_probe(data: Dataset, examples: int = 512):
-    from dlkit.callbacks import GradientNorms
-
-    x, y = data.arrays("train")
-    x, y = x[:examples], y[:examples]
-    return GradientNorms(x, np.eye(data.info.num_classes, dtype=np.float32)[y])

@@ -73,7 +73,7 @@ def main() -> None:
         command = f"dlkit compare experiments/{path.name}"
         if args.dataset:
             command += f" --dataset {args.dataset}"
-        data = experiment.with_options(dataset=args.dataset).data
+        data = experiment.with_options(dlkit.Options(dataset=args.dataset)).data
         held = [v.held for v in comparison.expectations]
         lines = [
             f"## {experiment.question}",

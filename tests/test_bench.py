@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from click.testing import CliRunner
 
-from dlkit.bench import TARGET, format_results, synthetic_mnist
+from dlkit import Recipe
+from dlkit.bench import TARGET, format_results, run
 from dlkit.cli import main
+from dlkit.sources import synthetic_mnist
 
 
 def test_target_network_is_784_500_500_10():
@@ -48,6 +50,30 @@ def test_results_table_names_every_figure_and_its_target():
     text = format_results(results)
     for fragment in ("1.33x", ">= 1.8x", "35% / 26%", "1.5%", "<= 3%", "0.20", "<= 1.0"):
         assert fragment in text
+
+
+def test_bench_run_measures_every_figure_on_tiny_data():
+    tiny = Recipe(name="tiny", depth=1, width=8, batch_size=64)
+    results = run(
+        "digits",
+        epochs=2,
+        repeats=2,
+        recipes=(tiny,),
+        peak_size=64,
+        peak_seconds=0.05,
+        overhead_train_size=100,
+    )
+    figures = results["throughput"]["tiny"]
+    assert results["dataset"] == "digits" and results["repeats"] == 2
+    assert figures["dlkit_samples_per_second"] > 0 and figures["plain_keras_samples_per_second"] > 0
+    assert len(figures["speedup_per_repeat"]) == 2
+    # plain Keras builds the same 64-8-10 network on digits, so both learn above chance
+    assert figures["plain_test_accuracy"] > 0.2 and figures["dlkit_test_accuracy"] > 0.2
+    assert 0 < figures["mfu_dlkit"] and results["matmul_peak_gflops"] > 0
+    assert results["tracking"]["tracking_seconds"] > 0
+    assert results["comparison"]["children"] == 4
+    assert results["cli"]["help_seconds"] > 0
+    assert "tiny: speed-up over plain Keras" in format_results(results)
 
 
 def test_bench_command_is_listed():

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -37,10 +38,10 @@ def children(client: MlflowClient, experiment: str, parent_id: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, new_store):
     """One real comparison, shared by the tests that only read it."""
     folder = tmp_path_factory.mktemp("comparison")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     result = compare(
         parse_experiment(TINY),
         tracking_uri=uri,
@@ -263,3 +264,35 @@ def test_compare_command_mistakes(args, message):
     cli = CliRunner().invoke(main, args)
     assert cli.exit_code == 1
     assert message in cli.output and "Traceback" not in cli.output
+
+
+def test_compare_command_exits_non_zero_when_a_run_failed(tracking_uri, tmp_path):
+    spec = {
+        **TINY,
+        "seeds": 1,
+        "expect": [],
+        "published": {},
+        "gradient_norms": False,
+        "variants": [
+            {"label": "fine", "recipe": "softmax-regression"},
+            {
+                "label": "diverges",
+                "recipe": "softmax-regression",
+                "overrides": {
+                    "optimizer": "sgd",
+                    "learning_rate": 1e12,
+                    "normalization": "none",
+                    "initializer": "large_normal",
+                },
+            },
+        ],
+    }
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    args = ["compare", str(path), "-q", "--tracking-uri", tracking_uri, "--output", "out"]
+    cli = CliRunner().invoke(main, args)
+    assert cli.exit_code == 1
+    assert "1 of 2 runs did not finish" in cli.output
+    assert "diverges seed 0: FAILED - TrainingDiverged" in cli.output
+    assert "Traceback" not in cli.output
+    assert (tmp_path / "out" / "tiny" / "table.csv").exists()  # the report is still written

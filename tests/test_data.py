@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlkit import DlkitError
-from dlkit.data import load_dataset, read_idx, source_kind
+from dlkit import DlkitError, register_source
+from dlkit.data import DataSpec, load_dataset
+from dlkit.sources import find_source, list_sources, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
@@ -131,7 +132,7 @@ def test_pipelines_batch_one_hot_and_reshuffle_from_the_seed(digits):
 
 def test_missing_and_broken_files_give_clear_errors(tmp_path):
     with pytest.raises(DlkitError, match="does not exist"):
-        source_kind(str(tmp_path / "nowhere"))
+        find_source(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DlkitError, match="no train-images-idx3-ubyte"):
         load_dataset(str(tmp_path / "empty"))
@@ -160,3 +161,68 @@ def test_out_of_range_options():
         load_dataset("digits", validation_split=1.0)
     with pytest.raises(DlkitError, match="train_size"):
         load_dataset("digits", train_size=0)
+
+
+def test_a_users_own_source_is_one_decorated_function(tmp_path):
+    @register_source("blobs")
+    def read_blobs(source, **options):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(90, 3)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        return x[:60], y[:60], x[60:], y[60:]
+
+    assert "blobs" in list_sources()
+    data = load_dataset("blobs", validation_split=0.0)
+    assert data.info.name == "blobs" and data.info.source == "blobs"
+    assert data.info.input_shape == (3,) and data.info.num_classes == 2
+    assert DataSpec(source="blobs", validation_split=0.0).load().info.train_size == 60
+    with pytest.raises(DlkitError, match="'blobs' is already registered"):
+        register_source("blobs")(read_blobs)
+
+
+def test_synthetic_source_is_mnist_shaped_and_needs_nothing():
+    data = load_dataset("synthetic", validation_split=0.0)
+    assert data.info.input_shape == (784,) and data.info.num_classes == 10
+    assert data.info.train_size == 24_000 and data.info.input_max == 255.0
+
+
+def test_an_empty_dataset_name_is_refused():
+    for value in ("", "  "):
+        with pytest.raises(DlkitError, match="The dataset is empty"):
+            find_source(value)
+
+
+def write_npz(path: Path, **changes) -> str:
+    arrays = dict(zip(("x_train", "y_train", "x_test", "y_test"), fake_mnist()))
+    arrays.update(changes)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"y_train": np.arange(60) % 10 + 0.5}, "labels must be whole class numbers"),
+        ({"y_train": np.where(np.arange(60) == 0, np.nan, np.arange(60) % 10)}, "whole class"),
+        ({"y_train": np.arange(60) % 10 - 1}, "labels must be class numbers from 0"),
+        ({"y_train": np.where(np.arange(60) == 0, 200, np.arange(60) % 10)}, "out of range"),
+        ({"y_train": np.zeros(60, int), "y_test": np.zeros(20, int)}, "only one class"),
+        ({"x_train": np.full((60, 28, 28), np.nan)}, "NaN or infinite"),
+        ({"x_train": np.zeros((60, 28, 28), complex)}, "expected real numbers"),
+        ({"x_train": np.zeros(60)}, "x_train has shape (60,)"),
+        ({"x_test": np.zeros((20, 8, 8))}, "they must agree"),
+        ({"y_test": np.arange(19) % 10}, "differ in count"),
+    ],
+)
+def test_data_that_cannot_be_trained_on_is_refused_before_training(tmp_path, changes, message):
+    path = write_npz(tmp_path / "bad.npz", **changes)
+    with pytest.raises(DlkitError) as error:
+        load_dataset(path)
+    assert message in str(error.value) and "'bad'" in str(error.value)
+
+
+def test_an_idx_header_that_promises_too_much_is_corrupt_not_a_crash(tmp_path):
+    huge = tmp_path / "huge-idx"
+    huge.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31) + b"\0")
+    with pytest.raises(DlkitError, match="truncated or corrupt"):
+        read_idx(huge)

@@ -15,7 +15,9 @@ from dlkit.experiments import (
     experiment_from_recipes,
     load_experiment,
     parse_experiment,
+    resolve_experiment,
 )
+from dlkit.options import Options
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 
@@ -52,11 +54,27 @@ def test_a_good_file_resolves_presets_shared_and_own_overrides(tmp_path):
 
 
 def test_command_line_options_beat_the_file(tmp_path):
-    experiment = load_experiment(write(tmp_path, GOOD)).with_options(
-        dataset="mnist", epochs=7, seeds=2, overrides={"activation": "tanh"}
-    )
+    options = Options(dataset="mnist", epochs=7, seeds=2, overrides={"activation": "tanh"})
+    experiment = load_experiment(write(tmp_path, GOOD)).with_options(options)
     assert experiment.data.source == "mnist" and experiment.seeds == (0, 1)
+    assert experiment.data.train_size == 300  # what the options leave alone, the file keeps
     assert all(r.epochs == 7 and r.activation == "tanh" for r in experiment.recipes().values())
+    same = resolve_experiment(str(write(tmp_path, GOOD)), options)
+    assert same.recipes() == experiment.recipes() and same.data == experiment.data
+
+
+def test_options_are_one_object_with_checked_names():
+    assert Options().replace(seeds=3).seeds == 3
+    with pytest.raises(DlkitError, match="Unknown comparison option 'seed'. Did you mean 'seeds'"):
+        Options().replace(seed=3)
+
+
+def test_data_dir_and_download_travel_with_the_data_but_not_into_the_hash(tmp_path):
+    experiment = load_experiment(write(tmp_path, GOOD))
+    offline = experiment.with_options(Options(data_dir="/data", download=False))
+    assert offline.data.data_dir == "/data" and offline.data.download is False
+    recipe = experiment.recipes()["relu"]
+    assert config_hash(recipe, offline.data, 0) == config_hash(recipe, experiment.data, 0)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +146,8 @@ def test_config_hash_changes_with_anything_that_changes_the_outcome(tmp_path):
     assert base == config_hash(recipe, experiment.data, 0)
     assert base != config_hash(recipe, experiment.data, 1)
     assert base != config_hash(recipe.replace(dropout=0.1), experiment.data, 0)
-    assert base != config_hash(recipe, experiment.with_options(train_size=100).data, 0)
+    smaller = experiment.with_options(Options(train_size=100)).data
+    assert base != config_hash(recipe, smaller, 0)
 
 
 def test_recipe_names_make_an_experiment():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
 from dlkit import Recipe, get_recipe, list_recipes
 from dlkit.layers import Maxout
-from dlkit.models import build_model, load_model
+from dlkit.models import build_model, compile_model, load_model, make_optimizer
+from dlkit.recipes import ACTIVATIONS, INITIALIZERS, LOSSES, OPTIMIZERS
 from dlkit.training import fit
 
 
@@ -54,11 +56,16 @@ def test_zeros_initializer_cannot_break_symmetry():
     assert np.all(kernel == 0)
 
 
-def test_maxout_takes_the_max_of_its_pieces_and_round_trips(tmp_path):
-    layer = Maxout(2, pieces=3, kernel_initializer="ones")
+def test_maxout_takes_the_max_of_each_units_own_pieces_and_round_trips(tmp_path):
+    layer = Maxout(2, pieces=3)
+    layer.build((None, 2))
+    # Columns 0-2 are unit 0's pieces, 3-5 unit 1's. On x = (1, 2) the pieces
+    # give unit 0: 1, 2, 3 and unit 1: 3, 5 (from its bias), -1. The max is
+    # (3, 5); a mean would give (2, 2.33), pieces grouped the wrong way round other values.
+    layer.kernel.assign([[1.0, 0.0, -1.0, 3.0, 0.0, 1.0], [0.0, 1.0, 2.0, 0.0, 0.0, -1.0]])
+    layer.bias.assign([0.0, 0.0, 0.0, 0.0, 5.0, 0.0])
     out = layer(np.array([[1.0, 2.0]], dtype=np.float32))
-    # every piece is x1 + x2 = 3 with zero bias
-    np.testing.assert_allclose(out, [[3.0, 3.0]])
+    np.testing.assert_allclose(out, [[3.0, 5.0]])
     model = build_model(Recipe(depth=1, width=4, activation="maxout", maxout_pieces=3), (5,), 2)
     path = tmp_path / "maxout.keras"
     model.save(path)
@@ -66,3 +73,78 @@ def test_maxout_takes_the_max_of_its_pieces_and_round_trips(tmp_path):
     x = np.random.default_rng(0).random((3, 5)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     assert loaded.get_layer("hidden_1").get_config()["pieces"] == 3
+
+
+X = np.random.default_rng(0).random((16, 6)).astype(np.float32)
+Y = np.eye(3, dtype=np.float32)[np.arange(16) % 3]
+
+
+def one_step(recipe: Recipe) -> tuple[keras.Model, list[np.ndarray], float]:
+    """Builds and compiles `recipe` on 6 inputs and 3 classes, and takes one training step."""
+    model = compile_model(build_model(recipe, (6,), 3, input_max=1.0), recipe)
+    model.run_eagerly = True  # one step: tracing a graph would cost more than the step
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = float(model.train_on_batch(X, Y)[0])
+    return model, before, loss
+
+
+def changed(model: keras.Model, before: list[np.ndarray]) -> list[bool]:
+    return [not np.array_equal(w.numpy(), b) for w, b in zip(model.trainable_weights, before)]
+
+
+SMALL = Recipe(depth=2, width=5, batch_size=16)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_builds_as_named_and_takes_a_step(optimizer):
+    recipe = SMALL.replace(optimizer=optimizer, learning_rate=0.01, momentum=0.5)
+    made = make_optimizer(recipe)
+    expected = {"sgd": "SGD", "momentum": "SGD", "nesterov": "SGD"}.get(optimizer, optimizer)
+    assert type(made).__name__.lower() == expected.lower()
+    assert float(made.learning_rate) == pytest.approx(0.01)
+    if optimizer in ("sgd", "momentum", "nesterov"):
+        assert made.momentum == (0.0 if optimizer == "sgd" else 0.5)
+        assert made.nesterov == (optimizer == "nesterov")
+    model, before, loss = one_step(recipe)
+    assert math.isfinite(loss) and all(changed(model, before))
+
+
+@pytest.mark.parametrize("initializer", INITIALIZERS)
+def test_every_initializer_draws_as_named_and_takes_a_step(initializer):
+    recipe = Recipe(depth=1, width=400, initializer=initializer)
+    kernel = build_model(recipe, (6,), 3).get_layer("hidden_1").kernel.numpy()
+    std = float(kernel.std())
+    expected_std = {"zeros": 0.0, "random_normal": 0.05, "large_normal": 1.0}
+    if initializer in expected_std:
+        assert std == pytest.approx(expected_std[initializer], rel=0.1, abs=1e-9)
+    else:  # the Glorot / He / LeCun family: scaled to the fan, far below 1
+        assert 0.01 < std < 0.7
+    model, before, loss = one_step(SMALL.replace(initializer=initializer))
+    assert math.isfinite(loss) and any(changed(model, before))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_is_the_one_named_on_the_softmax_output(loss):
+    recipe = SMALL.replace(loss=loss)
+    model = compile_model(build_model(recipe, (6,), 3, input_max=1.0), recipe)
+    model.run_eagerly = True
+    p = model.predict(X, verbose=0)
+    by_hand = {
+        "mse": np.mean((p - Y) ** 2),
+        "crossentropy": np.mean(-np.sum(Y * np.log(p), axis=1)),
+    }[loss]
+    assert float(model.evaluate(X, Y, verbose=0)[0]) == pytest.approx(by_hand, rel=1e-5)
+    model, before, value = one_step(recipe)
+    assert math.isfinite(value) and all(changed(model, before))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_builds_and_takes_a_step(activation):
+    recipe = SMALL.replace(activation=activation)
+    model, before, loss = one_step(recipe)
+    hidden = model.get_layer("hidden_1")
+    if activation == "maxout":
+        assert isinstance(hidden, Maxout)
+    else:
+        assert hidden.activation.__name__ == activation
+    assert math.isfinite(loss) and all(changed(model, before))

@@ -63,6 +63,34 @@ def test_registry_lists_gets_and_registers():
     assert get_recipe("tiny-test-net").width == 7
 
 
+def test_registering_a_taken_name_raises_unless_replacing():
+    with pytest.raises(DlkitError, match="'deep-relu' is already registered.*replace=True"):
+        register_recipe(lambda: Recipe(depth=9), name="deep-relu")
+    assert get_recipe("deep-relu").depth == 3
+    register_recipe(lambda: Recipe(depth=9), name="deep-relu", replace=True)
+    assert get_recipe("deep-relu").depth == 9
+
+
+def test_the_registry_fixture_undid_the_previous_tests_registrations():
+    # Runs after the two tests above: neither registration leaked.
+    assert "tiny-test-net" not in list_recipes()
+    assert get_recipe("deep-relu").depth == 3
+
+
+def test_field_types_come_from_the_dataclass_annotations():
+    from dlkit.recipes import _FIELD_TYPES
+
+    fields = dataclasses.fields(Recipe)
+    assert list(_FIELD_TYPES) == [f.name for f in fields]
+    assert _FIELD_TYPES["widths"] is tuple and _FIELD_TYPES["dropout"] is float
+    assert _FIELD_TYPES["early_stopping"] is bool and _FIELD_TYPES["depth"] is int
+
+
+def test_name_is_an_overridable_field():
+    assert get_recipe("deep-relu", name="mine").name == "mine"
+    assert parse_assignments(["name=mine"]) == {"name": "mine"}
+
+
 def test_unknown_recipe_names_closest_valid_names():
     with pytest.raises(DlkitError, match="Did you mean 'deep-relu'"):
         get_recipe("dep-relu")

@@ -1,0 +1,71 @@
+"""Options: what a comparison takes beyond its experiment, as one object with each default once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dlkit.errors import DlkitError, closest
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to run a comparison: the command line, `dlkit.compare()` and files resolve into this.
+
+    The first seven fields change the experiment, and beat its file; `None`
+    keeps the file's value. The rest say where data comes from, where runs
+    and reports go, and how much the terminal shows.
+
+    Args:
+        dataset: Data source for every variant (`--dataset`). Defaults to `None`.
+        train_size: Train on the first N examples. Defaults to `None`.
+        validation_split: Fraction held out for validation. Defaults to `None`.
+        epochs: Every variant's epochs. Defaults to `None`.
+        seeds: A number of seeds (0..N-1) or the list of seeds. Defaults to `None`.
+        overrides: Recipe fields set on every variant; they win over the file.
+            Defaults to `{}`.
+        gradient_norms: Log per-layer gradient norms. Defaults to `None`.
+        data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`).
+        download: Let TFDS download data. Defaults to `True`.
+        force: Retrain everything in a new parent run. Defaults to `False`.
+        tracking_uri: MLflow store. Defaults to `None` (`$MLFLOW_TRACKING_URI`,
+            else `sqlite:///mlflow.db`).
+        output_dir: Folder for the report files, in `<output_dir>/<name>/`;
+            `None` writes none. Defaults to `"reports"`.
+        verbose: Keras progress per epoch (0, 1 or 2). Defaults to `2`.
+
+    Example:
+
+    >>> Options(dataset="digits", seeds=3).replace(epochs=5).epochs
+    5
+    """
+
+    dataset: str | None = None
+    train_size: int | None = None
+    validation_split: float | None = None
+    epochs: int | None = None
+    seeds: int | Sequence[int] | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    gradient_norms: bool | None = None
+    data_dir: str | None = None
+    download: bool = True
+    force: bool = False
+    tracking_uri: str | None = None
+    output_dir: str | Path | None = "reports"
+    verbose: int | str = 2
+
+    def replace(self, **fields: Any) -> Options:
+        """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""
+        names = [f.name for f in dataclasses.fields(self)]
+        for name in fields:
+            if name not in names:
+                raise DlkitError(
+                    f"Unknown comparison option {name!r}.{closest(name, names)} "
+                    f"Valid options: {', '.join(names)}."
+                )
+        return dataclasses.replace(self, **fields)
+
+
+OUTPUT_DIR = Options.output_dir  # the default report folder, for the command line's help

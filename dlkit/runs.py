@@ -1,0 +1,276 @@
+"""Runs: one training inside one MLflow run, and a child run as a function over plain data.
+
+`run_child(spec)` is the unit of work every executor shares. It receives a
+picklable `ChildSpec` (the resolved recipe and data spec as plain values, the
+seed, the tracking URI, the parent run and the tags), loads its own data,
+trains, logs, and returns a small `ChildResult`. The in-process loop of
+`dlkit.compare` calls it; so can a process pool or a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dlkit.data import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
+from dlkit.recipes import Recipe, get_recipe
+from dlkit.tracking import Tracker, portable_uri
+
+if TYPE_CHECKING:
+    from dlkit.training import TrainResult
+
+GRADIENT_PROBE_EXAMPLES = 512  # a fixed batch: the same examples at every epoch
+
+
+def train_params(recipe: Recipe, info: DatasetInfo, seed: int) -> dict[str, Any]:
+    """Returns everything that defines a training, as flat params."""
+    return {**recipe.to_dict(), **info.to_params(), "seed": seed}
+
+
+def train(
+    recipe: Recipe | str,
+    data: Dataset | str = DEFAULT_SOURCE,
+    *,
+    seed: int = 0,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    experiment: str = "dlkit",
+    run_name: str | None = None,
+    verbose: int | str = 2,
+    gradient_norms: bool = False,
+    **overrides: Any,
+) -> TrainResult:
+    """Trains a recipe on a dataset and logs it as one MLflow run.
+
+    Args:
+        recipe: A `Recipe`, or the name of a registered one.
+        data: A `Dataset`, or a source for `load_dataset`. Defaults to `"mnist"`.
+        seed: Random seed. Defaults to `0`.
+        track: Log the run to MLflow. Defaults to `True`.
+        tracking_uri: MLflow store. Defaults to `$MLFLOW_TRACKING_URI`, else
+            `sqlite:///mlflow.db`.
+        experiment: MLflow experiment name. Defaults to `"dlkit"`.
+        run_name: MLflow run name. Defaults to the recipe's name and seed.
+        verbose: Keras progress output (0, 1 or 2). Defaults to `2`.
+        gradient_norms: Log every layer's gradient norm per epoch (metrics
+            `grad_norm_1` nearest the input, ...). Defaults to `False`.
+        **overrides: Recipe fields to override, e.g. `epochs=5`.
+
+    Returns:
+        A `TrainResult`; with tracking, its `run_id` names the MLflow run.
+
+    Example:
+
+    >>> result = train("deep-relu", "digits", epochs=5)
+    >>> result.test_accuracy > 0.9
+    True
+    """
+    from dlkit.data import load_dataset
+    from dlkit.training import fit
+
+    recipe = (
+        get_recipe(recipe, **overrides) if isinstance(recipe, str) else recipe.replace(**overrides)
+    )
+    data = load_dataset(data, seed=seed) if isinstance(data, str) else data
+    if not track:
+        return fit(recipe, data, seed=seed, verbose=verbose)
+    tracker = Tracker(tracking_uri, experiment)
+    run_id, result = tracked_fit(
+        tracker,
+        recipe,
+        data,
+        seed=seed,
+        run_name=run_name or f"{recipe.name}/seed{seed}",
+        verbose=verbose,
+        gradient_norms=gradient_norms,
+    )
+    result.run_id = run_id
+    return result
+
+
+def tracked_fit(
+    tracker: Tracker,
+    recipe: Recipe,
+    data: Dataset,
+    *,
+    seed: int,
+    run_name: str,
+    parent_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    verbose: int | str = 2,
+    callbacks: Sequence[Any] = (),
+    gradient_norms: bool = False,
+) -> tuple[str, TrainResult]:
+    """Runs `fit` inside one MLflow run of `tracker` and logs everything about it.
+
+    `params` are logged beside the recipe's and the dataset's. With
+    `gradient_norms`, per-layer gradient norms on a fixed batch of 512
+    training examples are logged at step 0 (initialization) and every epoch.
+    The run ends FINISHED, FAILED (the exception propagates) or KILLED.
+    """
+    run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **(tags or {})}
+    with tracker.run(run_name, tags=run_tags, parent_id=parent_id) as run_id:
+        result = _fit_in_run(
+            tracker,
+            run_id,
+            recipe,
+            data,
+            seed=seed,
+            params=params,
+            verbose=verbose,
+            callbacks=callbacks,
+            gradient_norms=gradient_norms,
+        )
+    return run_id, result
+
+
+def _fit_in_run(
+    tracker: Tracker,
+    run_id: str,
+    recipe: Recipe,
+    data: Dataset,
+    *,
+    seed: int,
+    params: dict[str, Any] | None,
+    verbose: int | str,
+    callbacks: Sequence[Any],
+    gradient_norms: bool,
+) -> TrainResult:
+    from dlkit.callbacks import EpochLogger
+    from dlkit.training import fit
+
+    tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
+    # Gradient norms go first so their values are in the logs MLflow receives.
+    probes = [_gradient_probe(data)] if gradient_norms else []
+    logger = EpochLogger(functools.partial(tracker.log_metrics, run_id))
+    result = fit(recipe, data, seed=seed, verbose=verbose, callbacks=[*probes, logger, *callbacks])
+    for probe in probes:
+        tracker.log_metrics(run_id, probe.initial, step=0)
+    tracker.log_result(run_id, result)
+    return result
+
+
+def _gradient_probe(data: Dataset):
+    import numpy as np
+
+    from dlkit.callbacks import GradientNorms
+
+    x, y = data.arrays("train")
+    x, y = x[:GRADIENT_PROBE_EXAMPLES], y[:GRADIENT_PROBE_EXAMPLES]
+    return GradientNorms(x, np.eye(data.info.num_classes, dtype=np.float32)[y])
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildSpec:
+    """Everything one child run of a comparison needs, as plain, picklable values.
+
+    Args:
+        recipe: The resolved recipe, as `Recipe.to_dict()` gives it.
+        data: The data spec, as `dataclasses.asdict(DataSpec)` gives it.
+        seed: The training seed.
+        tracking_uri: Where the run is logged (an absolute path for sqlite,
+            so that a worker in another folder finds the same store).
+        experiment: The MLflow experiment name.
+        run_name: The run's name in the MLflow UI.
+        parent_id: The parent run, if any. Defaults to `None`.
+        tags: Tags of the run (variant, seed, config hash...). Defaults to `{}`.
+        params: Params logged beside the recipe's and the data's. Defaults to `{}`.
+        gradient_norms: Log per-layer gradient norms. Defaults to `False`.
+        verbose: Keras progress output (0, 1 or 2). Defaults to `0`.
+    """
+
+    recipe: dict[str, Any]
+    data: dict[str, Any]
+    seed: int
+    tracking_uri: str
+    experiment: str
+    run_name: str
+    parent_id: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gradient_norms: bool = False
+    verbose: int | str = 0
+
+    @classmethod
+    def of(
+        cls, recipe: Recipe, data: DataSpec, seed: int, tracker: Tracker, **fields: Any
+    ) -> ChildSpec:
+        """Returns the spec of training `recipe` on `data` into `tracker`'s experiment."""
+        return cls(
+            recipe=recipe.to_dict(),
+            data=dataclasses.asdict(data),
+            seed=seed,
+            tracking_uri=portable_uri(tracker.tracking_uri),
+            experiment=tracker.experiment,
+            **fields,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildResult:
+    """What a child run returns to whoever ran it: small and picklable.
+
+    Attributes:
+        run_id: The MLflow run, or `None` when none was opened.
+        status: `"FINISHED"` or `"FAILED"`.
+        test_accuracy: Test accuracy when it finished, else `None`.
+        seconds: Wall time of the whole child, data loading and logging included.
+        failure: The reason it failed, `""` when it finished.
+    """
+
+    run_id: str | None
+    status: str
+    test_accuracy: float | None
+    seconds: float
+    failure: str = ""
+
+
+def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
+    """Trains and logs one child run from its spec; the unit of work of every executor.
+
+    A training that fails (a NaN loss, say) ends its run FAILED and comes back
+    as a `ChildResult` with status `"FAILED"`, so one bad variant never stops a
+    comparison. An interrupt ends the run KILLED and propagates.
+
+    Args:
+        spec: What to train, where to log it.
+        callbacks: Extra Keras callbacks; only for an in-process caller, since
+            they do not travel with the spec.
+
+    Returns:
+        A `ChildResult`.
+    """
+    start = time.perf_counter()
+    recipe = Recipe(**spec.recipe)
+    data = DataSpec(**spec.data).load()
+    tracker = _tracker(spec.tracking_uri, spec.experiment)
+    run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **spec.tags}
+    run_id = None
+    try:
+        with tracker.run(spec.run_name, tags=run_tags, parent_id=spec.parent_id) as run_id:
+            result = _fit_in_run(
+                tracker,
+                run_id,
+                recipe,
+                data,
+                seed=spec.seed,
+                params=spec.params,
+                verbose=spec.verbose,
+                callbacks=callbacks,
+                gradient_norms=spec.gradient_norms,
+            )
+    except Exception as error:  # the run is already FAILED, with the reason as a tag
+        return ChildResult(
+            run_id, "FAILED", None, time.perf_counter() - start, f"{type(error).__name__}: {error}"
+        )
+    return ChildResult(run_id, "FINISHED", result.test_accuracy, time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=4)
+def _tracker(tracking_uri: str, experiment: str) -> Tracker:
+    # One client per store and experiment for all the children a process runs.
+    return Tracker(tracking_uri, experiment)
