@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dlkit import signals
 from dlkit.keys import GRAD_PREFIX
 
 
@@ -95,3 +96,17 @@ class EpochTimer(keras.callbacks.Callback):
     def samples_per_second(self, samples_per_epoch: int) -> float:
         timed = self.seconds[1:] or self.seconds  # the first epoch includes tracing
         return samples_per_epoch * len(timed) / max(sum(timed), 1e-9)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Raises the interrupt at the next step if a signal's own exception was lost.
+
+    Python drops an exception raised inside a garbage-collection callback, and
+    a signal can land in one; `dlkit.signals` still remembers it.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        signals.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        signals.check()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,25 +18,36 @@ import click
 
 from dlkit.data import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError
-from dlkit.options import OUTPUT_DIR, Options
+from dlkit.options import MAX_SEED, MAX_SEEDS, OUTPUT_DIR, Options
 from dlkit.recipes import get_recipe, list_recipes, parse_assignments
 from dlkit.text import text_table
 
-MAX_SEED = 2**32 - 1  # Keras seeds NumPy, whose seeds are 32-bit
-
 
 def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns user mistakes into one clear message and a non-zero exit, no traceback."""
+    """Turns user mistakes into one clear message and a non-zero exit, no traceback.
+
+    Ctrl-C and SIGTERM stop the command the same way: the running MLflow run
+    ends KILLED, finished runs stay, and the exit code is 128 + the signal.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dlkit import signals
+
         try:
-            return command(*args, **kwargs)
+            with signals.handled():
+                return command(*args, **kwargs)
         except DlkitError as error:
             raise click.ClickException(str(error)) from None
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted. Finished runs are kept in MLflow.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as interrupt:
+            code = getattr(interrupt, "exit_code", 130)
+            name = "Ctrl-C" if code == 130 else signal.Signals(code - 128).name
+            click.echo(
+                f"\nInterrupted ({name}). Finished runs are kept in MLflow; run the same "
+                "command again to continue where it stopped.",
+                err=True,
+            )
+            sys.exit(code)
 
     return wrapper
 
@@ -256,9 +268,14 @@ def train(
 @training_options
 @click.option(
     "--seeds",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_SEEDS),
     default=None,
     help="Train every variant with seeds 0..N-1.  [default: the file's, else 1]",
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Start a comparison of more than 500 runs (variants x seeds).",
 )
 @click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
 @click.option(
@@ -281,6 +298,7 @@ def compare(
     tracking_uri: str | None,
     quiet: bool,
     seeds: int | None,
+    yes: bool,
     force: bool,
     gradient_norms: bool | None,
     output_dir: str,
@@ -311,6 +329,7 @@ def compare(
         tracking_uri=tracking_uri,
         output_dir=output_dir,
         verbose=0 if quiet else 2,
+        yes=yes,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from dlkit import signals
+from dlkit.errors import DlkitError
 from dlkit.experiments import (
     Experiment,
     config_hash,
@@ -19,7 +23,7 @@ from dlkit.experiments import (
     load_experiment,
     resolve_experiment,
 )
-from dlkit.options import Options
+from dlkit.options import LARGE_COMPARISON, Options
 from dlkit.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.runs import ChildSpec, run_child
 from dlkit.text import safe_name
@@ -66,9 +70,20 @@ def compare(
     experiment = resolve_experiment(target, options)
     log = log or functools.partial(print, flush=True)
     recipes = experiment.recipes()
+    runs = len(experiment.variants) * len(experiment.seeds)
+    if runs > LARGE_COMPARISON and not options.yes:
+        raise DlkitError(
+            f"{experiment.name!r} plans {runs:,} runs ({len(experiment.variants):,} variants x "
+            f"{len(experiment.seeds):,} seeds), more than {LARGE_COMPARISON}. If that is the "
+            "plan, pass --yes (yes=True in Python)."
+        )
+    folder = _report_folder(options.output_dir, experiment.name)
     # Loaded here once (and cached for the children this process runs), so
     # a broken dataset fails before any run is opened.
     data = experiment.data.load()
+    input_dim = math.prod(data.info.input_shape)
+    for recipe in recipes.values():
+        recipe.check_size(input_dim, data.info.num_classes)
     tracker = Tracker(options.tracking_uri, experiment.name)
     plan = [
         {
@@ -81,6 +96,7 @@ def compare(
         for seed in experiment.seeds
     ]
     resume_id = None if options.force else tracker.latest_parent()
+    orphans = tracker.close_orphans(resume_id) if resume_id else 0
     finished = (
         {
             run.tags["dlkit.config_hash"]: run.run_id
@@ -100,6 +116,8 @@ def compare(
             f"Resuming parent run {resume_id}; {sum(p['config_hash'] in finished for p in plan)} "
             f"of {len(plan)} runs already finished (use --force to retrain them)."
         )
+    if orphans:
+        log(f"Marked {orphans} run(s) left RUNNING by a stopped process as KILLED.")
 
     parent_tags = {
         "dlkit.role": "parent",
@@ -110,6 +128,7 @@ def compare(
         _log_plan(tracker, parent_id, experiment, plan)
         trained_times: list[float] = []
         for i, entry in enumerate(plan, start=1):
+            signals.check()
             label, seed, key = entry["variant"], entry["seed"], entry["config_hash"]
             prefix = f"[{i}/{len(plan)}] {label} seed {seed}"
             if key in finished:
@@ -141,17 +160,13 @@ def compare(
                 log(f"{prefix}: FAILED - {result.failure}")
             trained_times.append(result.seconds)
 
+        signals.check()
         comparison = load_comparison(tracker, parent_id)
         # Render the report once: into the output folder, or a temporary one
         # when there is none, and log those same files to the parent run.
-        output_dir = options.output_dir
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-            folder = (
-                Path(tmp) if output_dir is None else Path(output_dir) / safe_name(experiment.name)
-            )
-            _log_report(tracker, parent_id, comparison, comparison.save(folder))
-        if output_dir is not None:
-            comparison.output_dir = folder
+            _log_report(tracker, parent_id, comparison, comparison.save(folder or Path(tmp)))
+        comparison.output_dir = folder
     return comparison
 
 
@@ -170,12 +185,32 @@ def report(
             Defaults to `"reports"`.
     """
     name = load_experiment(experiment).name if is_experiment_file(experiment) else experiment
+    folder = _report_folder(output_dir, name)
     comparison = load_comparison(Tracker(tracking_uri, name, create=False))
-    if output_dir is not None:
-        folder = Path(output_dir) / safe_name(name)
+    if folder is not None:
         comparison.save(folder)
         comparison.output_dir = folder
     return comparison
+
+
+def _report_folder(output_dir: str | Path | None, name: str) -> Path | None:
+    """Returns `<output_dir>/<name>/`, made now, so a bad --output fails before any training."""
+    if output_dir is None:
+        return None
+    folder = Path(output_dir).expanduser() / safe_name(name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DlkitError(
+            f"Cannot write the report to {str(folder)!r}: {error.strerror or error}. "
+            "Point --output at a folder you can write to."
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise DlkitError(
+            f"Cannot write the report to {str(folder)!r}: no permission. "
+            "Point --output at a folder you can write to."
+        )
+    return folder
 
 
 def _log_plan(tracker: Tracker, parent_id: str, experiment: Experiment, plan: list[dict]) -> None:

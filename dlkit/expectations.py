@@ -78,6 +78,8 @@ def parse_expectation(text: str, labels: Sequence[str]) -> Expectation:
         right = float(right)
     except ValueError:
         pass
+    if isinstance(right, float) and not math.isfinite(right):
+        raise DlkitError(f"in {text!r}: the threshold must be a finite number.")
     for label in (left, right):
         if isinstance(label, str) and label not in labels:
             raise DlkitError(
@@ -88,6 +90,10 @@ def parse_expectation(text: str, labels: Sequence[str]) -> Expectation:
         margin = float(match["margin"]) if match["margin"] else 0.0
     except ValueError:
         raise DlkitError(f"in {text!r}: {match['margin']!r} is not a number.") from None
+    if not (math.isfinite(margin) and margin >= 0):
+        raise DlkitError(
+            f"in {text!r}: the margin must be a finite number of at least 0. Received: {margin:g}"
+        )
     return Expectation(text, metric, left, op, right, margin)
 
 

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import yaml
 
 from dlkit.data import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError, closest
-from dlkit.options import Options
+from dlkit.options import MAX_SEED, MAX_SEEDS, Options
 from dlkit.recipes import Recipe, coerce_overrides, get_recipe
 
 TOP_KEYS = (
@@ -37,6 +39,10 @@ TOP_KEYS = (
 DATASET_KEYS = ("source", "train_size", "validation_split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
 GRID_KEYS = ("recipe", "axes")
+MAX_NAME = 100
+MAX_GRID = 100_000  # variants a grid may expand to, whatever --yes says
+MAX_FILE_BYTES = 1_000_000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +94,16 @@ class Experiment:
                 resolved[variant.label] = get_recipe(variant.recipe, **fields)
             except DlkitError as error:
                 raise DlkitError(f"{self._where()}{where}: {error}") from None
+        seen: dict[str, str] = {}
+        for label, recipe in resolved.items():
+            key = json.dumps(recipe.replace(name="").to_dict(), sort_keys=True, default=list)
+            if key in seen:
+                raise DlkitError(
+                    f"{self._where()}variants {seen[key]!r} and {label!r} resolve to the same "
+                    "configuration, so one would only repeat the other. Make them differ (the "
+                    "shared overrides may have erased what set them apart)."
+                )
+            seen[key] = label
         return resolved
 
     def with_options(self, options: Options) -> Experiment:
@@ -151,11 +167,22 @@ def load_experiment(path: str | Path) -> Experiment:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise DlkitError(
+                f"{path}: {path.stat().st_size:,} bytes; an experiment file is at most "
+                f"{MAX_FILE_BYTES:,}. Is this the right file?"
+            )
+        text = path.read_bytes().decode("utf-8")
     except OSError as error:
-        raise DlkitError(f"Cannot read experiment file {str(path)!r}: {error.strerror}.") from None
+        reason = error.strerror or type(error).__name__
+        raise DlkitError(f"Cannot read experiment file {str(path)!r}: {reason}.") from None
+    except UnicodeDecodeError as error:
+        raise DlkitError(
+            f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}). "
+            "Save the experiment file as UTF-8."
+        ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader, stricter)
     except yaml.YAMLError as error:
         raise DlkitError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
     try:
@@ -166,6 +193,33 @@ def load_experiment(path: str | Path) -> Experiment:
         raise DlkitError(message if message.startswith(prefix) else prefix + message) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing repeated keys (YAML keeps the last) and aliases.
+
+    Aliases (`*name`) are refused because a few kilobytes of nested aliases
+    expand to billions of nodes; experiment files have no need of them.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in experiment files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_experiment(
     raw: Any, *, default_name: str = "experiment", path: str | None = None
 ) -> Experiment:
@@ -173,7 +227,7 @@ def parse_experiment(
     if not isinstance(raw, dict):
         raise DlkitError("an experiment file must be a mapping of keys such as name, variants.")
     _check_keys(raw, TOP_KEYS, "")
-    name = _string(raw.get("name", default_name), "name")
+    name = check_name(_string(raw.get("name", default_name), "name"), "name")
     question = _string(raw["question"], "question") if "question" in raw else ""
     data = _data_spec(raw.get("dataset", {}))
     seeds = _seeds(raw.get("seeds", 1), "seeds")
@@ -242,16 +296,43 @@ def experiment_from_recipes(
     names: Sequence[str], *, dataset: str = DEFAULT_SOURCE, seeds: int | Sequence[int] = 1
 ) -> Experiment:
     """Returns an experiment comparing registered recipes as they are."""
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise DlkitError(
+            f"Recipe {', '.join(map(repr, repeated))} is named twice: the same configuration "
+            "would be trained twice and read as extra seeds. Name each recipe once (use "
+            "--seeds for more seeds)."
+        )
     variants = tuple(Variant(label=name, recipe=name) for name in names)
     for name in names:
         get_recipe(name)
+    name = "compare-" + "-vs-".join(names)
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9]}-{digest}"
     return Experiment(
-        name="compare-" + "-vs-".join(names),
+        name=name,
         question=f"How do {', '.join(names)} compare?",
         data=DataSpec(source=dataset),
         variants=variants,
         seeds=_seeds(seeds, "seeds"),
     )
+
+
+def check_name(name: str, where: str = "name") -> str:
+    """Returns an experiment name that is safe as a folder name, or raises `DlkitError`.
+
+    Names start with a letter or digit and hold letters, digits, `-`, `_`
+    and `.`, at most 100 characters: the report folder never leaves
+    `--output`, and no two names share one folder.
+    """
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise DlkitError(
+            f"{where}: {name[:120]!r} cannot name an experiment. Use letters, digits, '-', '_' "
+            f"and '.', starting with a letter or digit, at most {MAX_NAME} characters "
+            "(e.g. why-deep)."
+        )
+    return name
 
 
 def expand_grid(grid: Any) -> list[Variant]:
@@ -272,6 +353,12 @@ def expand_grid(grid: Any) -> list[Variant]:
             raise DlkitError(f"grid.axes.{key}: expected a non-empty list of values.")
     if "recipe" not in axes and not isinstance(base, str):
         raise DlkitError("grid.recipe: name the recipe the axes modify (or make `recipe` an axis).")
+    size = math.prod(len(values) for values in axes.values())
+    if size > MAX_GRID:
+        raise DlkitError(
+            f"grid.axes: {size:,} combinations; a grid may have at most {MAX_GRID:,}. "
+            "Split it into several experiments."
+        )
     variants = []
     for combination in itertools.product(*axes.values()):
         chosen = dict(zip(axes, combination))
@@ -309,20 +396,29 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, bool):
         raise DlkitError(f"{where}: expected a count or a list of seeds. Received: {value!r}")
     if isinstance(value, int):
-        if value < 1:
-            raise DlkitError(f"{where}: the number of seeds must be at least 1. Received: {value}")
+        if not 1 <= value <= MAX_SEEDS:
+            raise DlkitError(
+                f"{where}: the number of seeds must be from 1 to {MAX_SEEDS:,}. Received: {value}"
+            )
         return tuple(range(value))
-    if (
+    if not (
         isinstance(value, (list, tuple))
         and value
         and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
     ):
-        if len(set(value)) != len(value):
-            raise DlkitError(f"{where}: seeds repeat. Received: {list(value)}")
-        return tuple(value)
-    raise DlkitError(
-        f"{where}: expected a count or a list of whole-number seeds. Received: {value!r}"
-    )
+        raise DlkitError(
+            f"{where}: expected a count or a list of whole-number seeds. Received: {value!r}"
+        )
+    if len(value) > MAX_SEEDS:
+        raise DlkitError(f"{where}: at most {MAX_SEEDS:,} seeds. Received {len(value):,}.")
+    outside = [s for s in value if not 0 <= s <= MAX_SEED]
+    if outside:
+        raise DlkitError(
+            f"{where}: seeds must be from 0 to {MAX_SEED} (2^32 - 1). Received: {outside[0]}"
+        )
+    if len(set(value)) != len(value):
+        raise DlkitError(f"{where}: seeds repeat. Received: {list(value)}")
+    return tuple(value)
 
 
 def _overrides(value: Any, where: str) -> dict[str, Any]:

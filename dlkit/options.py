@@ -9,6 +9,10 @@ from typing import Any
 
 from dlkit.errors import DlkitError, closest
 
+MAX_SEED = 2**32 - 1  # Keras seeds NumPy, whose seeds are 32-bit
+MAX_SEEDS = 10_000  # seeds of one comparison; a count is expanded to 0..N-1
+LARGE_COMPARISON = 500  # runs (variants x seeds) a comparison starts only with `yes`
+
 
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -35,6 +39,8 @@ class Options:
         output_dir: Folder for the report files, in `<output_dir>/<name>/`;
             `None` writes none. Defaults to `"reports"`.
         verbose: Keras progress per epoch (0, 1 or 2). Defaults to `2`.
+        yes: Start a comparison of more than 500 runs (`--yes`).
+            Defaults to `False`: so many runs are more often a typo than a plan.
 
     Example:
 
@@ -55,6 +61,7 @@ class Options:
     tracking_uri: str | None = None
     output_dir: str | Path | None = "reports"
     verbose: int | str = 2
+    yes: bool = False
 
     def replace(self, **fields: Any) -> Options:
         """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""

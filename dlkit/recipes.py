@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +40,10 @@ LOSSES = ("crossentropy", "mse")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
 NORMALIZATIONS = ("none", "scale", "standardize")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+MAX_DEPTH = 1000  # hidden layers; far past where any lesson needs them
+# Bytes of memory per parameter while training: float32 weights, gradients
+# and up to two optimizer slots (Adam), with room for Keras's copies.
+BYTES_PER_PARAM = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +146,9 @@ class Recipe:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("monitor", self.monitor, MONITORS)
-        _check_range("depth", self.depth, low=0)
+        _check_range("depth", self.depth, low=0, high=MAX_DEPTH)
         _check_range("width", self.width, low=1)
-        _check_range("match_depth", self.match_depth, low=0)
+        _check_range("match_depth", self.match_depth, low=0, high=MAX_DEPTH)
         _check_range("maxout_pieces", self.maxout_pieces, low=2)
         _check_range("input_dropout", self.input_dropout, low=0.0, high=1.0, high_open=True)
         _check_range("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
@@ -155,6 +160,10 @@ class Recipe:
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("epochs", self.epochs, low=1)
         _check_range("patience", self.patience, low=0)
+        if len(self.widths) > MAX_DEPTH:
+            raise DlkitError(
+                f"Recipe field `widths` lists {len(self.widths)} layers; at most {MAX_DEPTH}."
+            )
         for units in self.widths:
             if not isinstance(units, int) or isinstance(units, bool) or units < 1:
                 raise DlkitError(
@@ -214,6 +223,22 @@ class Recipe:
         hidden = self.hidden_layers(input_dim, num_classes)
         return _count(input_dim, num_classes, hidden, self._pieces)
 
+    def check_size(self, input_dim: int, num_classes: int) -> None:
+        """Raises `DlkitError` when training this network would not fit in this machine's memory.
+
+        The estimate is `BYTES_PER_PARAM` bytes per parameter, against the
+        physical memory, before anything is allocated.
+        """
+        params = self.param_count(input_dim, num_classes)
+        needed = params * BYTES_PER_PARAM
+        memory = _physical_memory()
+        if memory and needed > memory:
+            raise DlkitError(
+                f"Recipe {self.name!r} has {params:,} parameters on {input_dim} inputs: training "
+                f"it needs about {needed / 2**30:,.1f} GiB, more than this machine's "
+                f"{memory / 2**30:,.1f} GiB. Use a smaller depth or width."
+            )
+
     def describe(self, input_dim: int, num_classes: int) -> dict[str, str]:
         """Returns a one-line-per-column summary for listings such as `dlkit recipes`."""
         hidden = self.hidden_layers(input_dim, num_classes)
@@ -241,6 +266,13 @@ class Recipe:
     @property
     def _pieces(self) -> int:
         return self.maxout_pieces if self.activation == "maxout" else 1
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): do not guess
+        return None
 
 
 def _count(input_dim: int, num_classes: int, hidden: tuple[int, ...], pieces: int) -> int:
@@ -355,7 +387,7 @@ def _parse(field: str, text: str) -> Any:
         if expected is float:
             return float(text)
         parts = text.replace("x", ",").replace(" ", ",").split(",")
-        return tuple(int(part) for part in parts if part)
+        return tuple(int(part) for part in parts)
     except ValueError:
         raise DlkitError(
             f"Recipe field `{field}` must be {_TYPE_NAMES[expected]}. Received: {field}={text!r}"

@@ -214,6 +214,13 @@ def read_npz(source: str, **options: Any) -> Arrays:
                     f"{', '.join(NPZ_KEYS)} (found: {', '.join(npz.files) or 'nothing'})."
                 )
             arrays = tuple(npz[key] for key in NPZ_KEYS)
+        # A member that is not in .npy format comes back as its raw bytes.
+        raw = [key for key, array in zip(NPZ_KEYS, arrays) if not isinstance(array, np.ndarray)]
+        if raw:
+            raise DlkitError(
+                f"Cannot read {str(path)!r} as a .npz file: {', '.join(raw)} is not a "
+                "numpy array (.npy). Write it with numpy.savez."
+            )
     except DlkitError:
         raise
     except Exception as error:  # zipfile, zlib and format errors of a corrupt file alike

@@ -25,5 +25,9 @@ def text_table(rows: Sequence[dict[str, Any]], align_right: Sequence[str] = ()) 
 
 
 def safe_name(name: str) -> str:
-    """Returns `name` with anything but letters, digits, `-`, `_` and `.` as `_` (for paths)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """Returns `name` with anything but letters, digits, `-`, `_` and `.` as `_` (for paths).
+
+    A name of dots only (`.`, `..`) would name this folder or its parent, so it becomes `_`.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return "_" if not safe.strip(".") else safe

@@ -15,8 +15,11 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import dlkit
+from dlkit import signals
 from dlkit.errors import DlkitError
 from dlkit.text import safe_name
 
@@ -34,12 +38,90 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FAILURE_TAG = "dlkit.failure"
+HOST_TAG = "dlkit.host"
+PID_TAG = "dlkit.pid"
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
+# What SQLite says when MLflow meets tables that a stopped first run left half-built.
+_HALF_MADE = ("already exists", "duplicate column", "no such table", "no such column")
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """Returns `tracking_uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _signal_name(interrupt: BaseException) -> str:
+    signum = getattr(interrupt, "signum", None)
+    return "Ctrl-C" if signum in (None, signal.SIGINT) else signal.Signals(signum).name
+
+
+def _process_alive(tags: dict[str, str]) -> bool:
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if host is None or pid is None or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True  # another machine's process: nothing here can tell, so leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def create_sqlite_store(tracking_uri: str) -> None:
+    """Creates a missing local sqlite store whole, or not at all.
+
+    MLflow builds a new store's tables in place, so a signal during those
+    seconds, or two processes starting together, can leave a file that never
+    opens again. Here the tables are built in a temporary file beside it and
+    moved into place in one step, under a lock on the folder, so a second
+    process waits and then opens the finished store. Other URIs are left alone.
+    """
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
+        return
+    path = _sqlite_path(tracking_uri)
+    if path.exists():
+        return
+    if not path.parent.is_dir():
+        raise DlkitError(
+            f"Cannot create the MLflow store {path}: the folder {path.parent} does not exist. "
+            "Create it, or point --tracking-uri at an existing folder."
+        )
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with _folder_lock(path.parent):
+        if path.exists():  # another process made it while this one waited
+            return
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        uri = f"sqlite:///{temporary}"
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        try:
+            SqlAlchemyStore(uri, (path.parent / "mlruns").as_uri())
+            SqlAlchemyStore._engine_map.pop(uri).dispose()
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the temporary file still keeps it whole
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
+def _sqlite_path(tracking_uri: str) -> Path:
+    return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
 
 
 def portable_uri(tracking_uri: str) -> str:
@@ -77,12 +159,22 @@ class Tracker:
         # MLflow draws a progress bar for every artifact download; reports fetch several.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
+            create_sqlite_store(self.tracking_uri)
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             found = self.client.get_experiment_by_name(experiment)
+        except DlkitError:
+            raise
         except Exception as error:
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if self.tracking_uri.startswith("sqlite:") and any(sign in text for sign in _HALF_MADE):
+                db = _sqlite_path(self.tracking_uri)
+                raise DlkitError(
+                    f"The MLflow store {db} was left half-created ({text}), most likely by a "
+                    "first run that was interrupted under an older dlkit. It holds no runs: "
+                    f"move it aside (mv {db} {db}.broken) and run again."
+                ) from None
             raise DlkitError(
-                f"Cannot open the MLflow tracking store {self.tracking_uri!r}: "
-                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. "
+                f"Cannot open the MLflow tracking store {self.tracking_uri!r}: {text}. "
                 "Check --tracking-uri / $MLFLOW_TRACKING_URI."
             ) from None
         if found is None or (not create and found.lifecycle_stage == "deleted"):
@@ -91,9 +183,15 @@ class Tracker:
                     f"No MLflow experiment named {experiment!r} in the tracking store "
                     f"{self.tracking_uri}. Run `dlkit compare` first, or check --tracking-uri."
                 )
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=_artifact_location(self.tracking_uri, experiment)
-            )
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=_artifact_location(self.tracking_uri, experiment)
+                )
+            except Exception:  # another process created it first: use theirs
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
         else:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
@@ -112,10 +210,19 @@ class Tracker:
         """Opens a run (or reopens `resume_id`) and yields its id; ends it by how the block exits.
 
         A normal exit ends the run FINISHED, an exception FAILED and an
-        interrupt (Ctrl-C) KILLED, with the reason in the `dlkit.failure` tag.
-        The exception propagates.
+        interrupt (Ctrl-C, SIGTERM) KILLED, with the reason in the
+        `dlkit.failure` tag. Whatever is raised after a signal arrived counts
+        as the interrupt. The exception propagates. The run is tagged with
+        its process (`dlkit.host`, `dlkit.pid`), so that a later run can tell
+        one left RUNNING by a killed process (see `close_orphans`).
         """
-        all_tags = {MLFLOW_RUN_NAME: name, "dlkit.version": dlkit.__version__, **(tags or {})}
+        all_tags = {
+            MLFLOW_RUN_NAME: name,
+            "dlkit.version": dlkit.__version__,
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
+            **(tags or {}),
+        }
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
         if resume_id:
@@ -129,14 +236,40 @@ class Tracker:
             run_id = run.info.run_id
         try:
             yield run_id
-        except KeyboardInterrupt:
-            self._end(run_id, "KILLED", "interrupted by the user (KeyboardInterrupt)")
+        except KeyboardInterrupt as interrupt:
+            self._end(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
             raise
         except BaseException as error:
+            if signals.received() is not None:  # e.g. TensorFlow re-raised it as its own error
+                interrupt = signals.Interrupted(signals.received())
+                self._end(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
+                raise interrupt from error
             self._end(run_id, "FAILED", f"{type(error).__name__}: {error}")
             raise
         else:
             self.client.set_terminated(run_id, "FINISHED")
+
+    def close_orphans(self, parent_id: str) -> int:
+        """Ends as KILLED the children of `parent_id` left RUNNING by a process that is gone.
+
+        A SIGKILL, a crash or a second Ctrl-C gives a process no chance to end
+        its runs. A RUNNING child whose process no longer exists on this
+        machine (or that predates the process tags) is one of those.
+
+        Returns:
+            How many runs were ended.
+        """
+        ended = 0
+        for run in self.children(parent_id, status="RUNNING"):
+            if _process_alive(run.tags):
+                continue
+            self._end(
+                run.run_id,
+                "KILLED",
+                "its process ended without closing the run (killed, crashed or stopped at once)",
+            )
+            ended += 1
+        return ended
 
     def _end(self, run_id: str, status: str, reason: str) -> None:
         self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
@@ -275,5 +408,4 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     # MLflow does for ./mlflow.db, instead of in whatever folder runs it.
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
-    return (db.parent / "mlruns" / safe_name(experiment)).as_uri()
+    return (_sqlite_path(tracking_uri).parent / "mlruns" / safe_name(experiment)).as_uri()

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dlkit.callbacks import EpochTimer
+from dlkit.callbacks import EpochTimer, StopOnSignal
 from dlkit.data import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.models import build_model, compile_model
@@ -130,6 +130,7 @@ def fit(
             f"Early stopping monitors {recipe.monitor!r} but the dataset has no validation "
             "split. Set validation_split above 0 or monitor 'loss'."
         )
+    recipe.check_size(int(np.prod(info.input_shape)), info.num_classes)
     keras.utils.set_random_seed(seed)
     model = build_model(
         recipe,
@@ -142,7 +143,7 @@ def fit(
     compile_model(model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile)
 
     timer = EpochTimer()
-    own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer]
+    own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer, StopOnSignal()]
     early_stopping = None
     if recipe.early_stopping:
         early_stopping = keras.callbacks.EarlyStopping(

@@ -54,11 +54,16 @@ def test_a_good_file_resolves_presets_shared_and_own_overrides(tmp_path):
 
 
 def test_command_line_options_beat_the_file(tmp_path):
-    options = Options(dataset="mnist", epochs=7, seeds=2, overrides={"activation": "tanh"})
+    options = Options(dataset="mnist", epochs=7, seeds=2, overrides={"dropout": 0.1})
     experiment = load_experiment(write(tmp_path, GOOD)).with_options(options)
     assert experiment.data.source == "mnist" and experiment.seeds == (0, 1)
     assert experiment.data.train_size == 300  # what the options leave alone, the file keeps
-    assert all(r.epochs == 7 and r.activation == "tanh" for r in experiment.recipes().values())
+    assert all(r.epochs == 7 and r.dropout == 0.1 for r in experiment.recipes().values())
+    # an override that erases what sets two variants apart is refused, naming them
+    with pytest.raises(DlkitError, match="'relu' and 'sigmoid' resolve to the same"):
+        load_experiment(write(tmp_path, GOOD)).with_options(
+            Options(overrides={"activation": "tanh"})
+        )
     same = resolve_experiment(str(write(tmp_path, GOOD)), options)
     assert same.recipes() == experiment.recipes() and same.data == experiment.data
 
@@ -91,7 +96,10 @@ def test_data_dir_and_download_travel_with_the_data_but_not_into_the_hash(tmp_pa
         ("variants:\n  - {label: a}\n", "variants[0]: missing `recipe`"),
         ("variants: [deep-relu, deep-relu]\n", "labels must be unique; repeated: deep-relu"),
         ("name: x\n", "has no variants"),
-        ("variants: [deep-relu]\nseeds: 0\n", "seeds: the number of seeds must be at least 1"),
+        (
+            "variants: [deep-relu]\nseeds: 0\n",
+            "seeds: the number of seeds must be from 1 to 10,000",
+        ),
         ("variants: [deep-relu]\ndataset: {source: digits, train_size: -5}\n", "train_size"),
         ("variants: [deep-relu]\noverrides: {dropuot: 0.1}\n", "overrides: Unknown recipe field"),
         (

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dlkit import Recipe, load_model, train
-from dlkit.tracking import FAILURE_TAG, Tracker
+from dlkit import DlkitError, Recipe, load_model, signals, train
+from dlkit.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker
 from dlkit.training import TrainingDiverged
 
 RECIPE = Recipe(
@@ -114,3 +120,55 @@ def test_gradient_norms_are_logged_per_layer_and_vanish_in_deep_sigmoid_nets(dig
         assert [m.step for m in history] == [0, 1]
         norms[layer] = history[0].value
     assert norms[1] < norms[7] / 100  # near the input, gradients are tiny
+
+
+def interrupt_and_swallow() -> None:
+    """Sends this process a Ctrl-C and swallows it, as a garbage-collection callback would."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises in here
+    except KeyboardInterrupt:
+        pass
+
+
+def test_an_error_raised_while_interrupted_ends_the_run_killed_not_failed(tracking_uri):
+    tracker = Tracker(tracking_uri, "converted")
+    with signals.handled():
+        with pytest.raises(KeyboardInterrupt):
+            with tracker.run("x") as run_id:
+                interrupt_and_swallow()
+                # what TensorFlow once made of a Ctrl-C inside its own code
+                raise ValueError("Failed to convert elements of (None,) to Tensor")
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "KILLED" and "Ctrl-C" in run.data.tags[FAILURE_TAG]
+
+
+def test_runs_left_running_by_a_dead_process_are_closed_and_live_ones_kept(tracking_uri):
+    tracker = Tracker(tracking_uri, "orphans")
+    parent = tracker.client.create_run(tracker.experiment_id).info.run_id
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    tags = {"mlflow.parentRunId": parent, HOST_TAG: socket.gethostname()}
+    orphan = tracker.client.create_run(tracker.experiment_id, tags={**tags, PID_TAG: dead})
+    alive = tracker.client.create_run(
+        tracker.experiment_id, tags={**tags, PID_TAG: str(os.getpid())}
+    )
+    assert tracker.close_orphans(parent) == 1
+    assert tracker.client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert tracker.client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_a_half_created_store_says_how_to_fix_it(tmp_path, new_store):
+    import sqlite3
+
+    uri = new_store(tmp_path)
+    # Some tables and not others: what an interrupted first run under older versions left.
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("DROP TABLE model_version_tags")
+        db.execute("DELETE FROM alembic_version")
+    with pytest.raises(DlkitError, match="left half-created.*move it aside"):
+        Tracker(uri, "x")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import time
 
 import pytest
 
-from dlkit import DlkitError, Recipe
+from dlkit import DlkitError, Recipe, signals
 from dlkit.data import load_dataset
 from dlkit.training import TrainingDiverged, fit
 
@@ -73,3 +76,14 @@ def test_mse_and_crossentropy_both_train(digits):
     for loss in ("mse", "crossentropy"):
         result = fit(SMALL.replace(loss=loss), digits, seed=0, verbose=0)
         assert math.isfinite(result.test_loss)
+
+
+def test_an_interrupt_whose_exception_was_swallowed_still_stops_training(digits):
+    with signals.handled():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass  # lost, as inside a garbage-collection callback
+        with pytest.raises(KeyboardInterrupt):
+            fit(SMALL, digits, seed=0, verbose=0)

@@ -1,0 +1,192 @@
+"""Signals and races against real dlkit processes: nothing lost or left RUNNING, no broken store.
+
+Each trial starts `dlkit compare` as a real process, sends a signal at one
+point of its life (while the store is being created, as the parent opens,
+mid-child, during the report), then reruns the comparison, which must
+complete, reuse every child that had finished, and leave no run RUNNING.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dlkit import compare
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENT = {
+    "name": "signals",
+    "dataset": {"source": "digits", "train_size": 300},
+    "seeds": 2,
+    "overrides": {"epochs": 6, "width": 32, "batch_size": 32},
+    "variants": ["deep-relu", "softmax-regression"],
+}
+RUNS = 4
+
+
+class Process:
+    """A `dlkit compare` process whose output is read as it comes."""
+
+    def __init__(self, folder: Path, experiment: Path):
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "dlkit.cli", "compare", str(experiment), "-q"]
+            + ["--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--output", "reports"],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, condition, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.popen.poll() is not None:
+                pytest.fail("dlkit ended before the signal:\n" + "".join(self.lines))
+            if time.monotonic() > deadline:
+                self.popen.kill()
+                pytest.fail("timed out waiting:\n" + "".join(self.lines))
+            time.sleep(0.01)
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def finish(self, timeout: float = 120.0) -> int:
+        code = self.popen.wait(timeout=timeout)
+        time.sleep(0.1)  # let the reader thread take the last lines
+        return code
+
+
+def setup(tmp_path: Path) -> Path:
+    path = tmp_path / "signals.yaml"
+    path.write_text(yaml.safe_dump(EXPERIMENT))
+    return path
+
+
+def runs_by_status(folder: Path) -> dict[str, list]:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    found = client.get_experiment_by_name(EXPERIMENT["name"])
+    statuses: dict[str, list] = {}
+    for run in client.search_runs([found.experiment_id]) if found else []:
+        statuses.setdefault(run.info.status, []).append(run)
+    return statuses
+
+
+def rerun_completes_with_nothing_lost(folder: Path, experiment: Path) -> None:
+    before = runs_by_status(folder) if (folder / "mlflow.db").exists() else {}
+    finished_before = {
+        run.data.tags.get("dlkit.config_hash")
+        for run in before.get("FINISHED", [])
+        if run.data.tags.get("dlkit.role") == "child"
+    }
+    lines: list[str] = []
+    result = compare(
+        experiment,
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        output_dir=folder / "reports",
+        verbose=0,
+        log=lines.append,
+    )
+    assert (result.runs["status"] == "FINISHED").all() and len(result.runs) == RUNS
+    assert sum("skipped" in line for line in lines) == len(finished_before), (
+        lines,
+        {status: [r.info.run_name for r in runs] for status, runs in before.items()},
+    )
+    after = runs_by_status(folder)
+    assert "RUNNING" not in after, [r.info.run_name for r in after["RUNNING"]]
+    assert set(after) <= {"FINISHED", "KILLED"}
+
+
+POINTS = {
+    # the sqlite store is being built in its temporary file
+    "store creation": lambda p, folder: any(folder.glob(".mlflow.db.*.tmp")),
+    "parent created": lambda p, folder: p.saw("Comparison 'signals'"),
+    "mid-child": lambda p, folder: p.saw("[2/4]") and p.saw("training"),
+    "report": lambda p, folder: p.saw("[4/4] softmax-regression seed 1: test accuracy"),
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_signal_at_any_point_loses_nothing_and_leaves_nothing_running(tmp_path, point, signum):
+    experiment = setup(tmp_path)
+    process = Process(tmp_path, experiment)
+    process.wait_for(lambda: POINTS[point](process, tmp_path))
+    if point == "mid-child":
+        time.sleep(1.0)  # inside the second child's training
+    process.popen.send_signal(signum)
+    code = process.finish()
+    output = "".join(process.lines)
+    assert "Traceback" not in output, output
+    if point == "report" and code == 0:
+        pass  # the report was done before the signal landed: nothing to interrupt
+    else:
+        assert code == 128 + signum, output
+        assert "Interrupted" in output and "run the same command again" in output
+    if (tmp_path / "mlflow.db").exists():
+        statuses = runs_by_status(tmp_path)
+        assert "FAILED" not in statuses  # an interrupt is never a failure
+    rerun_completes_with_nothing_lost(tmp_path, experiment)
+
+
+def test_sigkill_mid_child_leaves_a_run_the_rerun_marks_killed(tmp_path):
+    experiment = setup(tmp_path)
+    process = Process(tmp_path, experiment)
+    process.wait_for(lambda: POINTS["mid-child"](process, tmp_path))
+    time.sleep(1.0)
+    process.popen.kill()
+    assert process.finish() == -signal.SIGKILL
+    assert len(runs_by_status(tmp_path)["RUNNING"]) == 2  # the parent and the child
+    rerun_completes_with_nothing_lost(tmp_path, experiment)
+    killed = runs_by_status(tmp_path)["KILLED"]
+    assert any("its process ended" in r.data.tags.get("dlkit.failure", "") for r in killed)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    experiment = setup(tmp_path)
+    process = Process(tmp_path, experiment)
+    process.wait_for(lambda: POINTS["mid-child"](process, tmp_path))
+    time.sleep(1.0)
+    process.popen.send_signal(signal.SIGINT)
+    process.popen.send_signal(signal.SIGINT)
+    assert process.finish(timeout=30) == 130
+    rerun_completes_with_nothing_lost(tmp_path, experiment)
+
+
+def test_two_processes_starting_on_one_fresh_store_both_succeed(tmp_path):
+    start = time.time() + 6  # both import MLflow first, then create the store together
+    code = (
+        "import sys, time\n"
+        "from dlkit.tracking import Tracker\n"
+        "time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
+        "Tracker(sys.argv[2], sys.argv[3])\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(start), uri, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("same", "same", "other")
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], outputs
+    client = MlflowClient(uri)
+    assert {e.name for e in client.search_experiments()} >= {"same", "other"}
+    assert not list(tmp_path.glob(".mlflow.db.*.tmp"))
