@@ -15,8 +15,10 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -71,13 +73,16 @@ def _process_alive(tags: dict[str, str]) -> bool:
 
 
 def create_sqlite_store(tracking_uri: str) -> None:
-    """Creates a missing local sqlite store whole, or not at all.
+    """Creates a missing local sqlite store whole, or not at all, and fast.
 
-    MLflow builds a new store's tables in place, so a signal during those
-    seconds, or two processes starting together, can leave a file that never
-    opens again. Here the tables are built in a temporary file beside it and
-    moved into place in one step, under a lock on the folder, so a second
-    process waits and then opens the finished store. Other URIs are left alone.
+    MLflow builds a new store's tables in place, which takes seconds, so a
+    signal meanwhile, or two processes starting together, can leave a file
+    that never opens again. Here the store is made in a temporary file beside
+    it and moved into place in one step, under a lock on the folder, so a
+    second process waits and then opens the finished store. The tables are
+    built once per machine and MLflow version into a template in
+    `$XDG_CACHE_HOME/dlkit` (default `~/.cache/dlkit`), which every new store
+    copies. Other URIs are left alone.
     """
     if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
         return
@@ -89,20 +94,60 @@ def create_sqlite_store(tracking_uri: str) -> None:
             f"Cannot create the MLflow store {path}: the folder {path.parent} does not exist. "
             "Create it, or point --tracking-uri at an existing folder."
         )
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
+    artifacts = path.parent / "mlruns"  # where MLflow puts them for ./mlflow.db
     with _folder_lock(path.parent):
         if path.exists():  # another process made it while this one waited
             return
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        uri = f"sqlite:///{temporary}"
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         try:
-            SqlAlchemyStore(uri, (path.parent / "mlruns").as_uri())
-            SqlAlchemyStore._engine_map.pop(uri).dispose()
+            template = _store_template()
+            if template is None:
+                _build_store(temporary, artifacts)
+            else:
+                shutil.copyfile(template, temporary)
+                with contextlib.closing(sqlite3.connect(temporary)) as db, db:
+                    db.execute(
+                        "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (artifacts.as_uri(),),
+                    )
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
+
+
+def _store_template() -> Path | None:
+    """Returns an empty, migrated store for this MLflow version (built on first use), or None.
+
+    None where no cache folder can be written: the store is then built in place.
+    """
+    import mlflow
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlkit"
+    template = folder / f"mlflow-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder):
+            if not template.exists():
+                temporary = folder / f".{template.name}.{uuid.uuid4().hex}.tmp"
+                try:
+                    _build_store(temporary, folder / "mlruns")
+                    os.replace(temporary, template)
+                finally:
+                    temporary.unlink(missing_ok=True)
+    except OSError:
+        return None
+    return template
+
+
+def _build_store(path: Path, artifacts: Path) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = f"sqlite:///{path}"
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    SqlAlchemyStore(uri, artifacts.as_uri())
+    SqlAlchemyStore._engine_map.pop(uri).dispose()
 
 
 @contextlib.contextmanager

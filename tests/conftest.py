@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,32 +20,22 @@ def digits():
     return load_dataset("digits", train_size=400, validation_split=0.1)
 
 
-@pytest.fixture(scope="session")
-def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Creating a sqlite store runs MLflow's schema migrations (seconds); do it
-    # once and hand every test a copy of the result.
-    from dlkit.tracking import Tracker
-
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    Tracker(f"sqlite:///{path}", "template")
-    return path
-
-
-@pytest.fixture(scope="session")
-def new_store(_store_template: Path):
-    """Returns a function that puts a fresh, migrated sqlite store in a folder and gives its URI."""
-
-    def make(folder: Path) -> str:
-        shutil.copyfile(_store_template, folder / "mlflow.db")
-        return f"sqlite:///{folder / 'mlflow.db'}"
-
-    return make
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory: pytest.TempPathFactory):
+    # dlkit keeps its template MLflow store in $XDG_CACHE_HOME/dlkit: one per test session.
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
 
 
 @pytest.fixture
-def tracking_uri(tmp_path: Path, new_store) -> str:
+def tracking_uri(tmp_path: Path) -> str:
     """A fresh sqlite MLflow store (artifacts land in mlruns/ beside it)."""
-    return new_store(tmp_path)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture(autouse=True)

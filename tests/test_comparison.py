@@ -38,10 +38,10 @@ def children(client: MlflowClient, experiment: str, parent_id: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, new_store):
+def finished(tmp_path_factory):
     """One real comparison, shared by the tests that only read it."""
     folder = tmp_path_factory.mktemp("comparison")
-    uri = new_store(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     result = compare(
         parse_experiment(TINY),
         tracking_uri=uri,

@@ -8,6 +8,7 @@ complete, reuse every child that had finished, and leave no run RUNNING.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -38,6 +39,8 @@ class Process:
 
     def __init__(self, folder: Path, experiment: Path):
         self.lines: list[str] = []
+        # A cache of its own, so that this process builds the store's tables itself.
+        environment = {**os.environ, "XDG_CACHE_HOME": str(folder / "cache")}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "dlkit.cli", "compare", str(experiment), "-q"]
             + ["--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--output", "reports"],
@@ -45,6 +48,7 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=environment,
         )
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -112,8 +116,8 @@ def rerun_completes_with_nothing_lost(folder: Path, experiment: Path) -> None:
 
 
 POINTS = {
-    # the sqlite store is being built in its temporary file
-    "store creation": lambda p, folder: any(folder.glob(".mlflow.db.*.tmp")),
+    # the store's tables are being built (in the template every new store copies)
+    "store creation": lambda p, folder: any(folder.glob("cache/dlkit/.mlflow-*.tmp")),
     "parent created": lambda p, folder: p.saw("Comparison 'signals'"),
     "mid-child": lambda p, folder: p.saw("[2/4]") and p.saw("training"),
     "report": lambda p, folder: p.saw("[4/4] softmax-regression seed 1: test accuracy"),
@@ -168,7 +172,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
 
 def test_two_processes_starting_on_one_fresh_store_both_succeed(tmp_path):
-    start = time.time() + 6  # both import MLflow first, then create the store together
+    start = time.time() + 6  # all import MLflow first, then create the store together
     code = (
         "import sys, time\n"
         "from dlkit.tracking import Tracker\n"
@@ -179,6 +183,7 @@ def test_two_processes_starting_on_one_fresh_store_both_succeed(tmp_path):
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(start), uri, name],
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # tables built too
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -189,4 +194,4 @@ def test_two_processes_starting_on_one_fresh_store_both_succeed(tmp_path):
     assert [p.returncode for p in processes] == [0, 0, 0], outputs
     client = MlflowClient(uri)
     assert {e.name for e in client.search_experiments()} >= {"same", "other"}
-    assert not list(tmp_path.glob(".mlflow.db.*.tmp"))
+    assert not list(tmp_path.glob("**/.*.tmp"))

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dlkit import DlkitError, Recipe, load_model, signals, train
-from dlkit.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker
+from dlkit.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker, create_sqlite_store
 from dlkit.training import TrainingDiverged
 
 RECIPE = Recipe(
@@ -162,13 +162,26 @@ def test_runs_left_running_by_a_dead_process_are_closed_and_live_ones_kept(track
     assert tracker.client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
-def test_a_half_created_store_says_how_to_fix_it(tmp_path, new_store):
+def test_a_half_created_store_says_how_to_fix_it(tracking_uri, tmp_path):
     import sqlite3
 
-    uri = new_store(tmp_path)
+    create_sqlite_store(tracking_uri)  # a whole store, not yet opened by this process
     # Some tables and not others: what an interrupted first run under older versions left.
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         db.execute("DROP TABLE model_version_tags")
         db.execute("DELETE FROM alembic_version")
     with pytest.raises(DlkitError, match="left half-created.*move it aside"):
-        Tracker(uri, "x")
+        Tracker(tracking_uri, "x")
+
+
+def test_a_new_store_is_a_copy_of_one_template_pointed_at_its_own_folder(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        Tracker(f"sqlite:///{folder / 'mlflow.db'}", "x")
+    templates = list((Path(os.environ["XDG_CACHE_HOME"]) / "dlkit").glob("mlflow-*.db"))
+    assert len(templates) == 1
+    for folder in (first, second):
+        default = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").get_experiment("0")
+        assert default.artifact_location == (folder / "mlruns").as_uri()
+    assert not list(tmp_path.glob("*/.mlflow.db.*.tmp"))
