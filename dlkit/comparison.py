@@ -24,6 +24,7 @@ from dlkit.experiments import (
     resolve_experiment,
 )
 from dlkit.options import LARGE_COMPARISON, Options
+from dlkit.precision import resolve_precision
 from dlkit.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.runs import ChildSpec, run_child
 from dlkit.text import safe_name
@@ -69,7 +70,11 @@ def compare(
     options = (options or Options()).replace(**fields)
     experiment = resolve_experiment(target, options)
     log = log or functools.partial(print, flush=True)
-    recipes = experiment.recipes()
+    # `auto` precision is resolved here, so the value that runs is the one hashed and logged.
+    recipes = {
+        label: recipe.replace(precision=resolve_precision(recipe.precision))
+        for label, recipe in experiment.recipes().items()
+    }
     runs = len(experiment.variants) * len(experiment.seeds)
     if runs > LARGE_COMPARISON and not options.yes:
         raise DlkitError(

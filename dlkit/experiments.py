@@ -149,8 +149,12 @@ def config_hash(recipe: Recipe, data: DataSpec, seed: int) -> str:
     """Returns a short hash of everything that determines one training's outcome."""
     from dlkit import __version__
 
+    fields = {k: v for k, v in recipe.to_dict().items() if k != "name"}
+    if fields["precision"] == "float32":
+        # Runs from before the precision field existed were float32: keep their hashes.
+        del fields["precision"]
     payload = {
-        "recipe": {k: v for k, v in recipe.to_dict().items() if k != "name"},
+        "recipe": fields,
         "data": data.identity(),
         "seed": seed,
         "dlkit": __version__,

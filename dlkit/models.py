@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from dlkit.layers import Maxout
+from dlkit.precision import resolve_precision
 from dlkit.recipes import Recipe
 
 
@@ -43,6 +44,9 @@ def build_model(
     >>> model.output_shape
     (None, 10)
     """
+    # The hidden layers compute in the recipe's precision (weights stay float32);
+    # the input scaling, the softmax output and so the loss stay float32.
+    policy = resolve_precision(recipe.precision)
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     input_dim = int(np.prod(shape))
     layers: list[keras.layers.Layer] = [keras.Input(shape=shape)]
@@ -64,7 +68,9 @@ def build_model(
             )
         )
     if recipe.input_dropout:
-        layers.append(keras.layers.Dropout(recipe.input_dropout, name="input_dropout"))
+        layers.append(
+            keras.layers.Dropout(recipe.input_dropout, name="input_dropout", dtype=policy)
+        )
 
     for i, units in enumerate(recipe.hidden_layers(input_dim, num_classes), start=1):
         if recipe.activation == "maxout":
@@ -75,6 +81,7 @@ def build_model(
                     kernel_initializer=_initializer(recipe.initializer),
                     kernel_regularizer=_regularizer(recipe.weight_decay),
                     name=f"hidden_{i}",
+                    dtype=policy,
                 )
             )
         else:
@@ -85,10 +92,11 @@ def build_model(
                     kernel_initializer=_initializer(recipe.initializer),
                     kernel_regularizer=_regularizer(recipe.weight_decay),
                     name=f"hidden_{i}",
+                    dtype=policy,
                 )
             )
         if recipe.dropout:
-            layers.append(keras.layers.Dropout(recipe.dropout, name=f"dropout_{i}"))
+            layers.append(keras.layers.Dropout(recipe.dropout, name=f"dropout_{i}", dtype=policy))
 
     layers.append(
         keras.layers.Dense(
@@ -97,6 +105,7 @@ def build_model(
             kernel_initializer=_initializer(recipe.initializer),
             kernel_regularizer=_regularizer(recipe.weight_decay),
             name="output",
+            dtype="float32",
         )
     )
     return keras.Sequential(layers, name=recipe.name.replace("-", "_"))
@@ -121,8 +130,12 @@ def compile_model(
     Returns:
         The same model, compiled.
     """
+    optimizer = make_optimizer(recipe)
+    if resolve_precision(recipe.precision) == "mixed_float16":
+        # float16 gradients underflow without it; bfloat16 has float32's range
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=make_optimizer(recipe),
+        optimizer=optimizer,
         loss=make_loss(recipe),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,

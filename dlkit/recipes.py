@@ -40,6 +40,7 @@ LOSSES = ("crossentropy", "mse")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
 NORMALIZATIONS = ("none", "scale", "standardize")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 MAX_DEPTH = 1000  # hidden layers; far past where any lesson needs them
 # Bytes of memory per parameter while training: float32 weights, gradients
 # and up to two optimizer slots (Adam), with room for Keras's copies.
@@ -94,6 +95,11 @@ class Recipe:
             (raw values), `"scale"` (divide by the data's maximum value, e.g.
             255) or `"standardize"` (per-feature mean 0, variance 1 from the
             training split). Defaults to `"scale"`.
+        precision: Number format of the hidden layers' arithmetic:
+            `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"` (with loss
+            scaling) or `"auto"` (bfloat16 where the hardware has it, see
+            `dlkit.precision.resolve_precision`). Weights, the softmax output
+            and the loss stay float32. Defaults to `"float32"`.
 
     Example:
 
@@ -126,6 +132,7 @@ class Recipe:
     patience: int = 3
     restore_best_weights: bool = True
     normalization: str = "scale"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -146,6 +153,7 @@ class Recipe:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("monitor", self.monitor, MONITORS)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_range("depth", self.depth, low=0, high=MAX_DEPTH)
         _check_range("width", self.width, low=1)
         _check_range("match_depth", self.match_depth, low=0, high=MAX_DEPTH)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dlkit.data import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
+from dlkit.precision import resolve_precision
 from dlkit.recipes import Recipe, get_recipe
 from dlkit.tracking import Tracker, portable_uri
 
@@ -143,6 +144,7 @@ def _fit_in_run(
     from dlkit.callbacks import EpochLogger
     from dlkit.training import fit
 
+    recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
     tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
     # Gradient norms go first so their values are in the logs MLflow receives.
     probes = [_gradient_probe(data)] if gradient_norms else []

@@ -15,6 +15,7 @@ from dlkit.callbacks import EpochTimer, StopOnSignal
 from dlkit.data import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.models import build_model, compile_model
+from dlkit.precision import resolve_precision
 from dlkit.recipes import Recipe
 
 # Training steps per call into TensorFlow. It changes nothing about the
@@ -124,6 +125,7 @@ def fit(
     Raises:
         TrainingDiverged: when the loss became NaN or infinite.
     """
+    recipe = recipe.replace(precision=resolve_precision(recipe.precision))
     info = data.info
     if recipe.early_stopping and recipe.monitor.startswith("val_") and not info.validation_size:
         raise DlkitError(

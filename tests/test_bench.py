@@ -36,20 +36,26 @@ def test_results_table_names_every_figure_and_its_target():
         "mfu_plain": 0.26,
         "plain_test_accuracy": 0.97,
         "dlkit_test_accuracy": 0.971,
+        "dlkit_test_accuracy_std": 0.002,
     }
     results = {
         "machine": {"tensorflow": "2.x", "processor": "x86_64", "gpus": 0},
         "dataset": "synthetic",
         "epochs": 4,
         "throughput": {TARGET.name: throughput},
-        "matmul_peak_gflops": 130.0,
+        "precision": "mixed_bfloat16",
+        "matmul_peak_gflops": {"float32": 130.0, "bfloat16": 400.0},
         "tracking": {"overhead_percent": 1.5},
         "comparison": {"overhead_per_child_seconds": 0.8},
         "cli": {"help_seconds": 0.2, "recipes_seconds": 0.3},
     }
     text = format_results(results)
-    for fragment in ("1.33x", ">= 1.8x", "35% / 26%", "1.5%", "<= 3%", "0.20", "<= 1.0"):
+    for fragment in ("1.33x", ">= 2.5x", "35% / 26%", "1.5%", "<= 2%", "0.20", "<= 1.0"):
         assert fragment in text
+    assert "0.9710 ± 0.0020 / 0.9700" in text  # one seed on the plain side: no ± to show
+    peak = next(line for line in text.splitlines() if line.startswith("matmul peak, bfloat16"))
+    assert peak.split()[-2:] == ["bfloat16", "400.0"]
+    assert "dlkit train path (samples/s)" in text and "mixed_bfloat16" in text
 
 
 def test_bench_run_measures_every_figure_on_tiny_data():
@@ -69,7 +75,9 @@ def test_bench_run_measures_every_figure_on_tiny_data():
     assert len(figures["speedup_per_repeat"]) == 2
     # plain Keras builds the same 64-8-10 network on digits, so both learn above chance
     assert figures["plain_test_accuracy"] > 0.2 and figures["dlkit_test_accuracy"] > 0.2
-    assert 0 < figures["mfu_dlkit"] and results["matmul_peak_gflops"] > 0
+    assert 0 < figures["mfu_dlkit"] and results["matmul_peak_gflops"]["float32"] > 0
+    assert results["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")
+    assert figures["dlkit_test_accuracy_std"] >= 0  # two seeds: a spread
     assert results["tracking"]["tracking_seconds"] > 0
     assert results["comparison"]["children"] == 4
     assert results["cli"]["help_seconds"] > 0
