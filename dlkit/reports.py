@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from dlkit.errors import DlkitError
-from dlkit.expectations import evaluate, parse_expectation
-from dlkit.keys import GRAD_PREFIX
+from dlkit.expectations import METRICS, Sample, evaluate, parse_expectation
+from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
 from dlkit.text import text_table
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Comparison:
         expect: tuple[str, ...] = (),
         gradients: dict[str, list[dict[int, dict[int, float]]]] | None = None,
         published: dict[str, float] | None = None,
+        correct: dict[str, list[np.ndarray]] | None = None,
     ):
         self.name = name
         self.question = question
@@ -73,8 +74,8 @@ class Comparison:
         if self.published:
             self.table["published_accuracy"] = self.table["variant"].map(self.published)
         labels = list(self.table["variant"])
-        values = self.table.set_index("variant").to_dict("index")
-        self.expectations = [evaluate(parse_expectation(e, labels), values) for e in expect]
+        samples = samples_by_variant(runs, self.table, correct or {})
+        self.expectations = [evaluate(parse_expectation(e, labels), samples) for e in expect]
 
     @property
     def failed(self) -> int:
@@ -120,7 +121,7 @@ class Comparison:
             lines.append("")
             lines.append("Expectations:")
             for verdict in self.expectations:
-                mark = {True: "HELD", False: "DID NOT HOLD", None: "UNCHECKED"}[verdict.held]
+                mark = verdict.status.upper()
                 lines.append(f"  [{mark}] {verdict.expectation}  ({verdict.detail})")
         return "\n".join(lines)
 
@@ -143,7 +144,7 @@ class Comparison:
         if self.expectations:
             lines += ["", "Expectations:", ""]
             for verdict in self.expectations:
-                mark = {True: "held", False: "**did not hold**", None: "unchecked"}[verdict.held]
+                mark = {"contradicted": "**contradicted**"}.get(verdict.status, verdict.status)
                 lines.append(f"- `{verdict.expectation}`: {mark} ({verdict.detail})")
         return "\n".join(lines) + "\n"
 
@@ -196,6 +197,26 @@ class Comparison:
                 }
             )
         return rows
+
+
+def samples_by_variant(
+    runs: pd.DataFrame, table: pd.DataFrame, correct: dict[str, list[np.ndarray]]
+) -> dict[str, Sample]:
+    """Returns each variant's per-seed results, as the verdicts read them."""
+    done = runs[runs["status"] == "FINISHED"].assign(
+        train_accuracy=lambda r: r["final_accuracy"],
+        gap=lambda r: r["final_accuracy"] - r["test_accuracy"],
+    )
+    diverged = dict(zip(table["variant"], table["diverged"]))
+    samples = {}
+    for variant in table["variant"]:
+        rows = done[done["variant"] == variant]
+        samples[variant] = Sample(
+            values={metric: rows[metric].tolist() for metric in METRICS},
+            correct=correct.get(variant, []),
+            diverged=bool(diverged[variant]),
+        )
+    return samples
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -274,7 +295,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
             by_hash[key] = child
 
-    rows, histories, gradients = [], {}, {}
+    rows, histories, gradients, correct = [], {}, {}, {}
     for entry in plan["runs"]:
         child = by_hash.get(entry["config_hash"])
         row = {
@@ -291,8 +312,12 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         rows.append(row)
         histories.setdefault(entry["variant"], [])
         gradients.setdefault(entry["variant"], [])
+        correct.setdefault(entry["variant"], [])
         if child and child.status == "FINISHED":
             histories[entry["variant"]].append(_history(tracker, child.run_id))
+            outcomes = tracker.read_array(child.run_id, CORRECT_ARTIFACT)
+            if outcomes is not None:  # runs logged before dlkit kept them have none
+                correct[entry["variant"]].append(outcomes)
             if plan.get("gradient_norms"):
                 gradients[entry["variant"]].append(_gradients(tracker, child))
     return Comparison(
@@ -304,6 +329,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         expect=tuple(plan.get("expect", ())),
         gradients=gradients if plan.get("gradient_norms") else None,
         published=plan.get("published"),
+        correct={variant: runs for variant, runs in correct.items() if runs},
     )
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -33,6 +34,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 import dlkit
 from dlkit import signals
 from dlkit.errors import DlkitError
+from dlkit.keys import CORRECT_ARTIFACT
 from dlkit.text import safe_name
 
 if TYPE_CHECKING:
@@ -341,7 +343,8 @@ class Tracker:
         """Logs a finished training: summary metrics, tags and artifacts.
 
         Artifacts: `model/model.keras` (load with `dlkit.load_model`),
-        `recipe.json` and `learning_curves.png`.
+        `recipe.json`, `learning_curves.png` and `test_correct.npy` (which
+        test examples it got right, for paired verdicts).
         """
         from dlkit.plots import plot_learning_curves
 
@@ -351,6 +354,8 @@ class Tracker:
             recipe_file = Path(tmp, "recipe.json")
             recipe_file.write_text(json.dumps(result.recipe.to_dict(), indent=2) + "\n")
             self.log_artifact(run_id, recipe_file)
+            np.save(Path(tmp, CORRECT_ARTIFACT), np.asarray(result.test_correct, dtype=bool))
+            self.log_artifact(run_id, Path(tmp, CORRECT_ARTIFACT))
             figure = plot_learning_curves({result.recipe.name: [result.history]})
             figure.savefig(Path(tmp, "learning_curves.png"), dpi=100)
             import matplotlib.pyplot as plt
@@ -394,6 +399,15 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
         """Returns a metric's values by step (empty when it was never logged)."""
         return {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
+
+    def read_array(self, run_id: str, path: str) -> np.ndarray | None:
+        """Returns a `.npy` artifact, or `None` when the run has no such file."""
+        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, path, tmp)
+            except Exception:  # MLflow raises several kinds for a missing artifact
+                return None
+            return np.load(local, allow_pickle=False)
 
     def read_artifact(self, run_id: str, path: str) -> str | None:
         """Returns a text artifact's content, or `None` when the run has no such file."""

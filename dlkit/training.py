@@ -50,6 +50,8 @@ class TrainResult:
         samples_per_second: Training throughput after the first (warm-up)
             epoch; over all epochs when only one ran.
         device: Where TensorFlow ran (`"GPU"` or `"CPU"`).
+        test_correct: For each test example, in order, whether the model
+            classified it correctly (what paired verdicts compare).
         model: The trained `keras.Model`.
         run_id: The MLflow run it was logged to, if any.
     """
@@ -67,6 +69,7 @@ class TrainResult:
     wall_time: float
     samples_per_second: float
     device: str
+    test_correct: np.ndarray = dataclasses.field(repr=False)
     model: keras.Model = dataclasses.field(repr=False)
     run_id: str | None = None
 
@@ -179,7 +182,9 @@ def fit(
             "or use normalization='scale'."
         )
 
-    test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
+    test_pipeline = data.pipeline("test", recipe.batch_size)
+    test = model.evaluate(test_pipeline, verbose=0, return_dict=True)
+    predicted = model.predict(test_pipeline, verbose=0).argmax(axis=1)
     epochs_run = len(losses)
     stopped = (
         early_stopping.stopped_epoch + 1
@@ -200,6 +205,7 @@ def fit(
         wall_time=wall_time,
         samples_per_second=timer.samples_per_second(info.train_size),
         device=device_name(),
+        test_correct=predicted == data.arrays("test")[1],
         model=model,
     )
 

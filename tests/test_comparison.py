@@ -88,7 +88,10 @@ def test_table_matches_the_children_metrics(finished):
         assert row["params"] == (64 + 1) * 16 + 17 * 16 + 17 * 10
     assert result.table["best"].sum() == 1
     assert len(result.histories["relu"]) == 2 and len(result.histories["relu"][0]["loss"]) == 2
-    assert result.expectations[0].expectation == "relu > sigmoid"
+    verdict = result.expectations[0]
+    assert verdict.expectation == "relu > sigmoid"
+    assert verdict.status in ("held", "contradicted", "inconclusive")
+    assert verdict.low <= verdict.difference <= verdict.high and "95% interval" in verdict.detail
     text = result.format()
     assert "relu" in text and "±" in text and "Expectations:" in text
     assert "published" in text and "0.9500" in text
@@ -111,6 +114,10 @@ def test_report_artifacts_in_mlflow_and_in_the_output_folder(finished):
     }
     assert names == {f"report/{name}" for name in expected}
     assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"plan.json"}
+    child = result.runs["run_id"].iloc[0]
+    correct = np.load(client.download_artifacts(child, "test_correct.npy", str(folder)))
+    assert correct.dtype == bool and len(correct) == 359  # one flag per digits test image
+    assert correct.mean() == pytest.approx(result.runs["test_accuracy"].iloc[0], abs=1e-6)
     local = folder / "reports" / "tiny"
     saved = pd.read_csv(local / "table.csv")
     assert list(saved["variant"]) == ["relu", "sigmoid"]

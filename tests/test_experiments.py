@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from dlkit import DlkitError
-from dlkit.expectations import evaluate, parse_expectation
 from dlkit.experiments import (
     config_hash,
     expand_grid,
@@ -163,51 +162,6 @@ def test_recipe_names_make_an_experiment():
     assert experiment.name == "compare-deep-relu-vs-wide-relu" and experiment.seeds == (0, 1, 2)
     with pytest.raises(DlkitError, match="Unknown recipe"):
         experiment_from_recipes(["deep-relu", "nope"])
-
-
-@pytest.mark.parametrize(
-    "text, held",
-    [
-        ("a > b", True),
-        ("a > b by 0.05", True),
-        ("a > b by 0.2", False),
-        ("b < a", True),
-        ("a ~ b within 0.2", True),
-        ("a ~ b within 0.01", False),
-        ("epochs_run: a < b", True),
-        ("a > 0.95", False),
-        ("gap: a > b", False),
-    ],
-)
-def test_expectations(text, held):
-    values = {
-        "a": {"test_accuracy": 0.9, "epochs_run": 5, "gap": 0.01},
-        "b": {"test_accuracy": 0.8, "epochs_run": 9, "gap": 0.05},
-    }
-    verdict = evaluate(parse_expectation(text, ["a", "b"]), values)
-    assert verdict.held is held
-    assert "difference" in verdict.detail
-
-
-@pytest.mark.parametrize(
-    "text, held",
-    [
-        ("a > b", True),
-        ("b > a", False),
-        ("b < a", True),
-        ("a ~ b within 0.5", False),
-        ("test_loss: a < b", None),
-    ],
-)
-def test_a_variant_that_diverged_in_every_seed_did_not_learn(text, held):
-    values = {"a": {"test_accuracy": 0.9, "test_loss": 0.3}, "b": {"diverged": True}}
-    verdict = evaluate(parse_expectation(text, ["a", "b"]), values)
-    assert verdict.held is held and "diverged" in verdict.detail
-
-
-def test_expectation_on_a_variant_without_results_is_unchecked():
-    verdict = evaluate(parse_expectation("a > b", ["a", "b"]), {"a": {"test_accuracy": 0.9}})
-    assert verdict.held is None
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
