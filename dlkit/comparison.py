@@ -27,7 +27,7 @@ from dlkit.options import LARGE_COMPARISON, Options
 from dlkit.precision import resolve_precision
 from dlkit.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.runs import ChildSpec, run_child
-from dlkit.text import safe_name
+from dlkit.text import plural, safe_name
 from dlkit.tracking import Tracker
 
 
@@ -113,8 +113,8 @@ def compare(
     )
 
     log(
-        f"Comparison {experiment.name!r}: {len(experiment.variants)} variants x "
-        f"{len(experiment.seeds)} seeds on {data!r}"
+        f"Comparison {experiment.name!r}: {plural(len(experiment.variants), 'variant')} x "
+        f"{plural(len(experiment.seeds), 'seed')} on {data!r}"
     )
     if resume_id:
         log(
@@ -122,7 +122,7 @@ def compare(
             f"of {len(plan)} runs already finished (use --force to retrain them)."
         )
     if orphans:
-        log(f"Marked {orphans} run(s) left RUNNING by a stopped process as KILLED.")
+        log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
 
     parent_tags = {
         "dlkit.role": "parent",
@@ -130,7 +130,7 @@ def compare(
         "dlkit.dataset": data.info.name,
     }
     with tracker.run(experiment.name, tags=parent_tags, resume_id=resume_id) as parent_id:
-        _log_plan(tracker, parent_id, experiment, plan)
+        _log_plan(tracker, parent_id, experiment, plan, _context(experiment, recipes, data))
         trained_times: list[float] = []
         for i, entry in enumerate(plan, start=1):
             signals.check()
@@ -218,7 +218,44 @@ def _report_folder(output_dir: str | Path | None, name: str) -> Path | None:
     return folder
 
 
-def _log_plan(tracker: Tracker, parent_id: str, experiment: Experiment, plan: list[dict]) -> None:
+def _context(experiment: Experiment, recipes: dict[str, Any], data: Any) -> dict[str, Any]:
+    """What was run, in a few values a report opens with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from dlkit import __version__
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "-"
+
+    info = data.info
+    return {
+        "dataset": info.name,
+        "source": info.source,
+        "train_size": info.train_size,
+        "validation_size": info.validation_size,
+        "test_size": info.test_size,
+        "seeds": list(experiment.seeds),
+        "epochs": sorted({recipe.epochs for recipe in recipes.values()}),
+        "precision": sorted({recipe.precision for recipe in recipes.values()}),
+        "versions": {
+            "dlkit": __version__,
+            "tensorflow": installed("tensorflow"),
+            "keras": installed("keras"),
+            "mlflow": installed("mlflow"),
+        },
+    }
+
+
+def _log_plan(
+    tracker: Tracker,
+    parent_id: str,
+    experiment: Experiment,
+    plan: list[dict],
+    context: dict[str, Any],
+) -> None:
     with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
         content = {
             "name": experiment.name,
@@ -226,6 +263,7 @@ def _log_plan(tracker: Tracker, parent_id: str, experiment: Experiment, plan: li
             "expect": list(experiment.expect),
             "gradient_norms": experiment.gradient_norms,
             "published": experiment.published,
+            "context": context,
             "runs": plan,
         }
         Path(tmp, PLAN_ARTIFACT).write_text(json.dumps(content, indent=2) + "\n")

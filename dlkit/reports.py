@@ -13,7 +13,7 @@ import pandas as pd
 from dlkit.errors import DlkitError
 from dlkit.expectations import METRICS, Sample, evaluate, parse_expectation
 from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
-from dlkit.text import text_table
+from dlkit.text import plural, text_table
 
 if TYPE_CHECKING:
     from dlkit.tracking import RunRecord, Tracker
@@ -61,6 +61,7 @@ class Comparison:
         gradients: dict[str, list[dict[int, dict[int, float]]]] | None = None,
         published: dict[str, float] | None = None,
         correct: dict[str, list[np.ndarray]] | None = None,
+        context: dict | None = None,
     ):
         self.name = name
         self.question = question
@@ -69,6 +70,7 @@ class Comparison:
         self.histories = histories
         self.gradients = gradients or {}
         self.output_dir: Path | None = None  # where compare/report saved the files
+        self.context = context or {}  # what was run: dataset, sizes, seeds, epochs, versions
         self.table = summarize(runs)
         self.published = published or {}
         if self.published:
@@ -108,13 +110,14 @@ class Comparison:
 
     def format(self) -> str:
         """Returns the report as terminal text: table, failures, expectations."""
-        lines = [f"{self.name}: {self.question}".rstrip(": "), ""]
-        lines.append(text_table(self._display_rows()))
-        lines.append("(* best mean test accuracy; ± is one standard deviation over seeds)")
+        lines = [f"{self.name}: {self.question}".rstrip(": ")]
+        if self.context:
+            lines.append(self.what_was_run())
+        lines += ["", text_table(self._display_rows()), self._footnote()]
         failed = self.runs[self.runs["status"] != "FINISHED"]
         if not failed.empty:
             lines.append("")
-            lines.append(f"{len(failed)} run(s) did not finish:")
+            lines.append(f"{plural(len(failed), 'run')} did not finish:")
             for row in failed.itertuples():
                 lines.append(f"  {row.variant} seed {row.seed}: {row.status} - {row.failure}")
         if self.expectations:
@@ -132,8 +135,11 @@ class Comparison:
         lines = [f"## {self.name}", ""]
         if self.question:
             lines += [self.question, ""]
+        if self.context:
+            lines += [self.what_was_run(), ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(row[c]) for c in header) + " |" for row in rows]
+        lines += ["", self._footnote()]
         failed = self.runs[self.runs["status"] != "FINISHED"]
         if not failed.empty:
             lines += ["", "Runs that did not finish:", ""]
@@ -146,7 +152,29 @@ class Comparison:
             for verdict in self.expectations:
                 mark = {"contradicted": "**contradicted**"}.get(verdict.status, verdict.status)
                 lines.append(f"- `{verdict.expectation}`: {mark} ({verdict.detail})")
+        plots = ["learning_curves.png", "test_accuracy.png"]
+        if any(self.gradients.values()):
+            plots.append("gradient_norms.png")
+        lines += ["", *(f"![{name.removesuffix('.png')}]({name})" for name in plots)]
         return "\n".join(lines) + "\n"
+
+    def what_was_run(self) -> str:
+        """Returns one line: dataset and split sizes, seeds, epochs, precision, versions."""
+        c = self.context
+        epochs = "/".join(str(e) for e in c.get("epochs", [])) or "-"
+        versions = ", ".join(f"{k} {v}" for k, v in c.get("versions", {}).items())
+        seeds = c.get("seeds", [])
+        return (
+            f"Data: {c.get('dataset')} ({c.get('train_size', 0):,} train, "
+            f"{c.get('validation_size', 0):,} validation, {c.get('test_size', 0):,} test). "
+            f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}), {epochs} epochs, "
+            f"{'/'.join(c.get('precision', [])) or 'float32'}. {versions}."
+        )
+
+    def _footnote(self) -> str:
+        several = self.runs.groupby("variant")["seed"].count().max() > 1
+        spread = "; ± is one standard deviation over seeds" if several else ""
+        return f"(* best mean test accuracy{spread})"
 
     def save(self, folder: str | Path) -> list[Path]:
         """Writes table.csv, table.md, runs.csv and the plots (PNG) into `folder`."""
@@ -155,7 +183,7 @@ class Comparison:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / name for name in ("table.csv", "table.md", "runs.csv")]
-        self.table.to_csv(paths[0], index=False)
+        self._csv_table().to_csv(paths[0], index=False)
         paths[1].write_text(self.markdown())
         self.runs.to_csv(paths[2], index=False)
         plots = [
@@ -170,6 +198,15 @@ class Comparison:
             plt.close(figure)
             paths.append(folder / name)
         return paths
+
+    def _csv_table(self) -> pd.DataFrame:
+        # The variant and its result first, bookkeeping last; the columns the
+        # expectations read under short names are the means already shown.
+        table = self.table.drop(columns=["test_accuracy", "test_loss"])
+        first = ["variant", "test_accuracy_mean", "test_accuracy_std", "test_loss_mean"]
+        table = table[first + [c for c in table.columns if c not in first]]
+        counts = ["params", "planned", "finished", "failed"]
+        return table.astype({c: "Int64" for c in counts})
 
     def _display_rows(self) -> list[dict[str, str]]:
         rows = []
@@ -190,8 +227,8 @@ class Comparison:
                     "best val acc": _num(row["best_val_accuracy"]),
                     "train acc": _num(row["train_accuracy"]),
                     "gap": _num(row["gap"]),
-                    "epochs": _num(row["epochs_run"], ".1f"),
-                    "stopped at": "-" if not math.isfinite(stopped) else f"{stopped:.1f}",
+                    "epochs": _count(row["epochs_run"]),
+                    "stopped at": _count(stopped),
                     "time (s)": _num(row["wall_time_s"], ".1f"),
                     "samples/s": _int(row["samples_per_second"]),
                 }
@@ -330,6 +367,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         gradients=gradients if plan.get("gradient_norms") else None,
         published=plan.get("published"),
         correct={variant: runs for variant, runs in correct.items() if runs},
+        context=plan.get("context"),
     )
 
 
@@ -358,6 +396,13 @@ def _pm(mean: float, std: float) -> str:
 
 def _num(value: float, spec: str = ".4f") -> str:
     return format(value, spec) if math.isfinite(value) else "-"
+
+
+def _count(value: float) -> str:
+    """A mean of whole numbers: `15` when it is whole, `14.5` when the seeds differ."""
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
 def _int(value: float) -> str:

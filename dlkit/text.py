@@ -31,3 +31,8 @@ def safe_name(name: str) -> str:
     """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return "_" if not safe.strip(".") else safe
+
+
+def plural(count: int, noun: str) -> str:
+    """Returns `1 seed`, `2 seeds`: the count with its noun in the right number."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"

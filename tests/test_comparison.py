@@ -125,7 +125,11 @@ def test_report_artifacts_in_mlflow_and_in_the_output_folder(finished):
         result.table["test_accuracy_mean"].tolist()
     )
     assert (local / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| variant |" in (local / "table.md").read_text()
+    markdown = (local / "table.md").read_text()
+    assert "| variant |" in markdown and "![learning_curves](learning_curves.png)" in markdown
+    assert "Data: digits (300 train" in markdown and "2 seeds (0, 1), 2 epochs" in markdown
+    assert list(saved.columns[:3]) == ["variant", "test_accuracy_mean", "test_accuracy_std"]
+    assert saved["params"].dtype.kind == "i" and "test_accuracy" not in saved.columns
 
 
 def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
