@@ -87,7 +87,13 @@ def dataset_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--train-size",
             type=click.IntRange(min=1),
             default=None,
-            help="Train on the first N training examples only.",
+            help="Train on N training examples only (the first N, unless --train-offset).",
+        ),
+        click.option(
+            "--train-offset",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Start the training examples this far into the training pool.  [default: 0]",
         ),
         click.option(
             "--validation-split",
@@ -226,6 +232,7 @@ def train(
     recipe: str,
     dataset: str | None,
     train_size: int | None,
+    train_offset: int | None,
     validation_split: float | None,
     data_dir: str | None,
     download: bool,
@@ -240,7 +247,12 @@ def train(
 ) -> None:
     """Train RECIPE once and log it as an MLflow run."""
     chosen = get_recipe(recipe, **_overrides(assignments, epochs, precision))
-    given = {"source": dataset, "train_size": train_size, "validation_split": validation_split}
+    given = {
+        "source": dataset,
+        "train_size": train_size,
+        "train_offset": train_offset,
+        "validation_split": validation_split,
+    }
     spec = DataSpec(
         **{key: value for key, value in given.items() if value is not None},
         data_dir=data_dir,
@@ -253,6 +265,7 @@ def train(
     data = load_dataset(
         spec.source,
         train_size=spec.train_size,
+        train_offset=spec.train_offset,
         validation_split=spec.validation_split,
         data_dir=spec.data_dir,
         download=spec.download,
@@ -297,6 +310,12 @@ def train(
     is_flag=True,
     help="Start a comparison of more than 500 runs (variants x seeds).",
 )
+@click.option(
+    "--replicate",
+    is_flag=True,
+    help="Then rerun it on the next train-size images of the training pool (disjoint from "
+    "the first) and show both slices' verdicts side by side.",
+)
 @click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
 @click.option(
     "--gradient-norms",
@@ -310,6 +329,7 @@ def compare(
     targets: Sequence[str],
     dataset: str | None,
     train_size: int | None,
+    train_offset: int | None,
     validation_split: float | None,
     data_dir: str | None,
     download: bool,
@@ -320,6 +340,7 @@ def compare(
     quiet: bool,
     seeds: int | None,
     yes: bool,
+    replicate: bool,
     force: bool,
     gradient_norms: bool | None,
     output_dir: str,
@@ -339,6 +360,7 @@ def compare(
     options = Options(
         dataset=dataset,
         train_size=train_size,
+        train_offset=train_offset,
         validation_split=validation_split,
         epochs=epochs,
         seeds=seeds,
@@ -351,6 +373,7 @@ def compare(
         output_dir=output_dir,
         verbose=0 if quiet else 2,
         yes=yes,
+        replicate=replicate,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)
@@ -360,12 +383,14 @@ def compare(
 
     comparison = run_comparison(experiment, options, log=click.echo)
     _print_report(comparison, tracking_uri)
-    if comparison.failed:
-        first = comparison.runs[comparison.runs["status"] != "FINISHED"].iloc[0]
-        raise click.ClickException(
-            f"{comparison.failed} of {len(comparison.runs)} runs did not finish; the first, "
-            f"{first['variant']} seed {first['seed']}: {first['status']} - {first['failure']}"
-        )
+    for part in (comparison, comparison.replication):
+        if part is not None and part.failed:
+            first = part.runs[part.runs["status"] != "FINISHED"].iloc[0]
+            raise click.ClickException(
+                f"{part.failed} of {len(part.runs)} runs of {part.name!r} did not finish; the "
+                f"first, {first['variant']} seed {first['seed']}: {first['status']} - "
+                f"{first['failure']}"
+            )
 
 
 @main.command()

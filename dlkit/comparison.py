@@ -55,8 +55,8 @@ def compare(
         callbacks: Extra Keras callbacks for every training.
         log: Where progress lines go. Defaults to printing them at once (flushed).
         **fields: Any `Options` field by name (`dataset`, `epochs`, `seeds`,
-            `overrides`, `force`, `tracking_uri`, `output_dir`, `verbose`...);
-            they beat `options`.
+            `overrides`, `force`, `replicate`, `tracking_uri`, `output_dir`,
+            `verbose`...); they beat `options`.
 
     Returns:
         A `Comparison` whose `table` is a pandas DataFrame; its `failed`
@@ -70,6 +70,45 @@ def compare(
     options = (options or Options()).replace(**fields)
     experiment = resolve_experiment(target, options)
     log = log or functools.partial(print, flush=True)
+    if not options.replicate:
+        return _compare(experiment, options, callbacks, log)
+    replica = replication_of(experiment)
+    replica.data.load()  # a second slice that does not fit fails before anything trains
+    comparison = _compare(experiment, options, callbacks, log)
+    log(f"Replication on training images {_slice(replica)}:")
+    comparison.replication = _compare(replica, options, callbacks, log)
+    return comparison
+
+
+def replication_of(experiment: Experiment) -> Experiment:
+    """Returns the experiment rerun on the next `train_size` images of the training pool.
+
+    Named `<name>-replica`, so its runs live beside the first slice's, not among them.
+    """
+    data = experiment.data
+    if data.train_size is None:
+        raise DlkitError(
+            f"{experiment.name!r} trains on the whole training pool, so there is no second "
+            "slice to replicate it on. Give a train_size (e.g. --train-size 10000)."
+        )
+    return dataclasses.replace(
+        experiment,
+        name=f"{experiment.name}-replica",
+        data=dataclasses.replace(data, train_offset=data.train_offset + data.train_size),
+    )
+
+
+def _slice(experiment: Experiment) -> str:
+    start = experiment.data.train_offset
+    return f"{start:,} to {start + experiment.data.train_size - 1:,}"
+
+
+def _compare(
+    experiment: Experiment,
+    options: Options,
+    callbacks: Sequence[Any],
+    log: Callable[[str], None],
+) -> Comparison:
     # `auto` precision is resolved here, so the value that runs is the one hashed and logged.
     recipes = {
         label: recipe.replace(precision=resolve_precision(recipe.precision))
@@ -235,6 +274,7 @@ def _context(experiment: Experiment, recipes: dict[str, Any], data: Any) -> dict
         "dataset": info.name,
         "source": info.source,
         "train_size": info.train_size,
+        "train_offset": experiment.data.train_offset,
         "validation_size": info.validation_size,
         "test_size": info.test_size,
         "seeds": list(experiment.seeds),

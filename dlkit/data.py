@@ -30,8 +30,10 @@ class DataSpec:
         source: A dataset source: `"digits"`, `"synthetic"`, a TFDS name, a
             folder of IDX files, a `.npz` file, or any registered source.
             Defaults to `"mnist"`.
-        train_size: Train on the first N training examples only.
-            Defaults to `None` (all).
+        train_size: Train on N training examples only. Defaults to `None` (all).
+        train_offset: Where those examples start in the training pool, so a
+            lesson can be replicated on other images of the same distribution
+            (e.g. 10,000 from 10,000 on). Defaults to `0`.
         validation_split: Fraction of the training pool held out for
             validation, from its end. Defaults to `0.1`.
         data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`,
@@ -42,17 +44,21 @@ class DataSpec:
 
     source: str = DEFAULT_SOURCE
     train_size: int | None = None
+    train_offset: int = 0
     validation_split: float = DEFAULT_VALIDATION_SPLIT
     data_dir: str | None = None
     download: bool = True
 
     def identity(self) -> dict[str, Any]:
         """Returns the fields that decide which examples are read (what a config hash covers)."""
-        return {
+        identity = {
             "source": self.source,
             "train_size": self.train_size,
             "validation_split": self.validation_split,
         }
+        if self.train_offset:  # left out at 0, so runs from before the field still resume
+            identity["train_offset"] = self.train_offset
+        return identity
 
     def load(self) -> Dataset:
         """Loads the dataset (cached in this process: every child of a comparison reuses it)."""
@@ -64,6 +70,7 @@ def _load_cached(spec: DataSpec) -> Dataset:
     return load_dataset(
         spec.source,
         train_size=spec.train_size,
+        train_offset=spec.train_offset,
         validation_split=spec.validation_split,
         data_dir=spec.data_dir,
         download=spec.download,
@@ -82,6 +89,7 @@ class DatasetInfo:
     validation_size: int
     test_size: int
     input_max: float
+    train_offset: int = 0  # where the training examples start in the training pool
 
     def to_params(self) -> dict[str, Any]:
         """Returns the fields as MLflow params, prefixed `data.`."""
@@ -184,6 +192,7 @@ def load_dataset(
     source: str = DEFAULT_SOURCE,
     *,
     train_size: int | None = None,
+    train_offset: int = 0,
     validation_split: float = DEFAULT_VALIDATION_SPLIT,
     flatten: bool = True,
     data_dir: str | None = None,
@@ -202,6 +211,9 @@ def load_dataset(
             registered with `dlkit.register_source`. Defaults to `"mnist"`.
         train_size: Keep only the first `train_size` training examples (the
             classic demo trains on the first 10,000). Defaults to `None` (all).
+        train_offset: Start the training examples this far into the training
+            pool: `train_offset=10000, train_size=10000` trains on images
+            10,000 to 19,999, disjoint from the first 10,000. Defaults to `0`.
         validation_split: Fraction of the training pool held out for
             validation, taken from its end, so it never overlaps the first
             `train_size` examples. Defaults to `0.1`.
@@ -234,6 +246,8 @@ def load_dataset(
         )
     if train_size is not None and train_size < 1:
         raise DlkitError(f"train_size must be a positive number. Received: train_size={train_size}")
+    if train_offset < 0:
+        raise DlkitError(f"train_offset must be 0 or more. Received: train_offset={train_offset}")
 
     reader = find_source(source)
     name = reader.dataset_name(source)
@@ -249,17 +263,24 @@ def load_dataset(
 
     n_val = int(round(len(x_train) * validation_split))
     pool = len(x_train) - n_val
-    if train_size is not None and train_size > pool:
+    available = pool - train_offset
+    if train_size is not None and train_size > available:
+        start = f" from train_offset={train_offset}" if train_offset else ""
         raise DlkitError(
-            f"train_size={train_size} is more than the {pool} training examples of "
-            f"{name!r} left after holding out {n_val} for validation. "
-            "Use a smaller train_size or validation_split."
+            f"train_size={train_size}{start} is more than the {available} training examples "
+            f"of {name!r} left after holding out {n_val} for validation"
+            f"{f' and skipping {train_offset}' if train_offset else ''}. Use a smaller "
+            f"train_size{', train_offset' if train_offset else ''} or validation_split."
         )
-    n_train = pool if train_size is None else train_size
+    n_train = available if train_size is None else train_size
     if n_train < 1:
-        raise DlkitError(f"{name!r} has no training examples left after the validation split.")
+        raise DlkitError(
+            f"{name!r} has no training examples left after the validation split"
+            + (f" and train_offset={train_offset}." if train_offset else ".")
+        )
+    start = train_offset
     splits = {
-        "train": (x_train[:n_train], y_train[:n_train]),
+        "train": (x_train[start : start + n_train], y_train[start : start + n_train]),
         "validation": (x_train[pool:], y_train[pool:]),
         "test": (x_test, y_test),
     }
@@ -272,6 +293,7 @@ def load_dataset(
         validation_size=n_val,
         test_size=len(x_test),
         input_max=input_max,
+        train_offset=train_offset,
     )
     return Dataset(info, splits, batch_size=batch_size, seed=seed)
 

@@ -36,7 +36,7 @@ TOP_KEYS = (
     "gradient_norms",
     "published",
 )
-DATASET_KEYS = ("source", "train_size", "validation_split")
+DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
 GRID_KEYS = ("recipe", "axes")
 MAX_NAME = 100
@@ -111,6 +111,7 @@ class Experiment:
         changes = {
             "source": options.dataset,
             "train_size": options.train_size,
+            "train_offset": options.train_offset,
             "validation_split": options.validation_split,
             "data_dir": options.data_dir,
         }
@@ -472,12 +473,19 @@ def _data_spec(raw: Any) -> DataSpec:
         raise DlkitError(
             f"dataset.train_size: expected a positive whole number. Received: {train_size!r}"
         )
+    offset = raw.get("train_offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise DlkitError(
+            f"dataset.train_offset: expected a whole number of at least 0. Received: {offset!r}"
+        )
     split = raw.get("validation_split", DEFAULT_VALIDATION_SPLIT)
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
         raise DlkitError(
             f"dataset.validation_split: expected a number in [0, 1). Received: {split!r}"
         )
-    return DataSpec(source=source, train_size=train_size, validation_split=float(split))
+    return DataSpec(
+        source=source, train_size=train_size, train_offset=offset, validation_split=float(split)
+    )
 
 
 def resolve_experiment(

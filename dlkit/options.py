@@ -18,13 +18,14 @@ LARGE_COMPARISON = 500  # runs (variants x seeds) a comparison starts only with 
 class Options:
     """How to run a comparison: the command line, `dlkit.compare()` and files resolve into this.
 
-    The first seven fields change the experiment, and beat its file; `None`
+    The first eight fields change the experiment, and beat its file; `None`
     keeps the file's value. The rest say where data comes from, where runs
     and reports go, and how much the terminal shows.
 
     Args:
         dataset: Data source for every variant (`--dataset`). Defaults to `None`.
-        train_size: Train on the first N examples. Defaults to `None`.
+        train_size: Train on N examples. Defaults to `None`.
+        train_offset: Where those N start in the training pool. Defaults to `None`.
         validation_split: Fraction held out for validation. Defaults to `None`.
         epochs: Every variant's epochs. Defaults to `None`.
         seeds: A number of seeds (0..N-1) or the list of seeds. Defaults to `None`.
@@ -41,6 +42,10 @@ class Options:
         verbose: Keras progress per epoch (0, 1 or 2). Defaults to `2`.
         yes: Start a comparison of more than 500 runs (`--yes`).
             Defaults to `False`: so many runs are more often a typo than a plan.
+        replicate: Then rerun the comparison on the next `train_size` images
+            of the training pool, disjoint from the first, as the experiment
+            `<name>-replica`, and report both slices' verdicts side by side.
+            Defaults to `False`.
 
     Example:
 
@@ -50,6 +55,7 @@ class Options:
 
     dataset: str | None = None
     train_size: int | None = None
+    train_offset: int | None = None
     validation_split: float | None = None
     epochs: int | None = None
     seeds: int | Sequence[int] | None = None
@@ -62,6 +68,7 @@ class Options:
     output_dir: str | Path | None = "reports"
     verbose: int | str = 2
     yes: bool = False
+    replicate: bool = False
 
     def replace(self, **fields: Any) -> Options:
         """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""

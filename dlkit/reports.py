@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from dlkit.errors import DlkitError
-from dlkit.expectations import METRICS, Sample, evaluate, parse_expectation
+from dlkit.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
 from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
 from dlkit.text import plural, text_table
 
@@ -71,6 +71,7 @@ class Comparison:
         self.gradients = gradients or {}
         self.output_dir: Path | None = None  # where compare/report saved the files
         self.context = context or {}  # what was run: dataset, sizes, seeds, epochs, versions
+        self.replication: Comparison | None = None  # the rerun on a second slice, if any
         self.table = summarize(runs)
         self.published = published or {}
         if self.published:
@@ -126,6 +127,14 @@ class Comparison:
             for verdict in self.expectations:
                 mark = verdict.status.upper()
                 lines.append(f"  [{mark}] {verdict.expectation}  ({verdict.detail})")
+        if self.replication is not None:
+            lines += [
+                "",
+                f"Replicated as {self.replication.name!r}:",
+                "",
+                self.replication.format(),
+            ]
+            lines += ["", "Verdicts on both slices:", text_table(self._side_by_side())]
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -152,6 +161,11 @@ class Comparison:
             for verdict in self.expectations:
                 mark = {"contradicted": "**contradicted**"}.get(verdict.status, verdict.status)
                 lines.append(f"- `{verdict.expectation}`: {mark} ({verdict.detail})")
+        if self.replication is not None and self.expectations:
+            rows = self._side_by_side()
+            lines += ["", "Verdicts on both slices:", ""]
+            lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
         plots = ["learning_curves.png", "test_accuracy.png"]
         if any(self.gradients.values()):
             plots.append("gradient_norms.png")
@@ -164,12 +178,27 @@ class Comparison:
         epochs = "/".join(str(e) for e in c.get("epochs", [])) or "-"
         versions = ", ".join(f"{k} {v}" for k, v in c.get("versions", {}).items())
         seeds = c.get("seeds", [])
+        offset = c.get("train_offset", 0)
+        first = f" from image {offset:,}" if offset else ""
         return (
-            f"Data: {c.get('dataset')} ({c.get('train_size', 0):,} train, "
+            f"Data: {c.get('dataset')} ({c.get('train_size', 0):,} train{first}, "
             f"{c.get('validation_size', 0):,} validation, {c.get('test_size', 0):,} test). "
             f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}), {epochs} epochs, "
             f"{'/'.join(c.get('precision', [])) or 'float32'}. {versions}."
         )
+
+    def _side_by_side(self) -> list[dict[str, str]]:
+        rows = []
+        for one, two in zip(self.expectations, self.replication.expectations):
+            rows.append(
+                {
+                    "expectation": one.expectation,
+                    "first slice": _verdict_cell(one),
+                    "second slice": _verdict_cell(two),
+                    "agree": "yes" if one.status == two.status else "no",
+                }
+            )
+        return rows
 
     def _footnote(self) -> str:
         several = self.runs.groupby("variant")["seed"].count().max() > 1
@@ -396,6 +425,12 @@ def _pm(mean: float, std: float) -> str:
 
 def _num(value: float, spec: str = ".4f") -> str:
     return format(value, spec) if math.isfinite(value) else "-"
+
+
+def _verdict_cell(verdict: Verdict) -> str:
+    if not math.isfinite(verdict.low):
+        return verdict.status
+    return f"{verdict.status} {verdict.difference:+.4f} [{verdict.low:+.4f}, {verdict.high:+.4f}]"
 
 
 def _count(value: float) -> str:

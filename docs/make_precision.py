@@ -90,8 +90,12 @@ def main() -> None:
             ref_mean, ref_std = base["accuracy"].get(variant, (float("nan"), 0.0))
             std = 0.0 if std != std else std  # one seed: no spread
             allowed = max(TOLERANCE, 2 * max(std, ref_std))
-            agrees = abs(mean - ref_mean) <= allowed
+            both_diverged = mean != mean and ref_mean != ref_mean  # NaN: no finished seed
+            agrees = both_diverged or abs(mean - ref_mean) <= allowed
             lesson_agrees &= agrees
+            if both_diverged:
+                rows.append(f"| {variant} | diverged | diverged | - | - | yes |")
+                continue
             rows.append(
                 f"| {variant} | {ref_mean:.4f} ± {ref_std:.4f} | {mean:.4f} ± {std:.4f} | "
                 f"{mean - ref_mean:+.4f} | {allowed:.4f} | {'yes' if agrees else '**no**'} |"

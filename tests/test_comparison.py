@@ -10,8 +10,9 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from dlkit import compare, report
+from dlkit import DlkitError, compare, report
 from dlkit.cli import main
+from dlkit.data import load_dataset
 from dlkit.experiments import parse_experiment
 
 TINY = {
@@ -303,7 +304,44 @@ def test_compare_command_exits_non_zero_when_a_run_failed(tracking_uri, tmp_path
     args = ["compare", str(path), "-q", "--tracking-uri", tracking_uri, "--output", "out"]
     cli = CliRunner().invoke(main, args)
     assert cli.exit_code == 1
-    assert "1 of 2 runs did not finish" in cli.output
+    assert "1 of 2 runs of 'tiny' did not finish" in cli.output
     assert "diverges seed 0: FAILED - TrainingDiverged" in cli.output
     assert "Traceback" not in cli.output
     assert (tmp_path / "out" / "tiny" / "table.csv").exists()  # the report is still written
+
+
+def test_replicate_reruns_on_the_next_slice_and_shows_both_verdicts(tracking_uri, tmp_path):
+    spec = {**TINY, "seeds": 1, "gradient_norms": False, "published": {}}
+    spec["dataset"] = {"source": "digits", "train_size": 300}
+    result = compare(
+        parse_experiment(spec),
+        tracking_uri=tracking_uri,
+        output_dir=tmp_path / "out",
+        verbose=0,
+        replicate=True,
+        log=lambda line: None,
+    )
+    replica = result.replication
+    assert replica.name == "tiny-replica" and replica.context["train_offset"] == 300
+    client = MlflowClient(tracking_uri)
+    for name, offset in (("tiny", "0"), ("tiny-replica", "300")):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        children = [r for r in runs if r.data.tags.get("dlkit.role") == "child"]
+        assert len(children) == 2
+        assert {r.data.params["data.train_offset"] for r in children} == {offset}
+    text = result.format()
+    assert "Verdicts on both slices:" in text and "from image 300" in text
+    assert "| relu > sigmoid |" in result.markdown()
+    # the second slice starts where the first ends: disjoint images of one pool
+    pool = load_dataset("digits", train_size=600).arrays("train")[0]
+    second = load_dataset("digits", train_size=300, train_offset=300).arrays("train")[0]
+    np.testing.assert_array_equal(second, pool[300:])
+
+
+def test_replicate_needs_a_slice_that_fits(tracking_uri):
+    whole = {**TINY, "dataset": {"source": "digits"}}
+    with pytest.raises(DlkitError, match="no second slice"):
+        compare(parse_experiment(whole), tracking_uri=tracking_uri, replicate=True, output_dir=None)
+    big = {**TINY, "dataset": {"source": "digits", "train_size": 1000}}
+    with pytest.raises(DlkitError, match="train_offset=1000"):
+        compare(parse_experiment(big), tracking_uri=tracking_uri, replicate=True, output_dir=None)
