@@ -259,18 +259,9 @@ def train(
         download=download,
     )
     _quiet_tensorflow()
-    from dlkit.data import load_dataset
     from dlkit.runs import train as train_recipe
 
-    data = load_dataset(
-        spec.source,
-        train_size=spec.train_size,
-        train_offset=spec.train_offset,
-        validation_split=spec.validation_split,
-        data_dir=spec.data_dir,
-        download=spec.download,
-        seed=seed,
-    )
+    data = spec.load()
     click.echo(f"Training {chosen.name} on {data!r}")
     result = train_recipe(
         chosen,

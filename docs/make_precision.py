@@ -16,26 +16,12 @@ import re
 import time
 from pathlib import Path
 
+from make_lessons import LESSONS  # this folder: the lessons, in the order they are taught
+
 import dlkit
 from dlkit.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
-LESSONS = [
-    "classic_demo",
-    "baseline",
-    "why_deep",
-    "vanishing_gradients",
-    "loss",
-    "optimizers",
-    "lr_decay",
-    "minibatch",
-    "early_stopping",
-    "dropout",
-    "weight_decay",
-    "maxout",
-    "normalization",
-    "initialization",
-]
 TOLERANCE = 0.005  # half a point of test accuracy
 
 
