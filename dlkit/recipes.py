@@ -201,6 +201,33 @@ class Recipe:
         """Returns the recipe as plain values (what MLflow logs as params)."""
         return dataclasses.asdict(self)
 
+    def applicable(self) -> dict[str, Any]:
+        """Returns the fields that take effect in this recipe (what a run logs as params).
+
+        A softmax regression has no activation or width, momentum belongs to
+        the momentum optimizers, patience to early stopping, and so on, so a
+        run's params say what was trained. `to_dict()` keeps every field.
+        """
+        fields = self.to_dict()
+        unused = set()
+        if self.widths:
+            unused |= {"depth", "width", "match_depth"}
+        else:
+            unused.add("widths")
+            if not self.match_depth:
+                unused.add("match_depth")
+        if not (self.widths or self.depth):
+            unused |= {"width", "activation", "maxout_pieces", "dropout"}
+        if self.activation != "maxout":
+            unused.add("maxout_pieces")
+        if self.optimizer not in ("momentum", "nesterov"):
+            unused.add("momentum")
+        if not self.lr_decay_epochs:
+            unused.add("lr_decay")
+        if not self.early_stopping:
+            unused |= {"monitor", "patience", "restore_best_weights"}
+        return {key: value for key, value in fields.items() if key not in unused}
+
     def hidden_layers(self, input_dim: int, num_classes: int) -> tuple[int, ...]:
         """Returns the hidden-layer widths for data of this input and output size."""
         if self.widths:

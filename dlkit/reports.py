@@ -375,17 +375,20 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         }
         for metric in RUN_METRICS:
             row[metric] = child.metrics.get(metric, math.nan) if child else math.nan
-        rows.append(row)
         histories.setdefault(entry["variant"], [])
         gradients.setdefault(entry["variant"], [])
         correct.setdefault(entry["variant"], [])
         if child and child.status == "FINISHED":
-            histories[entry["variant"]].append(_history(tracker, child.run_id))
+            history = _history(tracker, child.run_id)
+            histories[entry["variant"]].append(history)
+            if history.get("accuracy"):  # the last epoch's training accuracy
+                row["final_accuracy"] = history["accuracy"][-1]
             outcomes = tracker.read_array(child.run_id, CORRECT_ARTIFACT)
             if outcomes is not None:  # runs logged before dlkit kept them have none
                 correct[entry["variant"]].append(outcomes)
             if plan.get("gradient_norms"):
                 gradients[entry["variant"]].append(_gradients(tracker, child))
+        rows.append(row)
     return Comparison(
         name=plan["name"],
         question=plan.get("question", ""),

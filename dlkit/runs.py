@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,20 @@ GRADIENT_PROBE_EXAMPLES = 512  # a fixed batch: the same examples at every epoch
 
 
 def train_params(recipe: Recipe, info: DatasetInfo, seed: int) -> dict[str, Any]:
-    """Returns everything that defines a training, as flat params."""
-    return {**recipe.to_dict(), **info.to_params(), "seed": seed}
+    """Returns everything that defines a training, as flat params.
+
+    The recipe's fields that take effect, the network they resolve to on this
+    data (`hidden_widths`, `param_count`), the data and the seed. The exact
+    recipe, every field, is the run's `recipe.json`.
+    """
+    input_dim = math.prod(info.input_shape)
+    return {
+        **recipe.applicable(),
+        "hidden_widths": recipe.hidden_layers(input_dim, info.num_classes) or "none",
+        "param_count": recipe.param_count(input_dim, info.num_classes),
+        **info.to_params(),
+        "seed": seed,
+    }
 
 
 def train(

@@ -90,7 +90,11 @@ class TrainResult:
     run_id: str | None = None
 
     def summary_metrics(self) -> dict[str, float]:
-        """Returns the final figures, as logged to MLflow."""
+        """Returns the final figures, as logged to MLflow.
+
+        The last epoch's loss and accuracy are not repeated here: they are the
+        last points of the per-epoch metrics.
+        """
         metrics = {
             "test_loss": self.test_loss,
             "test_accuracy": self.test_accuracy,
@@ -101,9 +105,6 @@ class TrainResult:
         }
         if "val_accuracy" in self.history:
             metrics["best_val_accuracy"] = float(np.nanmax(self.history["val_accuracy"]))
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            if key in self.history:
-                metrics[f"final_{key}"] = self.history[key][-1]
         if self.best_epoch is not None:
             metrics["best_epoch"] = float(self.best_epoch)
         if self.stopped_epoch is not None:

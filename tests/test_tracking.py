@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dlkit import DlkitError, Recipe, load_model, signals, train
+from dlkit import DlkitError, Recipe, get_recipe, load_model, signals, train
 from dlkit.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker, create_sqlite_store
 from dlkit.training import TrainingDiverged
 
@@ -43,7 +43,10 @@ def test_training_is_one_run_with_params_metrics_facts_and_artifacts(
     assert params["depth"] == "2" and params["dropout"] == "0.0"
     assert params["early_stopping"] == "true" and params["seed"] == "3"
     assert params["data.name"] == "digits" and params["data.train_size"] == "400"
-    assert set(params) >= set(RECIPE.to_dict())
+    assert set(params) >= set(RECIPE.applicable())
+    # 65*32 + 33*32 + 33*10 weights and biases
+    assert params["hidden_widths"] == "32,32" and params["param_count"] == "3466"
+    assert "momentum" not in params  # Adam has none: params say what was trained
 
     metrics = run.data.metrics
     assert metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
@@ -185,3 +188,19 @@ def test_a_new_store_is_a_copy_of_one_template_pointed_at_its_own_folder(tmp_pat
         default = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").get_experiment("0")
         assert default.artifact_location == (folder / "mlruns").as_uri()
     assert not list(tmp_path.glob("*/.mlflow.db.*.tmp"))
+
+
+def test_params_leave_out_what_does_not_apply_and_give_the_resolved_network(digits, tracking_uri):
+    softmax = get_recipe("softmax-regression", epochs=1)
+    wide = get_recipe("wide-relu", epochs=1, width=16)
+    client = MlflowClient(tracking_uri)
+    for recipe in (softmax, wide):
+        result = train(recipe, digits, tracking_uri=tracking_uri, verbose=0)
+        params = client.get_run(result.run_id).data.params
+        assert params["param_count"] == str(recipe.param_count(64, 10))
+        if recipe is softmax:
+            assert params["hidden_widths"] == "none"
+            assert not {"activation", "width", "dropout", "maxout_pieces"} & set(params)
+        else:
+            assert params["hidden_widths"] == str(wide.hidden_layers(64, 10)[0])
+            assert params["activation"] == "relu" and params["match_depth"] == "3"
