@@ -47,12 +47,17 @@ def header_notes(path: Path) -> list[str]:
     return notes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def lesson_arguments(doc: str) -> argparse.Namespace:
+    """Parses the options every script that reruns the lessons takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dataset", default=None, help="override every lesson's data source")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--only", nargs="*", default=None, help="lesson file stems to run")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = lesson_arguments(__doc__)
 
     out = ROOT / "docs" / "lessons"
     sections = []

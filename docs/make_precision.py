@@ -11,11 +11,10 @@ are reused from MLflow on the next start.
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
-from make_lessons import LESSONS  # this folder: the lessons, in the order they are taught
+from make_lessons import LESSONS, lesson_arguments  # this folder
 
 import dlkit
 from dlkit.expectations import parse_expectation
@@ -46,11 +45,7 @@ def float32_reference(path: Path) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default=None, help="override every lesson's data source")
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--only", nargs="*", default=None, help="lesson file stems to run")
-    args = parser.parse_args()
+    args = lesson_arguments(__doc__)
 
     reference = float32_reference(ROOT / "docs" / "lessons.md")
     resolved = resolve_precision("auto")
