@@ -22,7 +22,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,24 +97,20 @@ def create_sqlite_store(tracking_uri: str) -> None:
             "Create it, or point --tracking-uri at an existing folder."
         )
     artifacts = path.parent / "mlruns"  # where MLflow puts them for ./mlflow.db
-    with _folder_lock(path.parent):
-        if path.exists():  # another process made it while this one waited
+
+    def make(temporary: Path) -> None:
+        template = _store_template()
+        if template is None:
+            _build_store(temporary, artifacts)
             return
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            template = _store_template()
-            if template is None:
-                _build_store(temporary, artifacts)
-            else:
-                shutil.copyfile(template, temporary)
-                with contextlib.closing(sqlite3.connect(temporary)) as db, db:
-                    db.execute(
-                        "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                        (artifacts.as_uri(),),
-                    )
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        shutil.copyfile(template, temporary)
+        with contextlib.closing(sqlite3.connect(temporary)) as db, db:
+            db.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                (artifacts.as_uri(),),
+            )
+
+    _create_whole(path, make)
 
 
 def _store_template() -> Path | None:
@@ -130,17 +126,26 @@ def _store_template() -> Path | None:
         return template
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(folder):
-            if not template.exists():
-                temporary = folder / f".{template.name}.{uuid.uuid4().hex}.tmp"
-                try:
-                    _build_store(temporary, folder / "mlruns")
-                    os.replace(temporary, template)
-                finally:
-                    temporary.unlink(missing_ok=True)
+        _create_whole(template, lambda temporary: _build_store(temporary, folder / "mlruns"))
     except OSError:
         return None
     return template
+
+
+def _create_whole(path: Path, make: Callable[[Path], None]) -> None:
+    """Has `make` write a temporary file beside `path`, then moves it into place in one step.
+
+    Under a lock on the folder: a process that waited finds `path` made and does nothing.
+    """
+    with _folder_lock(path.parent):
+        if path.exists():
+            return
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            make(temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 def _build_store(path: Path, artifacts: Path) -> None:
@@ -402,21 +407,19 @@ class Tracker:
 
     def read_array(self, run_id: str, path: str) -> np.ndarray | None:
         """Returns a `.npy` artifact, or `None` when the run has no such file."""
-        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-            try:
-                local = self.client.download_artifacts(run_id, path, tmp)
-            except Exception:  # MLflow raises several kinds for a missing artifact
-                return None
-            return np.load(local, allow_pickle=False)
+        return self._read(run_id, path, lambda local: np.load(local, allow_pickle=False))
 
     def read_artifact(self, run_id: str, path: str) -> str | None:
         """Returns a text artifact's content, or `None` when the run has no such file."""
+        return self._read(run_id, path, lambda local: Path(local).read_text())
+
+    def _read(self, run_id: str, path: str, load: Callable[[str], Any]) -> Any:
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             try:
                 local = self.client.download_artifacts(run_id, path, tmp)
             except Exception:  # MLflow raises several kinds for a missing artifact
                 return None
-            return Path(local).read_text()
+            return load(local)
 
 
 _MAX_CHILDREN = 50_000
