@@ -28,7 +28,7 @@ _LAZY = {
     "Dataset": "dlkit.data",
     "DataSpec": "dlkit.data",
     "build_model": "dlkit.models",
-    "load_model": "dlkit.models",
+    "load_model": "dlkit.runs",
     "Maxout": "dlkit.layers",
     "fit": "dlkit.training",
     "TrainResult": "dlkit.training",

@@ -8,7 +8,6 @@ and `dlkit recipes` stay fast, and mistakes that can be seen without them
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -52,10 +51,12 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _quiet_tensorflow() -> None:
+def _load_tensorflow(verbose: bool = False) -> None:
     # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is noise
-    # in a terminal; errors still come through.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # in a terminal; errors still come through, and -v shows it all.
+    from dlkit.console import load_tensorflow
+
+    load_tensorflow(verbose=verbose)
 
 
 tracking_uri_option = click.option(
@@ -152,7 +153,13 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         precision_option(None),
         tracking_uri_option,
-        click.option("--quiet", "-q", is_flag=True, help="Hide Keras's per-epoch progress."),
+        click.option(
+            "--verbose",
+            "-v",
+            is_flag=True,
+            help="Show Keras's per-epoch lines and TensorFlow's own log.",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="Show no progress, only the result."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -179,7 +186,7 @@ def main() -> None:
     dlkit recipes                          list the preset recipes
     dlkit train deep-relu -d digits        train one recipe
     dlkit compare experiments/quickstart.yaml
-    mlflow ui --backend-store-uri sqlite:///mlflow.db   review the runs
+    dlkit ui                               review the runs in the MLflow UI
     """
 
 
@@ -227,6 +234,12 @@ def recipes(input_dim: int, classes: int) -> None:
     is_flag=True,
     help="Log per-layer gradient norms every epoch (metrics grad_norm_1, ...).",
 )
+@click.option(
+    "--register",
+    metavar="NAME",
+    default=None,
+    help="Register the trained model in the MLflow Model Registry as a new version of NAME.",
+)
 @_handle_errors
 def train(
     recipe: str,
@@ -240,10 +253,12 @@ def train(
     assignments: Sequence[str],
     precision: str | None,
     tracking_uri: str | None,
+    verbose: bool,
     quiet: bool,
     seed: int,
     experiment: str,
     gradient_norms: bool,
+    register: str | None,
 ) -> None:
     """Train RECIPE once and log it as an MLflow run."""
     chosen = get_recipe(recipe, **_overrides(assignments, epochs, precision))
@@ -258,7 +273,7 @@ def train(
         data_dir=data_dir,
         download=download,
     )
-    _quiet_tensorflow()
+    _load_tensorflow(verbose)
     from dlkit.runs import train as train_recipe
 
     data = spec.load()
@@ -271,6 +286,7 @@ def train(
         experiment=experiment,
         verbose=0 if quiet else 2,
         gradient_norms=gradient_norms,
+        register=register,
     )
     stopped = f", stopped early at epoch {result.stopped_epoch}" if result.stopped_epoch else ""
     click.echo(
@@ -278,12 +294,12 @@ def train(
         f"{result.test_loss:.4f}, {result.params:,} params, {result.epochs_run} epochs{stopped}, "
         f"{result.wall_time:.1f} s ({result.samples_per_second:,.0f} samples/s on {result.device})."
     )
-    from dlkit.tracking import resolve_tracking_uri
+    from dlkit.tracking import Tracker
 
-    click.echo(
-        f"Logged to MLflow run {result.run_id} (experiment {experiment!r}). "
-        f"Review: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)}"
-    )
+    click.echo(f"Logged to MLflow: run {result.run_id}, experiment {experiment!r}.")
+    if result.registered:
+        click.echo(f"Registered as {result.registered}.")
+    _print_review(Tracker(tracking_uri, experiment).runs_page(result.run_id), tracking_uri)
 
 
 @main.command()
@@ -309,6 +325,13 @@ def train(
 )
 @click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
 @click.option(
+    "--register-best",
+    metavar="NAME",
+    default=None,
+    help="Register the best variant's model (its seed with the best validation accuracy) in "
+    "the MLflow Model Registry as a new version of NAME.",
+)
+@click.option(
     "--gradient-norms",
     is_flag=True,
     default=None,
@@ -328,11 +351,13 @@ def compare(
     assignments: Sequence[str],
     precision: str | None,
     tracking_uri: str | None,
+    verbose: bool,
     quiet: bool,
     seeds: int | None,
     yes: bool,
     replicate: bool,
     force: bool,
+    register_best: str | None,
     gradient_norms: bool | None,
     output_dir: str,
 ) -> None:
@@ -362,17 +387,23 @@ def compare(
         force=force,
         tracking_uri=tracking_uri,
         output_dir=output_dir,
-        verbose=0 if quiet else 2,
+        verbose=2 if verbose else 0,
         yes=yes,
         replicate=replicate,
+        register_best=register_best,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)
     find_source(experiment.data.source)
-    _quiet_tensorflow()
+    _load_tensorflow(verbose)
     from dlkit.comparison import compare as run_comparison
 
-    comparison = run_comparison(experiment, options, log=click.echo)
+    comparison = run_comparison(
+        experiment,
+        options,
+        log=(lambda line: None) if quiet else click.echo,
+        progress=not quiet and not verbose and sys.stderr.isatty(),
+    )
     _print_report(comparison, tracking_uri)
     for part in (comparison, comparison.replication):
         if part is not None and part.failed:
@@ -434,7 +465,7 @@ def bench(dataset: str, epochs: int, repeats: int, precision: str, json_path: st
     find_source(dataset)
     if json_path is not None:
         _check_writable(json_path)
-    _quiet_tensorflow()
+    _load_tensorflow()
     from dlkit import bench as benchmark
 
     results = benchmark.run(dataset, epochs=epochs, repeats=repeats, precision=precision)
@@ -442,6 +473,74 @@ def bench(dataset: str, epochs: int, repeats: int, precision: str, json_path: st
     if json_path is not None:
         benchmark.save(results, json_path)
         click.echo(f"\nFigures written to {json_path}")
+
+
+@main.command()
+@click.argument("experiment", required=False)
+@tracking_uri_option
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="UI port."
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Only this machine can reach 127.0.0.1; to share the UI, give "
+    "0.0.0.0 deliberately: anyone who reaches the port can then read and change your runs.",
+)
+@_handle_errors
+def ui(experiment: str | None, tracking_uri: str | None, port: int, host: str) -> None:
+    """Open the MLflow UI on dlkit's store and print where an experiment's runs are.
+
+    EXPERIMENT (a name or an experiment file) picks the runs page printed;
+    without it, the latest experiment dlkit logged to.
+    """
+    import subprocess
+    from pathlib import Path
+
+    from dlkit.experiments import is_experiment_file, load_experiment
+    from dlkit.tracking import DEFAULT_UI_PORT, Tracker, latest_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise DlkitError(
+            f"{uri} is an MLflow server already: open it in a browser. `dlkit ui` serves a "
+            "local store (sqlite:///... or a folder)."
+        )
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise DlkitError(
+            f"No MLflow store at {uri.removeprefix('sqlite:///')}. Run `dlkit compare "
+            "experiments/quickstart.yaml` here first, or point --tracking-uri at your store."
+        )
+    if experiment and is_experiment_file(experiment):
+        experiment = load_experiment(experiment).name
+    name = experiment or latest_experiment(uri)
+    if name is None:
+        raise DlkitError(
+            f"The MLflow store {uri} has no dlkit runs yet. Run `dlkit compare "
+            "experiments/quickstart.yaml` first, or check --tracking-uri."
+        )
+    page = Tracker(uri, name, create=False).runs_page()
+    if port != DEFAULT_UI_PORT or host != "127.0.0.1":
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        page = page.replace(f"127.0.0.1:{DEFAULT_UI_PORT}", f"{shown}:{port}")
+    click.echo(f"MLflow UI for {uri}\nExperiment {name!r}: {page}\nStop it with Ctrl-C.")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"Listening on {host}: anyone who can reach port {port} of this machine can read "
+            "and change these runs.",
+            err=True,
+        )
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", host, "--port", str(port)]
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        code = 0
+    if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+        raise DlkitError(
+            f"mlflow ui exited with status {code} (is port {port} in use? try --port)."
+        )
 
 
 def _check_writable(path: str) -> None:
@@ -458,16 +557,27 @@ def _check_writable(path: str) -> None:
 
 
 def _print_report(comparison: Any, tracking_uri: str | None) -> None:
-    from dlkit.tracking import resolve_tracking_uri
+    from dlkit.tracking import Tracker
 
     click.echo("\n" + comparison.format())
     if comparison.output_dir:
         files = ", ".join(sorted(p.name for p in comparison.output_dir.iterdir()))
         click.echo(f"\nReport files in {comparison.output_dir}/: {files}")
-    click.echo(
-        f"MLflow: experiment {comparison.name!r}, parent run {comparison.parent_run_id}. "
-        f"Review: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)}"
-    )
+    click.echo(f"MLflow: experiment {comparison.name!r}, parent run {comparison.parent_run_id}.")
+    if comparison.registered:
+        click.echo(f"Registered {comparison.best} as {comparison.registered}.")
+    _print_review(Tracker(tracking_uri, comparison.name, create=False).runs_page(), tracking_uri)
+
+
+def _print_review(page: str, tracking_uri: str | None) -> None:
+    from dlkit.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"Review: {page}")
+    else:
+        given = "" if tracking_uri is None else f" --tracking-uri {uri}"
+        click.echo(f"Review: run `dlkit ui{given}` and open {page}")
 
 
 if __name__ == "__main__":

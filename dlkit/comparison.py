@@ -25,10 +25,13 @@ from dlkit.experiments import (
 )
 from dlkit.options import LARGE_COMPARISON, Options
 from dlkit.precision import resolve_precision
+from dlkit.progress import Progress
 from dlkit.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.runs import ChildSpec, run_child
 from dlkit.text import plural, safe_name
 from dlkit.tracking import Tracker
+
+_MAX_PARAM = 500  # longer lists are logged as a count; the full plan is plan.json
 
 
 def compare(
@@ -37,6 +40,7 @@ def compare(
     *,
     callbacks: Sequence[Any] = (),
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
     **fields: Any,
 ) -> Comparison:
     """Trains every variant with every seed and reports them side by side.
@@ -54,6 +58,8 @@ def compare(
         options: How to run it, as an `Options`. Defaults to `Options()`.
         callbacks: Extra Keras callbacks for every training.
         log: Where progress lines go. Defaults to printing them at once (flushed).
+        progress: Draw one progress bar on standard error (for a terminal)
+            instead of a line per run. Defaults to `False`.
         **fields: Any `Options` field by name (`dataset`, `epochs`, `seeds`,
             `overrides`, `force`, `replicate`, `tracking_uri`, `output_dir`,
             `verbose`...); they beat `options`.
@@ -71,12 +77,13 @@ def compare(
     experiment = resolve_experiment(target, options)
     log = log or functools.partial(print, flush=True)
     if not options.replicate:
-        return _compare(experiment, options, callbacks, log)
+        return _compare(experiment, options, callbacks, log, progress)
     replica = replication_of(experiment)
     replica.data.load()  # a second slice that does not fit fails before anything trains
-    comparison = _compare(experiment, options, callbacks, log)
+    comparison = _compare(experiment, options, callbacks, log, progress)
     log(f"Replication on training images {_slice(replica)}:")
-    comparison.replication = _compare(replica, options, callbacks, log)
+    once = options.replace(register_best=None)  # the first slice's best is the one registered
+    comparison.replication = _compare(replica, once, callbacks, log, progress)
     return comparison
 
 
@@ -108,6 +115,7 @@ def _compare(
     options: Options,
     callbacks: Sequence[Any],
     log: Callable[[str], None],
+    progress: bool,
 ) -> Comparison:
     # `auto` precision is resolved here, so the value that runs is the one hashed and logged.
     recipes = {
@@ -170,39 +178,36 @@ def _compare(
     }
     with tracker.run(experiment.name, tags=parent_tags, resume_id=resume_id) as parent_id:
         _log_plan(tracker, parent_id, experiment, plan, _context(experiment, recipes, data))
-        trained_times: list[float] = []
-        for i, entry in enumerate(plan, start=1):
-            signals.check()
-            label, seed, key = entry["variant"], entry["seed"], entry["config_hash"]
-            prefix = f"[{i}/{len(plan)}] {label} seed {seed}"
-            if key in finished:
-                log(f"{prefix}: already finished (run {finished[key]}), skipped")
-                continue
-            remaining = sum(p["config_hash"] not in finished for p in plan[i - 1 :])
-            log(f"{prefix}: training{_eta(trained_times, remaining)}")
-            spec = ChildSpec.of(
-                recipes[label],
-                experiment.data,
-                seed,
-                tracker,
-                run_name=f"{label}/seed{seed}",
-                parent_id=parent_id,
-                tags={
-                    "dlkit.variant": label,
-                    "dlkit.seed": str(seed),
-                    "dlkit.config_hash": key,
-                    "dlkit.role": "child",
-                },
-                params={"variant": label},
-                gradient_norms=experiment.gradient_norms,
-                verbose=options.verbose,
-            )
-            result = run_child(spec, callbacks=callbacks)
-            if result.status == "FINISHED":
-                log(f"{prefix}: test accuracy {result.test_accuracy:.4f}")
-            else:
-                log(f"{prefix}: FAILED - {result.failure}")
-            trained_times.append(result.seconds)
+        tracker.log_dataset(parent_id, data)
+        todo = [entry for entry in plan if entry["config_hash"] not in finished]
+        with Progress(len(todo), log, bar=progress) as shown:
+            for entry in todo:
+                signals.check()
+                label, seed, key = entry["variant"], entry["seed"], entry["config_hash"]
+                recipe = recipes[label]
+                shown.start(f"{label} seed {seed}", recipe.epochs)
+                spec = ChildSpec.of(
+                    recipe,
+                    experiment.data,
+                    seed,
+                    tracker,
+                    run_name=f"{label}/seed{seed}",
+                    parent_id=parent_id,
+                    tags={
+                        "dlkit.variant": label,
+                        "dlkit.seed": str(seed),
+                        "dlkit.config_hash": key,
+                        "dlkit.role": "child",
+                    },
+                    params={"variant": label},
+                    gradient_norms=experiment.gradient_norms,
+                    verbose=options.verbose,
+                )
+                result = run_child(spec, callbacks=[*callbacks, _epoch_callback(shown)])
+                if result.status == "FINISHED":
+                    shown.finish(f"test accuracy {result.test_accuracy:.4f}")
+                else:
+                    shown.finish(f"FAILED - {result.failure}", failed=True)
 
         signals.check()
         comparison = load_comparison(tracker, parent_id)
@@ -211,6 +216,13 @@ def _compare(
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             _log_report(tracker, parent_id, comparison, comparison.save(folder or Path(tmp)))
         comparison.output_dir = folder
+    if options.register_best and comparison.best_run():
+        comparison.registered = tracker.register_model(
+            comparison.best_run(),
+            options.register_best,
+            description=f"{comparison.best} from comparison {experiment.name!r}: "
+            f"{experiment.question}",
+        )
     return comparison
 
 
@@ -320,6 +332,25 @@ def _log_plan(
         }
         Path(tmp, "experiment.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         tracker.log_artifact(parent_id, Path(tmp, "experiment.yaml"))
+    labels = [variant.label for variant in experiment.variants]
+    tracker.log_new_params(
+        parent_id,
+        {
+            "experiment": experiment.name,
+            "question": experiment.question[:_MAX_PARAM] or "-",
+            "dataset": context["dataset"],
+            "train_size": context["train_size"],
+            "train_offset": context["train_offset"],
+            "seeds": _listed(context["seeds"], "seeds"),
+            "epochs": "/".join(map(str, context["epochs"])),
+            "variants": _listed(labels, "variants"),
+        },
+    )
+
+
+def _listed(values: list[Any], noun: str) -> str:
+    text = ",".join(map(str, values))
+    return text if len(text) <= _MAX_PARAM else f"{len(values):,} {noun}"
 
 
 def _log_report(
@@ -335,11 +366,28 @@ def _log_report(
     if held:
         tags["dlkit.expectations_held"] = f"{sum(h is True for h in held)}/{len(held)}"
     tracker.set_tags(parent_id, tags)
+    statuses = [v.status for v in comparison.expectations]
+    metrics = {
+        "runs_finished": len(comparison.runs) - comparison.failed,
+        "runs_failed": comparison.failed,
+        **{
+            f"expectations_{s}": statuses.count(s) for s in ("held", "contradicted", "inconclusive")
+        },
+    }
+    if best:
+        row = comparison.table.set_index("variant").loc[best]
+        metrics["best_test_accuracy"] = float(row["test_accuracy_mean"])
+    tracker.log_metrics(parent_id, metrics)
+    tracker.set_description(parent_id, _description(comparison))
 
 
-def _eta(times: list[float], remaining: int) -> str:
-    if not times:
-        return ""
-    seconds = sum(times) / len(times) * remaining
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f" (about {minutes}m{secs:02d}s left)" if minutes else f" (about {secs}s left)"
+def _description(comparison: Comparison) -> str:
+    """The report as the parent's description: Markdown without its plots (not reachable there)."""
+    lines = comparison.markdown().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("![")).strip() + "\n"
+
+
+def _epoch_callback(progress: Progress) -> Any:
+    from dlkit.callbacks import EpochLogger
+
+    return EpochLogger(progress.epoch)

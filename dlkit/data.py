@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,7 @@ class Dataset:
         self.seed = seed
         self._arrays = splits
         self._tensors: dict[str, Any] = {}
+        self._digests: dict[str, str] = {}
         x_train = splits["train"][0].reshape(len(splits["train"][0]), -1).astype(np.float64)
         self.input_mean = x_train.mean(axis=0).astype(np.float32)
         self.input_variance = x_train.var(axis=0).astype(np.float32)
@@ -135,6 +137,19 @@ class Dataset:
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Returns a split as numpy `(x, y)`, with integer labels."""
         return self._arrays[split]
+
+    def digest(self, split: str) -> str:
+        """Returns a short fingerprint of a split's examples and labels (hex, 8 characters).
+
+        Two runs whose splits have the same digest saw the same data, bit for bit.
+        """
+        if split not in self._digests:
+            hasher = hashlib.sha256()
+            for array in self._arrays[split]:
+                hasher.update(str((array.dtype.str, array.shape)).encode())
+                hasher.update(np.ascontiguousarray(array).data)
+            self._digests[split] = hasher.hexdigest()[:8]
+        return self._digests[split]
 
     def pipeline(self, split: str, batch_size: int | None = None, seed: int | None = None):
         """Returns a batched, prefetched `tf.data.Dataset` of `(x, one_hot_y)`.

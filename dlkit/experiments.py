@@ -344,7 +344,8 @@ def expand_grid(grid: Any) -> list[Variant]:
     """Expands `{recipe, axes: {field: [values]}}` into one variant per combination.
 
     `recipe` may itself be an axis (a list of recipe names). Labels read
-    `field=value,field=value` in axis order.
+    `field=value,field=value` in axis order, with a recipe axis as the bare
+    recipe name (`deep-relu,width=64`), so they stay short in the MLflow UI.
     """
     if not isinstance(grid, dict):
         raise DlkitError("grid: expected a mapping with `recipe` and `axes`.")
@@ -368,7 +369,10 @@ def expand_grid(grid: Any) -> list[Variant]:
     for combination in itertools.product(*axes.values()):
         chosen = dict(zip(axes, combination))
         recipe = chosen.pop("recipe", base)
-        label = ",".join(f"{key}={_label_value(value)}" for key, value in zip(axes, combination))
+        label = ",".join(
+            _label_value(value) if key == "recipe" else f"{key}={_label_value(value)}"
+            for key, value in zip(axes, combination)
+        )
         overrides = _overrides(chosen, "grid.axes")
         variants.append(
             Variant(label=label, recipe=_string(recipe, "grid.recipe"), overrides=overrides)

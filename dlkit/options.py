@@ -46,6 +46,9 @@ class Options:
             of the training pool, disjoint from the first, as the experiment
             `<name>-replica`, and report both slices' verdicts side by side.
             Defaults to `False`.
+        register_best: Register the best variant's model (its seed with the
+            best validation accuracy) in the MLflow Model Registry under this
+            name (`--register-best`). Defaults to `None`.
 
     Example:
 
@@ -69,6 +72,7 @@ class Options:
     verbose: int | str = 2
     yes: bool = False
     replicate: bool = False
+    register_best: str | None = None
 
     def replace(self, **fields: Any) -> Options:
         """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""

@@ -72,6 +72,7 @@ class Comparison:
         self.output_dir: Path | None = None  # where compare/report saved the files
         self.context = context or {}  # what was run: dataset, sizes, seeds, epochs, versions
         self.replication: Comparison | None = None  # the rerun on a second slice, if any
+        self.registered: str | None = None  # `models:/NAME/VERSION` when the best was registered
         self.table = summarize(runs)
         self.published = published or {}
         if self.published:
@@ -90,6 +91,17 @@ class Comparison:
         """The variant with the highest mean test accuracy."""
         best = self.table[self.table["best"]]
         return None if best.empty else str(best["variant"].iloc[0])
+
+    def best_run(self) -> str | None:
+        """The finished run of the best variant with the highest best validation accuracy.
+
+        Chosen on validation, not test, accuracy: the model to keep, e.g. to register.
+        """
+        if self.best is None:
+            return None
+        runs = self.runs[(self.runs["variant"] == self.best) & (self.runs["status"] == "FINISHED")]
+        key = "best_val_accuracy" if runs["best_val_accuracy"].notna().any() else "test_accuracy"
+        return str(runs.sort_values(key, ascending=False, kind="stable")["run_id"].iloc[0])
 
     def plot_learning_curves(self):
         """Returns a figure of every variant's curves, mean over seeds with a band."""
@@ -212,7 +224,7 @@ class Comparison:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / name for name in ("table.csv", "table.md", "runs.csv")]
-        self._csv_table().to_csv(paths[0], index=False)
+        self.csv_table().to_csv(paths[0], index=False)
         paths[1].write_text(self.markdown())
         self.runs.to_csv(paths[2], index=False)
         plots = [
@@ -228,7 +240,8 @@ class Comparison:
             paths.append(folder / name)
         return paths
 
-    def _csv_table(self) -> pd.DataFrame:
+    def csv_table(self) -> pd.DataFrame:
+        """Returns the per-variant table as written to `table.csv`."""
         # The variant and its result first, bookkeeping last; the columns the
         # expectations read under short names are the means already shown.
         table = self.table.drop(columns=["test_accuracy", "test_loss"])

@@ -55,6 +55,7 @@ def train(
     run_name: str | None = None,
     verbose: int | str = 2,
     gradient_norms: bool = False,
+    register: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Trains a recipe on a dataset and logs it as one MLflow run.
@@ -71,6 +72,8 @@ def train(
         verbose: Keras progress output (0, 1 or 2). Defaults to `2`.
         gradient_norms: Log every layer's gradient norm per epoch (metrics
             `grad_norm_1` nearest the input, ...). Defaults to `False`.
+        register: Register the trained model in the MLflow Model Registry
+            under this name (a new version each time). Defaults to `None`.
         **overrides: Recipe fields to override, e.g. `epochs=5`.
 
     Returns:
@@ -83,6 +86,7 @@ def train(
     True
     """
     from dlkit.data import load_dataset
+    from dlkit.errors import DlkitError
     from dlkit.training import fit
 
     recipe = (
@@ -90,6 +94,8 @@ def train(
     )
     data = load_dataset(data, seed=seed) if isinstance(data, str) else data
     if not track:
+        if register:
+            raise DlkitError("register needs tracking: a model is registered from its MLflow run.")
         return fit(recipe, data, seed=seed, verbose=verbose)
     tracker = Tracker(tracking_uri, experiment)
     run_id, result = tracked_fit(
@@ -102,6 +108,8 @@ def train(
         gradient_norms=gradient_norms,
     )
     result.run_id = run_id
+    if register:
+        result.registered = tracker.register_model(run_id, register)
     return result
 
 
@@ -159,13 +167,14 @@ def _fit_in_run(
 
     recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
     tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
+    tracker.log_dataset(run_id, data)
     # Gradient norms go first so their values are in the logs MLflow receives.
     probes = [_gradient_probe(data)] if gradient_norms else []
     logger = EpochLogger(functools.partial(tracker.log_metrics, run_id))
     result = fit(recipe, data, seed=seed, verbose=verbose, callbacks=[*probes, logger, *callbacks])
     for probe in probes:
         tracker.log_metrics(run_id, probe.initial, step=0)
-    tracker.log_result(run_id, result)
+    tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
     return result
 
 
@@ -177,6 +186,39 @@ def _gradient_probe(data: Dataset):
     x, y = data.arrays("train")
     x, y = x[:GRADIENT_PROBE_EXAMPLES], y[:GRADIENT_PROBE_EXAMPLES]
     return GradientNorms(x, np.eye(data.info.num_classes, dtype=np.float32)[y])
+
+
+def load_model(source: str, *, tracking_uri: str | None = None) -> Any:
+    """Loads a model dlkit trained, as a `keras.Model` (maxout layers included).
+
+    Args:
+        source: An MLflow run id (the model that run logged), a `models:/...`
+            URI (a logged model, or a registered one as `models:/NAME/VERSION`),
+            or the path of a `.keras` file.
+        tracking_uri: The MLflow store for a run id or URI. Defaults to
+            `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`.
+
+    Example:
+
+    >>> result = train("deep-relu", "digits", epochs=5)
+    >>> model = load_model(result.run_id)
+    """
+    import tempfile
+    from pathlib import Path
+
+    from dlkit.errors import DlkitError
+    from dlkit.models import load_model as load_keras_file
+
+    if source.endswith(".keras") or Path(source).is_file():
+        if not Path(source).is_file():
+            raise DlkitError(f"No model file {source!r}. Give a .keras file, a run id or a URI.")
+        return load_keras_file(source)
+    tracker = Tracker(tracking_uri, create=False, experiment=None)
+    uri = source if source.startswith("models:/") else tracker.model_uri(source)
+    if uri is None:
+        raise DlkitError(f"Run {source} logged no model (it did not finish, or it predates them).")
+    with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+        return load_keras_file(str(tracker.download_model(uri, tmp)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,9 +38,11 @@ from dlkit.keys import CORRECT_ARTIFACT
 from dlkit.text import safe_name
 
 if TYPE_CHECKING:
+    from dlkit.data import Dataset
     from dlkit.training import TrainResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_UI_PORT = 5000
 FAILURE_TAG = "dlkit.failure"
 HOST_TAG = "dlkit.host"
 PID_TAG = "dlkit.pid"
@@ -52,6 +54,31 @@ _HALF_MADE = ("already exists", "duplicate column", "no such table", "no such co
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """Returns `tracking_uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def ui_address(tracking_uri: str | None = None, *, port: int = DEFAULT_UI_PORT) -> str:
+    """Returns where the MLflow UI for this store is: the server itself, or `dlkit ui`'s address."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://127.0.0.1:{port}"
+
+
+def latest_experiment(tracking_uri: str | None = None) -> str | None:
+    """Returns the name of the experiment with the most recent dlkit run in the store, if any."""
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = (
+        client.search_runs(
+            ids,
+            "tags.`dlkit.version` != ''",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if ids
+        else []
+    )
+    return client.get_experiment(runs[0].info.experiment_id).name if runs else None
 
 
 def _signal_name(interrupt: BaseException) -> str:
@@ -198,13 +225,18 @@ class Tracker:
         tracking_uri: MLflow tracking URI. Defaults to `$MLFLOW_TRACKING_URI`,
             else `sqlite:///mlflow.db` in the working directory with artifacts
             in `mlruns/` beside it (MLflow's own default layout).
-        experiment: MLflow experiment name. Defaults to `"dlkit"`.
+        experiment: MLflow experiment name. Defaults to `"dlkit"`; `None`
+            opens the store only, for reading runs and models by id.
         create: Create the experiment when missing. Defaults to `True`;
             `False` raises `DlkitError` instead (for commands that only read).
     """
 
     def __init__(
-        self, tracking_uri: str | None = None, experiment: str = "dlkit", *, create: bool = True
+        self,
+        tracking_uri: str | None = None,
+        experiment: str | None = "dlkit",
+        *,
+        create: bool = True,
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -213,7 +245,7 @@ class Tracker:
         try:
             create_sqlite_store(self.tracking_uri)
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
-            found = self.client.get_experiment_by_name(experiment)
+            found = self.client.get_experiment_by_name(experiment) if experiment else None
         except DlkitError:
             raise
         except Exception as error:
@@ -229,7 +261,10 @@ class Tracker:
                 f"Cannot open the MLflow tracking store {self.tracking_uri!r}: {text}. "
                 "Check --tracking-uri / $MLFLOW_TRACKING_URI."
             ) from None
-        if found is None or (not create and found.lifecycle_stage == "deleted"):
+        self.experiment = experiment
+        if experiment is None:  # reads of runs and models by id only
+            self.experiment_id = None
+        elif found is None or (not create and found.lifecycle_stage == "deleted"):
             if not create:
                 raise DlkitError(
                     f"No MLflow experiment named {experiment!r} in the tracking store "
@@ -248,7 +283,6 @@ class Tracker:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             self.experiment_id = found.experiment_id
-        self.experiment = experiment
 
     @contextlib.contextmanager
     def run(
@@ -301,6 +335,15 @@ class Tracker:
         else:
             self.client.set_terminated(run_id, "FINISHED")
 
+    def runs_page(self, run_id: str | None = None, *, port: int = DEFAULT_UI_PORT) -> str:
+        """Returns the UI address of this experiment's runs table, or of one run's page.
+
+        The runs table, not the experiment's bare address: MLflow 3 opens an
+        experiment on its GenAI overview, where training runs are not listed.
+        """
+        page = f"{ui_address(self.tracking_uri, port=port)}/#/experiments/{self.experiment_id}"
+        return f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
+
     def close_orphans(self, parent_id: str) -> int:
         """Ends as KILLED the children of `parent_id` left RUNNING by a process that is gone.
 
@@ -333,6 +376,15 @@ class Tracker:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
+    def log_new_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Logs the params a (resumed) run does not have yet; MLflow never changes a param."""
+        logged = self.client.get_run(run_id).data.params
+        self.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
+
+    def set_description(self, run_id: str, text: str) -> None:
+        """Sets the run's description, shown on its page in the MLflow UI (Markdown)."""
+        self.set_tags(run_id, {"mlflow.note.content": text[:_MAX_NOTE]})
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -344,11 +396,39 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_result(self, run_id: str, result: TrainResult, *, save_model: bool = True) -> None:
+    def log_dataset(self, run_id: str, data: Dataset) -> None:
+        """Logs the data's three splits as the run's dataset inputs (MLflow's Datasets column).
+
+        Each split is one input: the dataset's name, a digest of its examples,
+        where it comes from, its shape, and the split as its context.
+        """
+        from mlflow.data import from_numpy
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = []
+        for split in ("train", "validation", "test"):
+            x, y = data.arrays(split)
+            dataset = from_numpy(
+                x,
+                targets=y,
+                source=_dataset_source(data.info.source),
+                name=data.info.name,
+                digest=data.digest(split),
+            )
+            inputs.append(
+                DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, split)])
+            )
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def log_result(
+        self, run_id: str, result: TrainResult, *, input_example: np.ndarray | None = None
+    ) -> None:
         """Logs a finished training: summary metrics, tags and artifacts.
 
-        Artifacts: `model/model.keras` (load with `dlkit.load_model`),
-        `recipe.json`, `learning_curves.png` and `test_correct.npy` (which
+        With an `input_example` (a few inputs), the model as an MLflow logged
+        model (see `log_model`). The
+        artifacts `recipe.json`, `learning_curves.png` and `test_correct.npy` (which
         test examples it got right, for paired verdicts).
         """
         from dlkit.plots import plot_learning_curves
@@ -367,10 +447,126 @@ class Tracker:
 
             plt.close(figure)
             self.log_artifact(run_id, Path(tmp, "learning_curves.png"))
-            if save_model:
-                model_file = Path(tmp, "model.keras")
-                result.model.save(model_file)
-                self.log_artifact(run_id, model_file, "model")
+        if input_example is not None:
+            self.log_model(run_id, result.model, input_example, name=result.recipe.name)
+
+    def log_model(self, run_id: str, model: Any, input_example: np.ndarray, *, name: str) -> str:
+        """Logs a Keras model as an MLflow logged model of the run; returns its `models:/` URI.
+
+        MLflow's TensorFlow flavor (which saves Keras 3 models as `.keras`),
+        with a signature and an input example, so that `mlflow.pyfunc.load_model`,
+        `mlflow models serve` and the Model Registry take it. The pip
+        requirements are given, not inferred: inferring them takes seconds.
+        The model is created in this tracker's store and experiment, without
+        touching MLflow's global tracking URI or active run.
+        """
+        import mlflow.tensorflow
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model, infer_signature
+
+        example = np.asarray(input_example[:2])
+        signature = infer_signature(example, np.asarray(model(example, training=False)))
+        logged = self.client.create_logged_model(
+            self.experiment_id,
+            name=safe_name(name),
+            source_run_id=run_id,
+        )
+        info = Model(artifact_path=None, run_id=run_id, model_id=logged.model_id)
+        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+            local = Path(tmp, "model")
+            with _quiet_logger("mlflow"):
+                mlflow.tensorflow.save_model(
+                    model,
+                    str(local),
+                    mlflow_model=info,
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=_model_requirements(),
+                    custom_objects=_custom_objects(model),
+                )
+            self.client.log_model_artifacts(logged.model_id, str(local))
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
+        return f"models:/{logged.model_id}"
+
+    def model_uri(self, run_id: str) -> str | None:
+        """Returns the `models:/` URI of the model a run logged, or `None` when it logged none."""
+        try:
+            outputs = self.client.get_run(run_id).outputs
+        except Exception:
+            raise DlkitError(
+                f"No run {run_id!r} in the MLflow store {self.tracking_uri}. Check the run id "
+                "and --tracking-uri / $MLFLOW_TRACKING_URI."
+            ) from None
+        models = outputs.model_outputs if outputs is not None else []
+        return f"models:/{models[-1].model_id}" if models else None
+
+    def download_model(self, model_uri: str, folder: str | Path) -> Path:
+        """Downloads a logged or registered model into `folder`; returns its `.keras` file.
+
+        `model_uri` is `models:/<model id>`, `models:/NAME/VERSION` or
+        `models:/NAME@ALIAS`, resolved in this tracker's store.
+        """
+        from mlflow.artifacts import download_artifacts
+
+        try:
+            location = self._model_location(model_uri)
+            local = Path(download_artifacts(artifact_uri=location, dst_path=str(folder)))
+        except DlkitError:
+            raise
+        except Exception as error:
+            raise DlkitError(
+                f"Cannot load {model_uri} from the MLflow store {self.tracking_uri}: "
+                f"{str(error).splitlines()[0]}. Check the URI and --tracking-uri."
+            ) from None
+        found = sorted(local.rglob("*.keras"))
+        if not found:
+            raise DlkitError(f"{model_uri} holds no Keras model file: it was not logged by dlkit.")
+        return found[0]
+
+    def register_model(self, run_id: str, name: str, *, description: str = "") -> str:
+        """Registers the model `run_id` logged as a new version of `name`; returns its URI.
+
+        The registered model is created on first use. The version links back
+        to its run and logged model.
+        """
+        uri = self.model_uri(run_id)
+        if uri is None:
+            raise DlkitError(f"Run {run_id} logged no model, so there is nothing to register.")
+        model_id = uri.removeprefix("models:/")
+        try:
+            try:
+                self.client.get_registered_model(name)
+            except Exception:  # not registered yet
+                self.client.create_registered_model(name)
+            version = self.client.create_model_version(
+                name,
+                source=self.client.get_logged_model(model_id).artifact_location,
+                run_id=run_id,
+                model_id=model_id,
+                description=description or None,
+            )
+        except Exception as error:
+            raise DlkitError(
+                f"Cannot register the model of run {run_id} as {name!r}: "
+                f"{str(error).splitlines()[0]}"
+            ) from None
+        return f"models:/{name}/{version.version}"
+
+    def _model_location(self, model_uri: str) -> str:
+        """Where a `models:/` URI's files are (the store's, not MLflow's global, registry)."""
+        reference = model_uri.removeprefix("models:/")
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = self.client.get_model_version_by_alias(name, alias)
+        elif "/" in reference:
+            name, number = reference.rsplit("/", 1)
+            version = self.client.get_model_version(name, number)
+        else:
+            return self.client.get_logged_model(reference).artifact_location
+        if version.model_id:
+            return self.client.get_logged_model(version.model_id).artifact_location
+        return version.source
 
     # Reads: everything a report or a resumed comparison needs, as plain values.
 
@@ -423,6 +619,7 @@ class Tracker:
 
 
 _MAX_CHILDREN = 50_000
+_MAX_NOTE = 60_000  # a description is a tag; keep it well inside MLflow's tag limit
 
 
 def _record(run: Any) -> RunRecord:
@@ -455,6 +652,55 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     metrics: dict[str, float]
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dataset_source(source: str) -> Any:
+    """Where a dataset comes from, as MLflow names sources: a local file, a web page, or code."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    path = Path(source).expanduser()
+    if path.exists():
+        return resolve_dataset_source(str(path.resolve()))
+    if source in _DATASET_PAGES:
+        return HTTPDatasetSource(_DATASET_PAGES[source])
+    if source != "synthetic" and "/" not in source:  # a TFDS name, e.g. mnist or mnist:3.0.1
+        name = source.split(":")[0]
+        return HTTPDatasetSource(f"https://www.tensorflow.org/datasets/catalog/{name}")
+    return CodeDatasetSource({"dlkit.source": source})
+
+
+_DATASET_PAGES = {
+    "digits": "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+}
+
+
+def _model_requirements() -> list[str]:
+    """What serving a dlkit model needs, pinned to what trained it."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy")]
+
+
+def _custom_objects(model: Any) -> dict[str, Any] | None:
+    """dlkit's own layers in `model`, for MLflow's loader (which then needs dlkit installed)."""
+    from dlkit.layers import Maxout
+
+    if any(isinstance(layer, Maxout) for layer in model.layers):
+        return {"dlkit>Maxout": Maxout}
+    return None
 
 
 def _param_text(value: Any) -> str:

@@ -70,6 +70,7 @@ class TrainResult:
             classified it correctly (what paired verdicts compare).
         model: The trained `keras.Model`.
         run_id: The MLflow run it was logged to, if any.
+        registered: The registered model version (`models:/NAME/VERSION`), if any.
     """
 
     recipe: Recipe
@@ -88,6 +89,7 @@ class TrainResult:
     test_correct: np.ndarray = dataclasses.field(repr=False)
     model: keras.Model = dataclasses.field(repr=False)
     run_id: str | None = None
+    registered: str | None = None
 
     def summary_metrics(self) -> dict[str, float]:
         """Returns the final figures, as logged to MLflow.

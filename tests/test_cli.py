@@ -61,9 +61,13 @@ def test_train_on_digits_logs_a_run(tracking_uri):
         "--quiet",
     )
     assert result.exit_code == 0, result.output
-    assert "test accuracy" in result.output and "Logged to MLflow run" in result.output
+    assert "test accuracy" in result.output and "Logged to MLflow: run" in result.output
     client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("dlkit").experiment_id])
+    experiment_id = client.get_experiment_by_name("dlkit").experiment_id
+    (run,) = client.search_runs([experiment_id])
+    # The address of the run's own page, not the UI's front page.
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+    assert page in result.output and "dlkit ui --tracking-uri" in result.output
     assert run.info.status == "FINISHED"
     assert run.data.params["width"] == "32" and run.data.params["epochs"] == "2"
 

@@ -127,7 +127,7 @@ def test_missing_file():
 def test_grid_expands_to_the_cross_product_including_recipe_axes():
     variants = expand_grid({"axes": {"recipe": ["deep-relu", "deep-sigmoid"], "depth": [2, 4, 6]}})
     assert len(variants) == 6
-    assert variants[0].label == "recipe=deep-relu,depth=2" and variants[0].recipe == "deep-relu"
+    assert variants[0].label == "deep-relu,depth=2" and variants[0].recipe == "deep-relu"
     assert variants[-1].recipe == "deep-sigmoid" and variants[-1].overrides == {"depth": 6}
     experiment = parse_experiment(
         {

@@ -1,0 +1,99 @@
+"""What a comparison shows while it runs: one progress bar, or one line per run.
+
+In a terminal, one bar covers the whole comparison: runs done of runs to
+train, the running child, its epoch and last validation accuracy, and the time
+left. Elsewhere (a log file, CI, a notebook's captured output) each run gets a
+line when it starts and when it ends. Either way, lines that matter (a failed
+run, a resumed parent) are printed as lines.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class Progress:
+    """Tracks a comparison's runs for the person watching it.
+
+    Args:
+        total: Runs to train (skipped runs do not count).
+        log: Where lines go.
+        bar: Draw a progress bar on standard error instead of a line per run.
+    """
+
+    def __init__(self, total: int, log: Callable[[str], None], *, bar: bool = False):
+        self.total = total
+        self.done = 0
+        self._log = log
+        self._times: list[float] = []
+        self._label = ""
+        self._epochs = 0
+        self._bar = None
+        if bar and total:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                unit="run",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{n_fmt}/{total_fmt} runs |{bar:20}| {desc} [{elapsed}<{remaining}]",
+            )
+
+    def line(self, text: str) -> None:
+        """Prints a line that stays, above the bar when there is one."""
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            self._log(text)
+
+    def start(self, label: str, epochs: int) -> None:
+        """A run starts training."""
+        self._label, self._epochs, self._start = label, epochs, time.perf_counter()
+        if self._bar is not None:
+            self._bar.set_description_str(f"{label}: starting", refresh=True)
+        else:
+            self._log(f"[{self.done + 1}/{self.total}] {label}: training{self._eta()}")
+
+    def epoch(self, metrics: dict[str, float], step: int) -> None:
+        """An epoch of the running run ended (an `EpochLogger` sink)."""
+        if self._bar is None:
+            return
+        accuracy = metrics.get("val_accuracy", metrics.get("accuracy"))
+        shown = f", val acc {accuracy:.4f}" if accuracy is not None else ""
+        self._bar.set_description_str(f"{self._label}: epoch {step}/{self._epochs}{shown}")
+
+    def finish(self, result: str, *, failed: bool = False) -> None:
+        """The running run ended; `result` says how."""
+        self.done += 1
+        self._times.append(time.perf_counter() - self._start)
+        text = f"[{self.done}/{self.total}] {self._label}: {result}"
+        if self._bar is None:
+            self._log(text)
+        else:
+            if failed:
+                self.line(text)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Ends the bar, leaving it on screen at its final count."""
+        if self._bar is not None:
+            self._bar.set_description_str("done", refresh=False)
+            self._bar.close()
+            self._bar = None
+
+    def _eta(self) -> str:
+        if not self._times:
+            return ""
+        seconds = sum(self._times) / len(self._times) * (self.total - self.done)
+        minutes, secs = divmod(int(round(seconds)), 60)
+        return f" (about {minutes}m{secs:02d}s left)" if minutes else f" (about {secs}s left)"
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

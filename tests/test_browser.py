@@ -1,0 +1,71 @@
+"""The MLflow UI in a real browser: what a user sees after a comparison.
+
+Chromium (Debian's package) driven by Playwright, over `mlflow ui` on 127.0.0.1.
+`.ci/run` installs Chromium when it is missing and it can; otherwise these skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dlkit import Tracker, compare, ui
+from dlkit.experiments import parse_experiment
+
+pytestmark = pytest.mark.browser
+
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+if not os.path.exists(ui.CHROMIUM):
+    pytest.skip(f"no Chromium at {ui.CHROMIUM}: apt-get install chromium", allow_module_level=True)
+
+TINY = {
+    "name": "browser",
+    "question": "Does ReLU beat softmax regression here?",
+    "dataset": {"source": "digits", "train_size": 200},
+    "seeds": 2,
+    "overrides": {"epochs": 1},
+    "variants": ["deep-relu", "softmax-regression"],
+    "expect": ["deep-relu > softmax-regression"],
+}
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("browser")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    result = compare(parse_experiment(TINY), tracking_uri=store, output_dir=None, log=print)
+    with ui.serve(store) as address, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=ui.CHROMIUM)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        runs = Tracker(store, "browser", create=False).runs_page()
+        yield page, runs.replace("http://127.0.0.1:5000", address), result
+        browser.close()
+
+
+def test_runs_page_shows_the_parent_with_its_children(browser_page):
+    page, runs, result = browser_page
+    ui.open_runs(page, runs)
+    assert "Training runs" in page.inner_text("body")  # not MLflow's GenAI overview
+    assert ui.run_names(page) == ["browser"]  # children folded under their parent
+    ui.expand_parent(page, "browser")
+    page.get_by_text("deep-relu/seed0").first.wait_for()
+    names = ui.run_names(page)
+    assert names[0] == "browser"
+    assert sorted(names[1:]) == sorted(
+        f"{variant}/seed{seed}"
+        for variant in ("deep-relu", "softmax-regression")
+        for seed in (0, 1)
+    )
+
+
+def test_parent_page_shows_its_metrics_params_and_description(browser_page):
+    page, runs, result = browser_page
+    page.goto(f"{runs}/{result.parent_run_id}")
+    page.get_by_text("best_test_accuracy").first.wait_for(timeout=60_000)
+    text = page.inner_text("body")
+    assert "Does ReLU beat softmax regression here?" in text  # the description
+    for metric in ("best_test_accuracy", "expectations_held", "runs_finished"):
+        assert metric in text
+    best = result.table.set_index("variant").loc[result.best, "test_accuracy_mean"]
+    assert f"{best:.4f}"[:5] in text
