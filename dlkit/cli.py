@@ -325,6 +325,46 @@ def train(
 )
 @click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where children train: one after the other here, or as Ray tasks.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 4096),
+    default=1,
+    show_default=True,
+    help="Children training at once (with --executor ray); each gets cores/N threads.",
+)
+@click.option(
+    "--cpus-per-run",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="CPUs Ray reserves for each child.  [default: cores / workers]",
+)
+@click.option(
+    "--gpus-per-run",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="GPUs Ray reserves for each child; 0.25 packs four children on one GPU.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="Times Ray restarts a child whose worker died (a failed training is not retried).",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    default=None,
+    help="Ray cluster to join.  [env: RAY_ADDRESS; default: a local Ray instance]",
+)
+@click.option(
     "--register-best",
     metavar="NAME",
     default=None,
@@ -357,6 +397,12 @@ def compare(
     yes: bool,
     replicate: bool,
     force: bool,
+    executor: str,
+    workers: int,
+    cpus_per_run: float | None,
+    gpus_per_run: float,
+    retries: int,
+    ray_address: str | None,
     register_best: str | None,
     gradient_norms: bool | None,
     output_dir: str,
@@ -391,6 +437,12 @@ def compare(
         yes=yes,
         replicate=replicate,
         register_best=register_best,
+        executor=executor,
+        workers=workers,
+        cpus_per_run=cpus_per_run,
+        gpus_per_run=gpus_per_run,
+        retries=retries,
+        ray_address=ray_address,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)

@@ -16,6 +16,8 @@ import yaml
 
 from dlkit import signals
 from dlkit.errors import DlkitError
+from dlkit.executors import Resources, execute
+from dlkit.executors import check as check_executor
 from dlkit.experiments import (
     Experiment,
     config_hash,
@@ -27,7 +29,7 @@ from dlkit.options import LARGE_COMPARISON, Options
 from dlkit.precision import resolve_precision
 from dlkit.progress import Progress
 from dlkit.reports import PLAN_ARTIFACT, Comparison, load_comparison
-from dlkit.runs import ChildSpec, run_child
+from dlkit.runs import ChildSpec
 from dlkit.text import plural, safe_name
 from dlkit.tracking import Tracker
 
@@ -137,6 +139,14 @@ def _compare(
     for recipe in recipes.values():
         recipe.check_size(input_dim, data.info.num_classes)
     tracker = Tracker(options.tracking_uri, experiment.name)
+    resources = Resources(
+        workers=options.workers,
+        cpus_per_run=options.cpus_per_run,
+        gpus_per_run=options.gpus_per_run,
+        retries=options.retries,
+        address=options.ray_address,
+    )
+    check_executor(options.executor, resources, tracker.tracking_uri)
     plan = [
         {
             "variant": variant.label,
@@ -179,35 +189,42 @@ def _compare(
     with tracker.run(experiment.name, tags=parent_tags, resume_id=resume_id) as parent_id:
         _log_plan(tracker, parent_id, experiment, plan, _context(experiment, recipes, data))
         tracker.log_dataset(parent_id, data)
-        todo = [entry for entry in plan if entry["config_hash"] not in finished]
-        with Progress(len(todo), log, bar=progress) as shown:
-            for entry in todo:
+        specs = [
+            ChildSpec.of(
+                recipes[entry["variant"]],
+                experiment.data,
+                entry["seed"],
+                tracker,
+                run_name=f"{entry['variant']}/seed{entry['seed']}",
+                parent_id=parent_id,
+                tags={
+                    "dlkit.variant": entry["variant"],
+                    "dlkit.seed": str(entry["seed"]),
+                    "dlkit.config_hash": entry["config_hash"],
+                    "dlkit.role": "child",
+                },
+                params={"variant": entry["variant"]},
+                gradient_norms=experiment.gradient_norms,
+                verbose=options.verbose,
+            )
+            for entry in plan
+            if entry["config_hash"] not in finished
+        ]
+        with Progress(len(specs), log, bar=progress) as shown:
+            children = execute(
+                specs,
+                options.executor,
+                resources,
+                callbacks=[*callbacks, _epoch_callback(shown)],
+                started=lambda spec: shown.start(_label(spec), spec.recipe["epochs"]),
+            )
+            for spec, result in children:
                 signals.check()
-                label, seed, key = entry["variant"], entry["seed"], entry["config_hash"]
-                recipe = recipes[label]
-                shown.start(f"{label} seed {seed}", recipe.epochs)
-                spec = ChildSpec.of(
-                    recipe,
-                    experiment.data,
-                    seed,
-                    tracker,
-                    run_name=f"{label}/seed{seed}",
-                    parent_id=parent_id,
-                    tags={
-                        "dlkit.variant": label,
-                        "dlkit.seed": str(seed),
-                        "dlkit.config_hash": key,
-                        "dlkit.role": "child",
-                    },
-                    params={"variant": label},
-                    gradient_norms=experiment.gradient_norms,
-                    verbose=options.verbose,
-                )
-                result = run_child(spec, callbacks=[*callbacks, _epoch_callback(shown)])
                 if result.status == "FINISHED":
-                    shown.finish(f"test accuracy {result.test_accuracy:.4f}")
+                    shown.finish(f"test accuracy {result.test_accuracy:.4f}", label=_label(spec))
                 else:
-                    shown.finish(f"FAILED - {result.failure}", failed=True)
+                    shown.finish(f"FAILED - {result.failure}", label=_label(spec), failed=True)
+        tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
 
         signals.check()
         comparison = load_comparison(tracker, parent_id)
@@ -385,6 +402,10 @@ def _description(comparison: Comparison) -> str:
     """The report as the parent's description: Markdown without its plots (not reachable there)."""
     lines = comparison.markdown().splitlines()
     return "\n".join(line for line in lines if not line.startswith("![")).strip() + "\n"
+
+
+def _label(spec: ChildSpec) -> str:
+    return f"{spec.tags['dlkit.variant']} seed {spec.seed}"
 
 
 def _epoch_callback(progress: Progress) -> Any:

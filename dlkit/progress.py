@@ -28,7 +28,7 @@ class Progress:
         self.total = total
         self.done = 0
         self._log = log
-        self._times: list[float] = []
+        self._began = time.perf_counter()
         self._label = ""
         self._epochs = 0
         self._bar = None
@@ -51,8 +51,8 @@ class Progress:
             self._log(text)
 
     def start(self, label: str, epochs: int) -> None:
-        """A run starts training."""
-        self._label, self._epochs, self._start = label, epochs, time.perf_counter()
+        """A run starts training (in this process)."""
+        self._label, self._epochs = label, epochs
         if self._bar is not None:
             self._bar.set_description_str(f"{label}: starting", refresh=True)
         else:
@@ -66,11 +66,10 @@ class Progress:
         shown = f", val acc {accuracy:.4f}" if accuracy is not None else ""
         self._bar.set_description_str(f"{self._label}: epoch {step}/{self._epochs}{shown}")
 
-    def finish(self, result: str, *, failed: bool = False) -> None:
-        """The running run ended; `result` says how."""
+    def finish(self, result: str, *, label: str | None = None, failed: bool = False) -> None:
+        """A run ended; `result` says how. `label` names it when runs train elsewhere."""
         self.done += 1
-        self._times.append(time.perf_counter() - self._start)
-        text = f"[{self.done}/{self.total}] {self._label}: {result}"
+        text = f"[{self.done}/{self.total}] {label or self._label}: {result}"
         if self._bar is None:
             self._log(text)
         else:
@@ -86,9 +85,9 @@ class Progress:
             self._bar = None
 
     def _eta(self) -> str:
-        if not self._times:
+        if not self.done:
             return ""
-        seconds = sum(self._times) / len(self._times) * (self.total - self.done)
+        seconds = (time.perf_counter() - self._began) / self.done * (self.total - self.done)
         minutes, secs = divmod(int(round(seconds)), 60)
         return f" (about {minutes}m{secs:02d}s left)" if minutes else f" (about {secs}s left)"
 

@@ -33,14 +33,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(tracking_uri: str, *, port: int | None = None, timeout: float = 120) -> Iterator[str]:
-    """Runs `mlflow ui` on 127.0.0.1 over `tracking_uri`; yields its address, then stops it.
+def serve(
+    tracking_uri: str,
+    *,
+    port: int | None = None,
+    artifacts: str | None = None,
+    timeout: float = 120,
+) -> Iterator[str]:
+    """Runs an MLflow server on 127.0.0.1 over `tracking_uri`; yields its address, then stops it.
+
+    With `artifacts` (a folder), the server also stores and serves the
+    artifacts of experiments created through it (`--artifacts-destination`):
+    the shared tracking server of a distributed comparison.
 
     Raises:
         DlkitError: The UI did not answer within `timeout` seconds.
     """
     port = port or free_port()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri]
+    if artifacts:
+        command += ["--artifacts-destination", artifacts]
     server = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -57,7 +69,7 @@ def serve(tracking_uri: str, *, port: int | None = None, timeout: float = 120) -
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise DlkitError(
-                        f"mlflow ui on port {port} did not start (exit status {server.poll()})."
+                        f"mlflow server on port {port} did not start (exit {server.poll()})."
                     ) from None
                 time.sleep(0.5)
         yield address

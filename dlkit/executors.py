@@ -1,0 +1,164 @@
+"""Executors: where a comparison's child runs train. Every one calls `runs.run_child(spec)`.
+
+- `local`: one after the other in this process (the default). Keras callbacks and the
+  progress bar's per-epoch view work here only.
+- `ray`: each child is a Ray task, at most `workers` at once. Without an address it starts
+  a local Ray instance (on 127.0.0.1) and stops it afterwards; with one (`--ray-address`,
+  `$RAY_ADDRESS`) it joins that cluster. A task whose worker process dies (killed, out of
+  memory, a lost node) is retried; a training that fails is not (it comes back FAILED).
+
+Every executor hands results back as they finish, so the caller reports progress and the
+order of finishing does not matter: runs are matched to the plan by their config hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from dlkit.errors import DlkitError
+from dlkit.runs import ChildResult, ChildSpec, run_child
+
+EXECUTORS = ("local", "ray")
+DEFAULT_RETRIES = 3  # Ray's own default for tasks whose worker died
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """How many children run at once and what each gets.
+
+    Args:
+        workers: Children at once. Defaults to `1`.
+        cpus_per_run: CPUs Ray reserves for each child. Defaults to the
+            machine's cores divided by `workers`.
+        gpus_per_run: GPUs (or a fraction, e.g. 0.25 packs four children on
+            one) Ray reserves for each child. Defaults to `0`.
+        retries: Times a child whose worker died is started again. Defaults to `3`.
+        address: The Ray cluster to join; `None` starts a local instance.
+    """
+
+    workers: int = 1
+    cpus_per_run: float | None = None
+    gpus_per_run: float = 0
+    retries: int = DEFAULT_RETRIES
+    address: str | None = None
+
+    def threads(self) -> int:
+        """TensorFlow threads per child: this machine's cores shared among the workers."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def execute(
+    specs: Sequence[ChildSpec],
+    executor: str,
+    resources: Resources,
+    *,
+    callbacks: Sequence[Any] = (),
+    started: Callable[[ChildSpec], None] = lambda spec: None,
+) -> Iterator[tuple[ChildSpec, ChildResult]]:
+    """Runs every child and yields `(spec, result)` as each one finishes.
+
+    `callbacks` (Keras callbacks) and `started` (called as a child starts)
+    reach children that run in this process only.
+    """
+    if executor == "local":
+        for spec in specs:
+            started(spec)
+            yield spec, run_child(spec, callbacks=callbacks)
+    elif executor == "ray":
+        yield from _on_ray(specs, resources)
+    else:
+        raise DlkitError(f"Unknown executor {executor!r}. Choose one of: {', '.join(EXECUTORS)}.")
+
+
+def check(executor: str, resources: Resources, tracking_uri: str) -> None:
+    """Refuses, before anything trains, what cannot work: a missing Ray, a store remote workers
+    cannot reach."""
+    if executor not in EXECUTORS:
+        raise DlkitError(f"Unknown executor {executor!r}. Choose one of: {', '.join(EXECUTORS)}.")
+    if executor == "local":
+        if resources.workers > 1:
+            raise DlkitError(
+                "--workers above 1 needs --executor ray: the local executor trains one child at "
+                "a time in this process."
+            )
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise DlkitError(
+            "--executor ray needs Ray: pip install 'ray>=2.9' (or pip install -e '.[ray]')."
+        ) from None
+    if _remote(resources.address) and not tracking_uri.startswith(("http://", "https://")):
+        raise DlkitError(
+            f"The Ray cluster at {resources.address} runs children on other machines, which "
+            f"cannot write to the local store {tracking_uri}. Start an MLflow server they can "
+            "reach (mlflow server --host <this machine> --port 5000 --backend-store-uri "
+            "sqlite:///mlflow.db --artifacts-destination ./mlartifacts, or Postgres and an "
+            "object store) and pass --tracking-uri http://<this machine>:5000."
+        )
+
+
+def _remote(address: str | None) -> bool:
+    if address in (None, "", "local"):
+        return False
+    host = address.removeprefix("ray://").rsplit(":", 1)[0]
+    return host not in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _on_ray(specs: Sequence[ChildSpec], resources: Resources) -> Iterator[tuple[ChildSpec, Any]]:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,  # children's Keras and TensorFlow output stays in Ray's logs
+            "configure_logging": False,
+        }
+        if resources.address in (None, "", "local"):
+            options["num_cpus"] = os.cpu_count() or 1
+        else:
+            options["address"] = resources.address
+        ray.init(**options)
+    try:
+        task = ray.remote(_child_task).options(
+            num_cpus=resources.cpus_per_run or (os.cpu_count() or 1) / resources.workers,
+            num_gpus=resources.gpus_per_run,
+            max_retries=resources.retries,
+            retry_exceptions=False,  # a failed training is an answer, not a crash
+        )
+        threads = resources.threads()
+        waiting = list(specs)
+        running: dict[Any, ChildSpec] = {}
+        while waiting or running:
+            while waiting and len(running) < resources.workers:
+                spec = waiting.pop(0)
+                running[task.remote(spec, threads)] = spec
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            spec = running.pop(done)
+            try:
+                yield spec, ray.get(done)
+            except ray.exceptions.RayError as error:  # the retries ran out
+                cause = str(error).strip().splitlines()[0]
+                yield spec, ChildResult(None, "FAILED", None, 0.0, f"worker lost: {cause}")
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _child_task(spec: ChildSpec, threads: int) -> ChildResult:
+    """A child in a Ray worker: its share of the cores, then the same unit of work as anywhere."""
+    from dlkit.console import load_tensorflow
+
+    load_tensorflow()
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # a worker reused after TensorFlow started keeps its threads
+        pass
+    return run_child(spec)

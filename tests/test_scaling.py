@@ -1,0 +1,166 @@
+"""Scale-out: comparisons on a real local Ray instance, a real MLflow server, a killed worker.
+
+Ray and the MLflow server are processes these tests start on 127.0.0.1 and stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dlkit import DlkitError, compare
+from dlkit.experiments import parse_experiment
+from dlkit.ui import serve
+
+ray = pytest.importorskip("ray", reason="pip install 'ray>=2.9'")
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "name": "scaling",
+    "dataset": {"source": "digits", "train_size": 300},
+    "seeds": 2,
+    "overrides": {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64},
+    "variants": [
+        {"label": "relu", "recipe": "deep-relu"},
+        {"label": "sigmoid", "recipe": "deep-sigmoid"},
+    ],
+    "expect": ["relu > sigmoid"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray instance, 2 CPUs, for the module: the executor joins it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def accuracies(result) -> dict[tuple[str, int], float]:
+    return {(row.variant, row.seed): row.test_accuracy for row in result.runs.itertuples()}
+
+
+def test_ray_children_match_local_ones_and_two_workers_lose_nothing(tmp_path):
+    experiment = parse_experiment(TINY)
+    quiet = {"output_dir": None, "log": lambda line: None}
+    local = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/local.db", **quiet)
+    store = f"sqlite:///{tmp_path}/ray.db"
+    on_ray = compare(experiment, tracking_uri=store, executor="ray", workers=2, **quiet)
+
+    assert on_ray.failed == 0 and len(on_ray.runs) == 4
+    assert accuracies(on_ray) == accuracies(local)  # the same numbers, wherever they ran
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name("scaling").experiment_id
+    children = client.search_runs([experiment_id], "tags.`dlkit.role` = 'child'")
+    assert sorted(r.info.status for r in children) == ["FINISHED"] * 4
+    assert all(r.outputs.model_outputs for r in children)  # models logged from the workers
+    assert [v.status for v in on_ray.expectations] == [v.status for v in local.expectations]
+
+
+def test_rerun_on_ray_skips_what_finished(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = parse_experiment(TINY)
+    first = compare(experiment, tracking_uri=store, output_dir=None, log=lambda line: None)
+    lines: list[str] = []
+    again = compare(
+        experiment, tracking_uri=store, output_dir=None, executor="ray", log=lines.append
+    )
+    assert again.parent_run_id == first.parent_run_id
+    assert any("4 of 4 runs already finished" in line for line in lines)
+    assert accuracies(again) == accuracies(first)
+
+
+def test_a_worker_killed_mid_child_is_retried(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    slow = {**TINY, "dataset": {"source": "digits"}, "seeds": 1}
+    slow["overrides"] = {**TINY["overrides"], "epochs": 60, "batch_size": 32}
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = compare(
+                parse_experiment(slow),
+                tracking_uri=store,
+                output_dir=None,
+                executor="ray",
+                log=lambda line: None,
+            )
+        except BaseException as error:  # surfaced by the assertions below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    client = MlflowClient(store)
+    victim = None
+    deadline = time.monotonic() + 180
+    while victim is None and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.5)
+        experiment = client.get_experiment_by_name("scaling")
+        if experiment is None:
+            continue
+        running = client.search_runs(
+            [experiment.experiment_id],
+            "tags.`dlkit.role` = 'child' and attributes.status = 'RUNNING'",
+        )
+        # Wait until it is training (its first epoch logged), then kill its worker.
+        for run in running:
+            if client.get_metric_history(run.info.run_id, "loss"):
+                victim = run
+    assert victim is not None, "no child was seen training"
+    os.kill(int(victim.data.tags["dlkit.pid"]), signal.SIGKILL)
+    thread.join(timeout=600)
+
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.failed == 0  # the killed child was trained again
+    killed = client.get_run(victim.info.run_id)
+    assert killed.info.status == "KILLED"  # not left RUNNING
+    assert victim.info.run_id not in set(result.runs["run_id"])
+
+
+def test_ray_comparison_logs_to_an_mlflow_server(tmp_path):
+    backend = f"sqlite:///{tmp_path}/server.db"
+    with serve(backend, artifacts=str(tmp_path / "mlartifacts")) as address:
+        result = compare(
+            parse_experiment(TINY),
+            tracking_uri=address,
+            output_dir=None,
+            executor="ray",
+            workers=2,
+            log=lambda line: None,
+        )
+        client = MlflowClient(address)
+        parent = client.get_run(result.parent_run_id)
+        assert parent.data.metrics["runs_finished"] == 4
+        child = client.get_run(result.runs["run_id"].iloc[0])
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"recipe.json"}
+    # Everything went through the server into its own stores.
+    assert (tmp_path / "mlartifacts").is_dir() and (tmp_path / "server.db").exists()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_remote_cluster_with_a_local_store_is_refused(tracking_uri):
+    with pytest.raises(DlkitError, match="cannot write to the local store"):
+        compare(
+            parse_experiment(TINY),
+            tracking_uri=tracking_uri,
+            executor="ray",
+            ray_address="ray-head.cluster.example:10001",
+            log=lambda line: None,
+        )
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name("scaling")
+    assert experiment is None or not MlflowClient(tracking_uri).search_runs(
+        [experiment.experiment_id]
+    )
+
+
+def test_workers_need_the_ray_executor(tracking_uri):
+    with pytest.raises(DlkitError, match="needs --executor ray"):
+        compare(parse_experiment(TINY), tracking_uri=tracking_uri, workers=2, log=print)
