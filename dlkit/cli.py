@@ -134,6 +134,23 @@ def precision_option(default: str | None) -> Callable[..., Any]:
     )
 
 
+class DevicesType(click.ParamType):
+    """A device count of 1 or more, or `all`."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if str(value).strip().lower() == "all":
+            return "all"
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = 0
+        if count < 1:
+            self.fail(f"{value!r} is not a device count (1 or more) nor 'all'.", param, ctx)
+        return count
+
+
 def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The recipe and tracking options shared by every command that trains."""
     options = [
@@ -152,6 +169,14 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Override a recipe field, e.g. --set dropout=0.5 (repeatable).",
         ),
         precision_option(None),
+        click.option(
+            "--devices",
+            type=DevicesType(),
+            default="1",
+            show_default=True,
+            help="Train each model on N devices at once (MirroredStrategy): GPUs, or logical "
+            "CPU devices when there are none; 'all' is every GPU. --batch-size stays global.",
+        ),
         tracking_uri_option,
         click.option(
             "--verbose",
@@ -252,6 +277,7 @@ def train(
     epochs: int | None,
     assignments: Sequence[str],
     precision: str | None,
+    devices: int | str,
     tracking_uri: str | None,
     verbose: bool,
     quiet: bool,
@@ -287,12 +313,14 @@ def train(
         verbose=0 if quiet else 2,
         gradient_norms=gradient_norms,
         register=register,
+        devices=devices,
     )
     stopped = f", stopped early at epoch {result.stopped_epoch}" if result.stopped_epoch else ""
     click.echo(
         f"\n{chosen.name}: test accuracy {result.test_accuracy:.4f}, test loss "
         f"{result.test_loss:.4f}, {result.params:,} params, {result.epochs_run} epochs{stopped}, "
-        f"{result.wall_time:.1f} s ({result.samples_per_second:,.0f} samples/s on {result.device})."
+        f"{result.wall_time:.1f} s ({result.samples_per_second:,.0f} samples/s on "
+        f"{_devices(result)})."
     )
     from dlkit.tracking import Tracker
 
@@ -390,6 +418,7 @@ def compare(
     epochs: int | None,
     assignments: Sequence[str],
     precision: str | None,
+    devices: int | str,
     tracking_uri: str | None,
     verbose: bool,
     quiet: bool,
@@ -443,6 +472,7 @@ def compare(
         gpus_per_run=gpus_per_run,
         retries=retries,
         ray_address=ray_address,
+        devices=devices,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)
@@ -606,6 +636,10 @@ def _check_writable(path: str) -> None:
             f"--json {path!r}: the folder {str(target.resolve().parent)!r} does not exist. "
             "Create it, or give a path in an existing folder."
         )
+
+
+def _devices(result: Any) -> str:
+    return f"{result.replicas} {result.device}s" if result.replicas > 1 else result.device
 
 
 def _print_report(comparison: Any, tracking_uri: str | None) -> None:

@@ -152,7 +152,9 @@ def _compare(
             "variant": variant.label,
             "recipe": variant.recipe,
             "seed": seed,
-            "config_hash": config_hash(recipes[variant.label], experiment.data, seed),
+            "config_hash": config_hash(
+                recipes[variant.label], experiment.data, seed, devices=options.devices
+            ),
         }
         for variant in experiment.variants
         for seed in experiment.seeds
@@ -206,6 +208,7 @@ def _compare(
                 params={"variant": entry["variant"]},
                 gradient_norms=experiment.gradient_norms,
                 verbose=options.verbose,
+                devices=options.devices,
             )
             for entry in plan
             if entry["config_hash"] not in finished

@@ -146,8 +146,11 @@ class Experiment:
         return f"{self.path}: " if self.path else ""
 
 
-def config_hash(recipe: Recipe, data: DataSpec, seed: int) -> str:
-    """Returns a short hash of everything that determines one training's outcome."""
+def config_hash(recipe: Recipe, data: DataSpec, seed: int, *, devices: int | str = 1) -> str:
+    """Returns a short hash of everything that determines one training's outcome.
+
+    Training on several devices sums gradients in another order, so it counts too.
+    """
     from dlkit import __version__
 
     fields = {k: v for k, v in recipe.to_dict().items() if k != "name"}
@@ -160,6 +163,8 @@ def config_hash(recipe: Recipe, data: DataSpec, seed: int) -> str:
         "seed": seed,
         "dlkit": __version__,
     }
+    if str(devices) != "1":  # single-device runs keep the hashes they always had
+        payload["devices"] = str(devices)
     text = json.dumps(payload, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -60,6 +60,9 @@ class Options:
             training failed). Defaults to `3`.
         ray_address: The Ray cluster to join (`$RAY_ADDRESS`); `None` starts
             a local instance for the comparison. Defaults to `None`.
+        devices: Devices each child trains on at once, with
+            `MirroredStrategy` (see `dlkit.fit`); `"all"` is every GPU.
+            Defaults to `1`.
 
     Example:
 
@@ -90,6 +93,7 @@ class Options:
     gpus_per_run: float = 0.0
     retries: int = 3
     ray_address: str | None = None
+    devices: int | str = 1
 
     def replace(self, **fields: Any) -> Options:
         """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""

@@ -56,6 +56,7 @@ def train(
     verbose: int | str = 2,
     gradient_norms: bool = False,
     register: str | None = None,
+    devices: int | str = 1,
     **overrides: Any,
 ) -> TrainResult:
     """Trains a recipe on a dataset and logs it as one MLflow run.
@@ -74,6 +75,8 @@ def train(
             `grad_norm_1` nearest the input, ...). Defaults to `False`.
         register: Register the trained model in the MLflow Model Registry
             under this name (a new version each time). Defaults to `None`.
+        devices: Train on this many devices at once (see `dlkit.fit`).
+            Defaults to `1`.
         **overrides: Recipe fields to override, e.g. `epochs=5`.
 
     Returns:
@@ -96,7 +99,7 @@ def train(
     if not track:
         if register:
             raise DlkitError("register needs tracking: a model is registered from its MLflow run.")
-        return fit(recipe, data, seed=seed, verbose=verbose)
+        return fit(recipe, data, seed=seed, verbose=verbose, devices=devices)
     tracker = Tracker(tracking_uri, experiment)
     run_id, result = tracked_fit(
         tracker,
@@ -106,6 +109,7 @@ def train(
         run_name=run_name or f"{recipe.name}/seed{seed}",
         verbose=verbose,
         gradient_norms=gradient_norms,
+        devices=devices,
     )
     result.run_id = run_id
     if register:
@@ -126,6 +130,7 @@ def tracked_fit(
     verbose: int | str = 2,
     callbacks: Sequence[Any] = (),
     gradient_norms: bool = False,
+    devices: int | str = 1,
 ) -> tuple[str, TrainResult]:
     """Runs `fit` inside one MLflow run of `tracker` and logs everything about it.
 
@@ -146,6 +151,7 @@ def tracked_fit(
             verbose=verbose,
             callbacks=callbacks,
             gradient_norms=gradient_norms,
+            devices=devices,
         )
     return run_id, result
 
@@ -161,6 +167,7 @@ def _fit_in_run(
     verbose: int | str,
     callbacks: Sequence[Any],
     gradient_norms: bool,
+    devices: int | str = 1,
 ) -> TrainResult:
     from dlkit.callbacks import EpochLogger
     from dlkit.training import fit
@@ -171,7 +178,15 @@ def _fit_in_run(
     # Gradient norms go first so their values are in the logs MLflow receives.
     probes = [_gradient_probe(data)] if gradient_norms else []
     logger = EpochLogger(functools.partial(tracker.log_metrics, run_id))
-    result = fit(recipe, data, seed=seed, verbose=verbose, callbacks=[*probes, logger, *callbacks])
+    result = fit(
+        recipe,
+        data,
+        seed=seed,
+        verbose=verbose,
+        callbacks=[*probes, logger, *callbacks],
+        devices=devices,
+    )
+    tracker.log_params(run_id, {"replicas": result.replicas})
     for probe in probes:
         tracker.log_metrics(run_id, probe.initial, step=0)
     tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
@@ -238,6 +253,7 @@ class ChildSpec:
         params: Params logged beside the recipe's and the data's. Defaults to `{}`.
         gradient_norms: Log per-layer gradient norms. Defaults to `False`.
         verbose: Keras progress output (0, 1 or 2). Defaults to `0`.
+        devices: Devices the child trains on at once. Defaults to `1`.
     """
 
     recipe: dict[str, Any]
@@ -251,6 +267,7 @@ class ChildSpec:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     gradient_norms: bool = False
     verbose: int | str = 0
+    devices: int | str = 1
 
     @classmethod
     def of(
@@ -319,6 +336,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 verbose=spec.verbose,
                 callbacks=callbacks,
                 gradient_norms=spec.gradient_norms,
+                devices=spec.devices,
             )
     except Exception as error:  # the run is already FAILED, with the reason as a tag
         return ChildResult(

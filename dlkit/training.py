@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -71,6 +72,7 @@ class TrainResult:
         model: The trained `keras.Model`.
         run_id: The MLflow run it was logged to, if any.
         registered: The registered model version (`models:/NAME/VERSION`), if any.
+        replicas: Devices the model trained on at once (`devices`).
     """
 
     recipe: Recipe
@@ -90,6 +92,7 @@ class TrainResult:
     model: keras.Model = dataclasses.field(repr=False)
     run_id: str | None = None
     registered: str | None = None
+    replicas: int = 1
 
     def summary_metrics(self) -> dict[str, float]:
         """Returns the final figures, as logged to MLflow.
@@ -128,6 +131,7 @@ def fit(
     verbose: int | str = 2,
     steps_per_execution: int = STEPS_PER_EXECUTION,
     jit_compile: bool | str = "auto",
+    devices: int | str = 1,
 ) -> TrainResult:
     """Builds, trains and evaluates `recipe` on `data`, without any tracking.
 
@@ -140,6 +144,12 @@ def fit(
             line per epoch. Defaults to `2`.
         steps_per_execution: Steps per TensorFlow call. Defaults to `128`.
         jit_compile: XLA compilation, passed to `compile`. Defaults to `"auto"`.
+        devices: Train one model on this many devices with
+            `tf.distribute.MirroredStrategy`: GPUs when TensorFlow sees them,
+            else logical CPU devices (which must be asked for before TensorFlow
+            runs anything in this process); `"all"` is every GPU. The recipe's
+            `batch_size` is the global batch, split across the replicas, so
+            the updates match a single-device run's. Defaults to `1`.
 
     Returns:
         A `TrainResult`.
@@ -155,16 +165,24 @@ def fit(
             "split. Set validation_split above 0 or monitor 'loss'."
         )
     recipe.check_size(int(np.prod(info.input_shape)), info.num_classes)
+    strategy = distribution(devices)  # before anything starts TensorFlow's runtime
+    if strategy:
+        # Keras's multi-step loop fails under MirroredStrategy (an unfed placeholder
+        # in its while loop, TF 2.21): one step per call there.
+        steps_per_execution = 1
     keras.utils.set_random_seed(seed)
-    model = build_model(
-        recipe,
-        info.input_shape,
-        info.num_classes,
-        input_max=info.input_max,
-        input_mean=data.input_mean,
-        input_variance=data.input_variance,
-    )
-    compile_model(model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(
+            recipe,
+            info.input_shape,
+            info.num_classes,
+            input_max=info.input_max,
+            input_mean=data.input_mean,
+            input_variance=data.input_variance,
+        )
+        compile_model(
+            model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile
+        )
 
     timer = EpochTimer()
     own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer, StopOnSignal()]
@@ -225,7 +243,44 @@ def fit(
         device=device_name(),
         test_correct=predicted == data.arrays("test")[1],
         model=model,
+        replicas=strategy.num_replicas_in_sync if strategy else 1,
     )
+
+
+def distribution(devices: int | str) -> tf.distribute.Strategy | None:
+    """Returns the `MirroredStrategy` over `devices` devices, or `None` for one device.
+
+    GPUs when TensorFlow sees any; otherwise that many logical CPU devices,
+    which TensorFlow allows only before its runtime starts in this process.
+    """
+    if devices in (1, "1"):
+        return None
+    gpus = tf.config.list_physical_devices("GPU")
+    if devices == "all":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+    count = int(devices)
+    if count < 1:
+        raise DlkitError(f"devices must be 1 or more, or 'all'. Received: {devices!r}")
+    if gpus:
+        if count > len(gpus):
+            raise DlkitError(
+                f"devices={count}, but TensorFlow sees {len(gpus)} GPUs. Use at most "
+                f"{len(gpus)}, or 'all'."
+            )
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(count)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+    except RuntimeError:  # the runtime started: only what it started with is there
+        if len(tf.config.list_logical_devices("CPU")) < count:
+            raise DlkitError(
+                f"devices={count} on a machine without GPUs means {count} logical CPU devices, "
+                "which TensorFlow creates only before it first runs. Train in a fresh process "
+                "(the dlkit command does), before any other training."
+            ) from None
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
 
 
 def _predicted_classes(model: keras.Model, data: Dataset, chunk: int = 8192) -> np.ndarray:

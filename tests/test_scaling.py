@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -164,3 +166,26 @@ def test_a_remote_cluster_with_a_local_store_is_refused(tracking_uri):
 def test_workers_need_the_ray_executor(tracking_uri):
     with pytest.raises(DlkitError, match="needs --executor ray"):
         compare(parse_experiment(TINY), tracking_uri=tracking_uri, workers=2, log=print)
+
+
+def test_one_training_on_two_logical_cpu_devices(tracking_uri):
+    command = [sys.executable, "-m", "dlkit.cli", "train", "deep-relu", "-d", "digits"]
+    command += ["--train-size", "300", "-e", "2", "--set", "width=16", "--set", "depth=2"]
+    command += ["--devices", "2", "--tracking-uri", tracking_uri, "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "on 2 CPUs" in done.stdout
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dlkit").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["replicas"] == "2"
+    assert run.data.metrics["test_accuracy"] > 0.1
+
+
+def test_devices_after_tensorflow_started_is_a_clear_error(digits):
+    import tensorflow as tf
+
+    from dlkit import fit, get_recipe
+
+    tf.constant(1.0)  # the runtime has started, with one CPU device
+    with pytest.raises(DlkitError, match="Train in a fresh process"):
+        fit(get_recipe("deep-relu", epochs=1, width=8, depth=1), digits, devices=3, verbose=0)
