@@ -568,10 +568,24 @@ def bench(dataset: str, epochs: int, repeats: int, precision: str, json_path: st
     default="127.0.0.1",
     show_default=True,
     help="Address to listen on. Only this machine can reach 127.0.0.1; to share the UI, give "
-    "0.0.0.0 deliberately: anyone who reaches the port can then read and change your runs.",
+    "0.0.0.0 deliberately (with --allowed-hosts): anyone who reaches the port can then read and "
+    "change your runs.",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    metavar="NAMES",
+    help="Host names clients may use to reach a shared UI (comma-separated, e.g. "
+    "myhost,myhost.lab:5000); passed to MLflow's security check.",
 )
 @_handle_errors
-def ui(experiment: str | None, tracking_uri: str | None, port: int, host: str) -> None:
+def ui(
+    experiment: str | None,
+    tracking_uri: str | None,
+    port: int,
+    host: str,
+    allowed_hosts: str | None,
+) -> None:
     """Open the MLflow UI on dlkit's store and print where an experiment's runs are.
 
     EXPERIMENT (a name or an experiment file) picks the runs page printed;
@@ -615,6 +629,8 @@ def ui(experiment: str | None, tracking_uri: str | None, port: int, host: str) -
         )
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", host, "--port", str(port)]
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
     try:
         code = subprocess.call(command)
     except KeyboardInterrupt:

@@ -9,26 +9,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from tiny import tiny
 
 from dlkit import DlkitError, compare, report
 from dlkit.cli import main
 from dlkit.data import load_dataset
 from dlkit.experiments import parse_experiment
 
-TINY = {
-    "name": "tiny",
-    "question": "Does ReLU beat sigmoid here?",
-    "dataset": {"source": "digits", "train_size": 300},
-    "seeds": 2,
-    "overrides": {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64},
-    "variants": [
-        {"label": "relu", "recipe": "deep-relu"},
-        {"label": "sigmoid", "recipe": "deep-sigmoid"},
-    ],
-    "expect": ["relu > sigmoid"],
-    "gradient_norms": True,
-    "published": {"relu": 0.95},
-}
+TINY = tiny("tiny", gradient_norms=True, published={"relu": 0.95})
 
 
 def children(client: MlflowClient, experiment: str, parent_id: str) -> list:

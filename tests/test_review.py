@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from tiny import tiny
 
 from dlkit import DlkitError, Tracker, compare, load_model, train
 from dlkit.cli import main
@@ -25,18 +26,7 @@ from dlkit.ui import free_port
 
 SMALL = {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64, "verbose": 0}
 
-TINY = {
-    "name": "review",
-    "question": "Does ReLU beat sigmoid here?",
-    "dataset": {"source": "digits", "train_size": 300},
-    "seeds": 2,
-    "overrides": {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64},
-    "variants": [
-        {"label": "relu", "recipe": "deep-relu"},
-        {"label": "sigmoid", "recipe": "deep-sigmoid"},
-    ],
-    "expect": ["relu > sigmoid"],
-}
+TINY = tiny("review")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
+from tiny import tiny
 
 from dlkit import DlkitError, compare
 from dlkit.experiments import parse_experiment
@@ -23,17 +24,7 @@ ray = pytest.importorskip("ray", reason="pip install 'ray>=2.9'")
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "name": "scaling",
-    "dataset": {"source": "digits", "train_size": 300},
-    "seeds": 2,
-    "overrides": {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64},
-    "variants": [
-        {"label": "relu", "recipe": "deep-relu"},
-        {"label": "sigmoid", "recipe": "deep-sigmoid"},
-    ],
-    "expect": ["relu > sigmoid"],
-}
+TINY = tiny("scaling")
 
 
 @pytest.fixture(scope="module", autouse=True)
