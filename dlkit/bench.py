@@ -117,6 +117,9 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
         def log_result(self, *a, **k):
             return self._timed("log_result", *a, **k)
 
+        def log_dataset(self, *a, **k):
+            return self._timed("log_dataset", *a, **k)
+
     with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as tmp:
         tracker = TimedTracker(f"sqlite:///{tmp}/mlflow.db", "bench")
         start = time.perf_counter()
