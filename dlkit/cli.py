@@ -477,7 +477,8 @@ def compare(
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)
     find_source(experiment.data.source)
-    _load_tensorflow(verbose)
+    if verbose:  # otherwise TensorFlow loads, quietly, when a child first trains here
+        _load_tensorflow(verbose)
     from dlkit.comparison import compare as run_comparison
 
     comparison = run_comparison(

@@ -218,7 +218,8 @@ def _compare(
                 specs,
                 options.executor,
                 resources,
-                callbacks=[*callbacks, _epoch_callback(shown)],
+                # Built only when a child trains here: they would load TensorFlow.
+                callbacks=[*callbacks, _epoch_callback(shown)] if specs else (),
                 started=lambda spec: shown.start(_label(spec), spec.recipe["epochs"]),
             )
             for spec, result in children:

@@ -153,7 +153,7 @@ def _child_task(spec: ChildSpec, threads: int) -> ChildResult:
     """A child in a Ray worker: its share of the cores, then the same unit of work as anywhere."""
     from dlkit.console import load_tensorflow
 
-    load_tensorflow()
+    load_tensorflow()  # quietly, before the threads are set
     import tensorflow as tf
 
     try:

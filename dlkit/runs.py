@@ -318,7 +318,10 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
     Returns:
         A `ChildResult`.
     """
+    from dlkit.console import load_tensorflow
+
     start = time.perf_counter()
+    load_tensorflow()  # without its start-up chatter, unless it is loaded already
     recipe = Recipe(**spec.recipe)
     data = DataSpec(**spec.data).load()
     tracker = _tracker(spec.tracking_uri, spec.experiment)

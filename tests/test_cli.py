@@ -44,6 +44,21 @@ def test_recipes_and_help_do_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+def test_a_rerun_that_skips_every_child_does_not_import_tensorflow(tracking_uri, tmp_path):
+    args = ["compare", "softmax-regression", "-d", "digits", "--train-size", "100", "-e", "1"]
+    args += ["--tracking-uri", tracking_uri, "--output", str(tmp_path)]
+    assert invoke(*args).exit_code == 0
+    code = (
+        "import sys; from dlkit.cli import main\n"
+        f"try: main({args!r})\n"
+        "except SystemExit as stop: assert not stop.code, stop.code\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 1 runs already finished" in done.stdout
+
+
 def test_train_on_digits_logs_a_run(tracking_uri):
     result = invoke(
         "train",
