@@ -426,27 +426,20 @@ class Tracker:
     ) -> None:
         """Logs a finished training: summary metrics, tags and artifacts.
 
-        With an `input_example` (a few inputs), the model as an MLflow logged
-        model (see `log_model`). The
-        artifacts `recipe.json`, `learning_curves.png` and `test_correct.npy` (which
-        test examples it got right, for paired verdicts).
+        The artifacts `recipe.json` (every field of the recipe) and
+        `test_correct.npy` (which test examples it got right, for paired
+        verdicts), and with an `input_example` (a few inputs) the model as an
+        MLflow logged model (see `log_model`). No plot: MLflow's UI charts the
+        per-epoch metrics, and a comparison's report draws every variant's
+        curves; drawing one per run cost half a second of each.
         """
-        from dlkit.plots import plot_learning_curves
-
         self.log_metrics(run_id, result.summary_metrics(), step=result.epochs_run)
         self.set_tags(run_id, {"dlkit.device": result.device})
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             recipe_file = Path(tmp, "recipe.json")
             recipe_file.write_text(json.dumps(result.recipe.to_dict(), indent=2) + "\n")
-            self.log_artifact(run_id, recipe_file)
             np.save(Path(tmp, CORRECT_ARTIFACT), np.asarray(result.test_correct, dtype=bool))
-            self.log_artifact(run_id, Path(tmp, CORRECT_ARTIFACT))
-            figure = plot_learning_curves({result.recipe.name: [result.history]})
-            figure.savefig(Path(tmp, "learning_curves.png"), dpi=100)
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
-            self.log_artifact(run_id, Path(tmp, "learning_curves.png"))
+            self.client.log_artifacts(run_id, tmp)
         if input_example is not None:
             self.log_model(run_id, result.model, input_example, name=result.recipe.name)
 
