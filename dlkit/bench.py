@@ -94,7 +94,11 @@ def matmul_peak(n: int = 4096, seconds: float = 3.0, dtype: str = "float32") -> 
 
 
 def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
-    """Time spent in MLflow calls during a tracked training, as a share of its training time."""
+    """Time spent in MLflow calls during a tracked training, as a share of its training time.
+
+    Measured on a second run in the process (as every child but the first of a
+    comparison); the first run's tracking seconds are returned beside it.
+    """
     from dlkit.runs import tracked_fit
     from dlkit.tracking import Tracker
 
@@ -122,6 +126,13 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
 
     with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as tmp:
         tracker = TimedTracker(f"sqlite:///{tmp}/mlflow.db", "bench")
+        # A first tracked run pays one-time costs (MLflow's model code loading, Keras's
+        # saving code): a comparison pays them once, not per child. Timed apart.
+        tracked_fit(
+            tracker, recipe.replace(epochs=1), data, seed=seed, run_name="warm-up", verbose=0
+        )
+        first_run = TimedTracker.seconds
+        TimedTracker.seconds = 0.0
         start = time.perf_counter()
         _, result = tracked_fit(
             tracker, recipe.replace(epochs=epochs), data, seed=seed, run_name="bench", verbose=0
@@ -129,6 +140,7 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
         total = time.perf_counter() - start
     return {
         "tracking_seconds": TimedTracker.seconds,
+        "first_run_tracking_seconds": first_run,
         "training_seconds": result.wall_time,
         "total_seconds": total,
         "overhead_percent": 100 * TimedTracker.seconds / result.wall_time,
@@ -359,6 +371,12 @@ def format_results(results: dict[str, Any]) -> str:
             "precision": ours,
             "value": f"{tracking['overhead_percent']:.1f}%",
             "target": "<= 2%",
+        },
+        {
+            "measure": "MLflow tracking, first run in a process (s)",
+            "precision": ours,
+            "value": f"{tracking.get('first_run_tracking_seconds', math.nan):.2f}",
+            "target": "",
         },
         {
             "measure": "comparison overhead per child run (s)",
