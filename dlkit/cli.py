@@ -596,7 +596,7 @@ def ui(
     from pathlib import Path
 
     from dlkit.experiments import is_experiment_file, load_experiment
-    from dlkit.tracking import DEFAULT_UI_PORT, Tracker, latest_experiment, resolve_tracking_uri
+    from dlkit.tracking import Tracker, latest_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -617,10 +617,8 @@ def ui(
             f"The MLflow store {uri} has no dlkit runs yet. Run `dlkit compare "
             "experiments/quickstart.yaml` first, or check --tracking-uri."
         )
-    page = Tracker(uri, name, create=False).runs_page()
-    if port != DEFAULT_UI_PORT or host != "127.0.0.1":
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        page = page.replace(f"127.0.0.1:{DEFAULT_UI_PORT}", f"{shown}:{port}")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    page = Tracker(uri, name, create=False).runs_page(address=f"http://{shown}:{port}")
     click.echo(f"MLflow UI for {uri}\nExperiment {name!r}: {page}\nStop it with Ctrl-C.")
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(

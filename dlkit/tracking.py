@@ -335,13 +335,16 @@ class Tracker:
         else:
             self.client.set_terminated(run_id, "FINISHED")
 
-    def runs_page(self, run_id: str | None = None, *, port: int = DEFAULT_UI_PORT) -> str:
+    def runs_page(self, run_id: str | None = None, *, address: str | None = None) -> str:
         """Returns the UI address of this experiment's runs table, or of one run's page.
 
         The runs table, not the experiment's bare address: MLflow 3 opens an
         experiment on its GenAI overview, where training runs are not listed.
+        `address` is the UI's (e.g. `http://127.0.0.1:5123`); it defaults to
+        `ui_address(tracking_uri)`.
         """
-        page = f"{ui_address(self.tracking_uri, port=port)}/#/experiments/{self.experiment_id}"
+        address = address or ui_address(self.tracking_uri)
+        page = f"{address}/#/experiments/{self.experiment_id}"
         return f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
 
     def close_orphans(self, parent_id: str) -> int:

@@ -55,7 +55,7 @@ def take(store: str, output: Path) -> list[Path]:
     with ui.serve(store) as address, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=ui.CHROMIUM)
         page = browser.new_page(viewport=SIZE)
-        runs = tracker.runs_page().replace("http://127.0.0.1:5000", address)
+        runs = tracker.runs_page(address=address)
 
         ui.open_runs(page, runs)
         ui.expand_parent(page, "quickstart")

@@ -38,8 +38,7 @@ def browser_page(tmp_path_factory):
     with ui.serve(store) as address, playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=ui.CHROMIUM)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
-        runs = Tracker(store, "browser", create=False).runs_page()
-        yield page, runs.replace("http://127.0.0.1:5000", address), result
+        yield page, Tracker(store, "browser", create=False).runs_page(address=address), result
         browser.close()
 
 
