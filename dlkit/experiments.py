@@ -157,6 +157,8 @@ def config_hash(recipe: Recipe, data: DataSpec, seed: int, *, devices: int | str
     if fields["precision"] == "float32":
         # Runs from before the precision field existed were float32: keep their hashes.
         del fields["precision"]
+    if not fields["max_norm"]:  # nor before max_norm
+        del fields["max_norm"]
     payload = {
         "recipe": fields,
         "data": data.identity(),

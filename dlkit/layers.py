@@ -32,6 +32,7 @@ class Maxout(keras.layers.Layer):
         pieces: int = 2,
         kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
         kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -43,6 +44,7 @@ class Maxout(keras.layers.Layer):
         self.pieces = pieces
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
 
     def build(self, input_shape):
         # One wide matmul for all pieces: (in, units * pieces), reshaped after.
@@ -51,6 +53,7 @@ class Maxout(keras.layers.Layer):
             shape=(input_shape[-1], self.units * self.pieces),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
         )
         self.bias = self.add_weight(
             name="bias", shape=(self.units * self.pieces,), initializer="zeros"
@@ -72,6 +75,7 @@ class Maxout(keras.layers.Layer):
                 "pieces": self.pieces,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
             }
         )
         return config

@@ -80,6 +80,7 @@ def build_model(
                     pieces=recipe.maxout_pieces,
                     kernel_initializer=_initializer(recipe.initializer),
                     kernel_regularizer=_regularizer(recipe.weight_decay),
+                    kernel_constraint=_constraint(recipe.max_norm),
                     name=f"hidden_{i}",
                     dtype=policy,
                 )
@@ -91,6 +92,7 @@ def build_model(
                     activation=recipe.activation,
                     kernel_initializer=_initializer(recipe.initializer),
                     kernel_regularizer=_regularizer(recipe.weight_decay),
+                    kernel_constraint=_constraint(recipe.max_norm),
                     name=f"hidden_{i}",
                     dtype=policy,
                 )
@@ -104,6 +106,7 @@ def build_model(
             activation="softmax",
             kernel_initializer=_initializer(recipe.initializer),
             kernel_regularizer=_regularizer(recipe.weight_decay),
+            kernel_constraint=_constraint(recipe.max_norm),
             name="output",
             dtype="float32",
         )
@@ -182,6 +185,11 @@ def _initializer(name: str) -> keras.initializers.Initializer:
 
 def _regularizer(weight_decay: float) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(weight_decay) if weight_decay else None
+
+
+def _constraint(max_norm: float) -> keras.constraints.Constraint | None:
+    # axis=0: the weights into each unit (each maxout piece) are one vector.
+    return keras.constraints.MaxNorm(max_norm, axis=0) if max_norm else None
 
 
 def load_model(path: str) -> keras.Model:

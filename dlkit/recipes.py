@@ -71,6 +71,10 @@ class Recipe:
         input_dropout: Dropout rate on the input vector. Defaults to `0.0`.
         dropout: Dropout rate after each hidden layer. Defaults to `0.0`.
         weight_decay: L2 penalty on every kernel. Defaults to `0.0`.
+        max_norm: Largest L2 norm allowed for the weights into any unit (the
+            max-norm constraint dropout nets train with, Srivastava et al.
+            2014); weights are rescaled after each update. Defaults to `0.0`
+            (no constraint).
         initializer: Kernel initializer, one of `INITIALIZERS`.
             Defaults to `"glorot_uniform"`.
         loss: `"crossentropy"` or `"mse"`, both on the softmax output against
@@ -118,6 +122,7 @@ class Recipe:
     input_dropout: float = 0.0
     dropout: float = 0.0
     weight_decay: float = 0.0
+    max_norm: float = 0.0
     initializer: str = "glorot_uniform"
     loss: str = "crossentropy"
     optimizer: str = "adam"
@@ -161,6 +166,7 @@ class Recipe:
         _check_range("input_dropout", self.input_dropout, low=0.0, high=1.0, high_open=True)
         _check_range("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         _check_range("weight_decay", self.weight_decay, low=0.0)
+        _check_range("max_norm", self.max_norm, low=0.0)
         _check_range("learning_rate", self.learning_rate, low=0.0, low_open=True)
         _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_range("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)

@@ -25,6 +25,7 @@ RUN_METRICS = (
     "test_accuracy",
     "test_loss",
     "best_val_accuracy",
+    "train_accuracy",
     "final_accuracy",
     "epochs_run",
     "stopped_epoch",
@@ -283,8 +284,8 @@ def samples_by_variant(
 ) -> dict[str, Sample]:
     """Returns each variant's per-seed results, as the verdicts read them."""
     done = runs[runs["status"] == "FINISHED"].assign(
-        train_accuracy=lambda r: r["final_accuracy"],
-        gap=lambda r: r["final_accuracy"] - r["test_accuracy"],
+        train_accuracy=_train_accuracy,
+        gap=lambda r: _train_accuracy(r) - r["test_accuracy"],
     )
     diverged = dict(zip(table["variant"], table["diverged"]))
     samples = {}
@@ -296,6 +297,12 @@ def samples_by_variant(
             diverged=bool(diverged[variant]),
         )
     return samples
+
+
+def _train_accuracy(runs: pd.DataFrame) -> pd.Series:
+    # Measured after training without dropout; runs logged before dlkit measured
+    # it have only the last epoch's running accuracy (dropout on).
+    return runs["train_accuracy"].fillna(runs["final_accuracy"])
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -312,7 +319,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             values = done[column].dropna()
             return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
-        train_acc = mean("final_accuracy")
+        train_acc = float(np.mean(_train_accuracy(done))) if len(done) else math.nan
         rows.append(
             {
                 "variant": variant,

@@ -67,6 +67,10 @@ class TrainResult:
         samples_per_second: Training throughput after the first (warm-up)
             epoch; over all epochs when only one ran.
         device: Where TensorFlow ran (`"GPU"` or `"CPU"`).
+        train_accuracy: Accuracy on the training split after training, with
+            every unit on (no dropout), as the test is scored: the fit that
+            the train/test gap compares. Keras's per-epoch `accuracy` is a
+            running average over the epoch, with dropout active.
         test_correct: For each test example, in order, whether the model
             classified it correctly (what paired verdicts compare).
         model: The trained `keras.Model`.
@@ -88,6 +92,7 @@ class TrainResult:
     wall_time: float
     samples_per_second: float
     device: str
+    train_accuracy: float
     test_correct: np.ndarray = dataclasses.field(repr=False)
     model: keras.Model = dataclasses.field(repr=False)
     run_id: str | None = None
@@ -103,6 +108,7 @@ class TrainResult:
         metrics = {
             "test_loss": self.test_loss,
             "test_accuracy": self.test_accuracy,
+            "train_accuracy": self.train_accuracy,
             "params": float(self.params),
             "epochs_run": float(self.epochs_run),
             "wall_time_s": self.wall_time,
@@ -220,7 +226,9 @@ def fit(
         )
 
     test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
-    predicted = _predicted_classes(model, data)
+    predicted = _predicted_classes(model, data, "test")
+    y_train = data.arrays("train")[1]
+    train_accuracy = float(np.mean(_predicted_classes(model, data, "train") == y_train))
     epochs_run = len(losses)
     stopped = (
         early_stopping.stopped_epoch + 1
@@ -241,6 +249,7 @@ def fit(
         wall_time=wall_time,
         samples_per_second=timer.samples_per_second(info.train_size),
         device=device_name(),
+        train_accuracy=train_accuracy,
         test_correct=predicted == data.arrays("test")[1],
         model=model,
         replicas=strategy.num_replicas_in_sync if strategy else 1,
@@ -283,10 +292,12 @@ def distribution(devices: int | str) -> tf.distribute.Strategy | None:
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
 
 
-def _predicted_classes(model: keras.Model, data: Dataset, chunk: int = 8192) -> np.ndarray:
+def _predicted_classes(
+    model: keras.Model, data: Dataset, split: str, chunk: int = 8192
+) -> np.ndarray:
     # Plain eager calls in large chunks: `model.predict` would trace one more
     # graph per model, which costs more than these few forward passes.
-    x = data.arrays("test")[0]
+    x = data.arrays(split)[0]
     return np.concatenate(
         [
             np.asarray(model(x[i : i + chunk], training=False)).argmax(axis=1)

@@ -67,10 +67,13 @@ def test_table_matches_the_children_metrics(finished):
     client = MlflowClient(uri)
     runs = children(client, "tiny", result.parent_run_id)
     for variant in ("relu", "sigmoid"):
-        accuracies = [
-            r.data.metrics["test_accuracy"] for r in runs if r.data.tags["dlkit.variant"] == variant
-        ]
+        mine = [r.data.metrics for r in runs if r.data.tags["dlkit.variant"] == variant]
+        accuracies = [m["test_accuracy"] for m in mine]
         row = result.table.set_index("variant").loc[variant]
+        # the fit the gap compares: measured after training, every unit on
+        train = np.mean([m["train_accuracy"] for m in mine])
+        assert row["train_accuracy"] == pytest.approx(train)
+        assert row["gap"] == pytest.approx(train - np.mean(accuracies))
         assert row["test_accuracy_mean"] == pytest.approx(np.mean(accuracies))
         assert row["test_accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
         assert row["finished"] == 2 and row["epochs_run"] == 2

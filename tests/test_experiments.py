@@ -153,6 +153,7 @@ def test_config_hash_changes_with_anything_that_changes_the_outcome(tmp_path):
     assert base == config_hash(recipe, experiment.data, 0)
     assert base != config_hash(recipe, experiment.data, 1)
     assert base != config_hash(recipe.replace(dropout=0.1), experiment.data, 0)
+    assert base != config_hash(recipe.replace(max_norm=3.0), experiment.data, 0)
     smaller = experiment.with_options(Options(train_size=100)).data
     assert base != config_hash(recipe, smaller, 0)
 

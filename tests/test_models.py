@@ -148,3 +148,18 @@ def test_every_activation_builds_and_takes_a_step(activation):
     else:
         assert hidden.activation.__name__ == activation
     assert math.isfinite(loss) and all(changed(model, before))
+
+
+@pytest.mark.parametrize("activation", ["relu", "maxout"])
+def test_max_norm_caps_the_weights_into_every_unit_after_each_step(activation):
+    recipe = Recipe(
+        depth=1, width=4, activation=activation, optimizer="sgd", learning_rate=5.0, max_norm=0.5
+    )
+    model, before, _ = one_step(recipe)
+    assert any(changed(model, before))
+    kernels = [w.numpy() for w in model.trainable_weights if w.name == "kernel"]
+    assert len(kernels) == 2  # the hidden layer's and the output's
+    for kernel in kernels:  # one column per unit (or maxout piece): the weights into it
+        assert np.linalg.norm(kernel, axis=0).max() <= 0.5 + 1e-5
+    free = one_step(recipe.replace(max_norm=0.0))[0]
+    assert max(np.linalg.norm(w.numpy(), axis=0).max() for w in free.trainable_weights) > 0.5

@@ -39,6 +39,18 @@ def test_result_reports_what_happened(digits):
     assert not [key for key in metrics if key.startswith("final_")]
 
 
+def test_train_accuracy_is_measured_after_training_with_every_unit_on(digits):
+    import numpy as np
+
+    result = fit(SMALL.replace(dropout=0.5, input_dropout=0.5), digits, seed=0, verbose=0)
+    x, y = digits.arrays("train")
+    clean = float(np.mean(np.argmax(result.model(x, training=False), axis=1) == y))
+    assert result.train_accuracy == pytest.approx(clean)
+    assert result.summary_metrics()["train_accuracy"] == result.train_accuracy
+    # Keras's running accuracy, with half the units dropped, is another (lower) figure
+    assert result.history["accuracy"][-1] < result.train_accuracy
+
+
 def test_early_stopping_stops_and_reports_its_epochs(digits):
     # patience 0 on a tiny net: the first epoch without improvement stops it
     recipe = SMALL.replace(
