@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from dlkit.layers import Maxout
+from dlkit.optimizers import fused_adam
 from dlkit.precision import resolve_precision
 from dlkit.recipes import Recipe
 
@@ -156,11 +157,14 @@ def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(lr, momentum=recipe.momentum)
     if recipe.optimizer == "nesterov":
         return keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True)
+    if recipe.optimizer == "adam":
+        # Keras's Adam, updating each variable in one fused kernel: the same update,
+        # a fraction of the per-step cost (see dlkit.optimizers).
+        return fused_adam(lr)
     optimizers = {
         "adagrad": keras.optimizers.Adagrad,
         "rmsprop": keras.optimizers.RMSprop,
         "adadelta": keras.optimizers.Adadelta,
-        "adam": keras.optimizers.Adam,
         "nadam": keras.optimizers.Nadam,
     }
     return optimizers[recipe.optimizer](lr)

@@ -185,6 +185,7 @@ def _fit_in_run(
         verbose=verbose,
         callbacks=[*probes, logger, *callbacks],
         devices=devices,
+        reuse=True,  # another seed of a variant trains the model this process traced
     )
     tracker.log_params(run_id, {"replicas": result.replicas})
     for probe in probes:

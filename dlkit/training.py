@@ -138,6 +138,7 @@ def fit(
     steps_per_execution: int = STEPS_PER_EXECUTION,
     jit_compile: bool | str = "auto",
     devices: int | str = 1,
+    reuse: bool = False,
 ) -> TrainResult:
     """Builds, trains and evaluates `recipe` on `data`, without any tracking.
 
@@ -156,6 +157,13 @@ def fit(
             runs anything in this process); `"all"` is every GPU. The recipe's
             `batch_size` is the global batch, split across the replicas, so
             the updates match a single-device run's. Defaults to `1`.
+        reuse: Train, from this seed's fresh initial state, a model this
+            process already compiled and traced for the same recipe and data
+            (another seed of a comparison's variant), instead of tracing a new
+            one. The updates are exactly those of a new model; only the
+            tracing (a second or more per model) is saved. The returned
+            `model` is then shared with the next such training, so save it
+            before that. Defaults to `False`.
 
     Returns:
         A `TrainResult`.
@@ -186,9 +194,18 @@ def fit(
             input_mean=data.input_mean,
             input_variance=data.input_variance,
         )
-        compile_model(
-            model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile
-        )
+        reuse = reuse and not strategy
+        key = (recipe, steps_per_execution, jit_compile)
+        traced = _TRACED.take(key, data, model) if reuse else None
+        if traced:
+            model, optimizer_start = traced
+        else:
+            compile_model(
+                model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile
+            )
+            if reuse:  # the optimizer's state before its first step, to start over from
+                model.optimizer.build(model.trainable_variables)
+                optimizer_start = [np.array(v) for v in model.optimizer.variables]
 
     timer = EpochTimer()
     own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer, StopOnSignal()]
@@ -225,6 +242,8 @@ def fit(
             "or use normalization='scale'."
         )
 
+    if reuse:
+        _TRACED.keep(key, data, model, optimizer_start)
     test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
     predicted = _predicted_classes(model, data, "test")
     y_train = data.arrays("train")[1]
@@ -254,6 +273,47 @@ def fit(
         model=model,
         replicas=strategy.num_replicas_in_sync if strategy else 1,
     )
+
+
+class _TracedModels:
+    """The last few compiled and traced models of this process, by recipe and data.
+
+    Taking one resets it to a new model's exact starting state: every
+    variable of the layers (weights and the dropout layers' random-seed state)
+    from a model just built under the new seed, and the optimizer's variables
+    (step count, learning rate, moments) from their values before its first step.
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._entries: list[tuple[tuple, Dataset, keras.Model, list[np.ndarray]]] = []
+
+    def take(
+        self, key: tuple, data: Dataset, fresh: keras.Model
+    ) -> tuple[keras.Model, list[np.ndarray]] | None:
+        """Returns a kept model reset to `fresh`'s state, and its optimizer's start."""
+        for i, (k, d, model, start) in enumerate(self._entries):
+            if k == key and d is data:
+                del self._entries[i]
+                targets, sources = model.variables, fresh.variables
+                if [v.shape for v in targets] != [v.shape for v in sources]:
+                    return None
+                for target, source in zip(targets, sources):
+                    target.assign(source)
+                for variable, value in zip(model.optimizer.variables, start):
+                    variable.assign(value)
+                model.stop_training = False
+                return model, start
+        return None
+
+    def keep(self, key: tuple, data: Dataset, model: keras.Model, start: list[np.ndarray]) -> None:
+        """Keeps a trained model for the next training of the same recipe on `data`."""
+        self._entries = [e for e in self._entries if not (e[0] == key and e[1] is data)]
+        self._entries.insert(0, (key, data, model, start))
+        del self._entries[self.size :]
+
+
+_TRACED = _TracedModels()
 
 
 def distribution(devices: int | str) -> tf.distribute.Strategy | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import keras
@@ -163,3 +164,29 @@ def test_max_norm_caps_the_weights_into_every_unit_after_each_step(activation):
         assert np.linalg.norm(kernel, axis=0).max() <= 0.5 + 1e-5
     free = one_step(recipe.replace(max_norm=0.0))[0]
     assert max(np.linalg.norm(w.numpy(), axis=0).max() for w in free.trainable_weights) > 0.5
+
+
+def test_adam_is_fused_but_updates_as_keras_adam_and_saves_as_plain_adam(tmp_path):
+    recipe = SMALL.replace(optimizer="adam", learning_rate=0.01)
+    keras.utils.set_random_seed(0)
+    plain = build_model(recipe, (6,), 3, input_max=1.0)
+    keras.utils.set_random_seed(0)
+    fused = build_model(recipe, (6,), 3, input_max=1.0)
+    plain.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+    compile_model(fused, recipe)
+    assert "ResourceApplyAdam" in inspect.getsource(fused.optimizer.update_step)
+    for model in (plain, fused):
+        for _ in range(3):
+            model.train_on_batch(X, Y)
+    for a, b in zip(plain.trainable_weights, fused.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert not np.array_equal(plain.trainable_weights[0].numpy(), before_weights(recipe))
+    path = tmp_path / "fused.keras"
+    fused.save(path)
+    loaded = keras.models.load_model(path)  # a plain Keras Adam: no dlkit class needed
+    assert type(loaded.optimizer) is keras.optimizers.Adam
+
+
+def before_weights(recipe: Recipe) -> np.ndarray:
+    keras.utils.set_random_seed(0)
+    return build_model(recipe, (6,), 3, input_max=1.0).trainable_weights[0].numpy()

@@ -51,6 +51,21 @@ def test_train_accuracy_is_measured_after_training_with_every_unit_on(digits):
     assert result.history["accuracy"][-1] < result.train_accuracy
 
 
+def test_a_reused_model_trains_exactly_as_a_new_one_from_the_same_seed(digits):
+    # dropout's random state, a learning-rate schedule, Adam's moments, early stopping:
+    # everything a second seed of a variant must start over from
+    recipe = SMALL.replace(dropout=0.3, input_dropout=0.1, lr_decay_epochs=1, early_stopping=True)
+    new = fit(recipe, digits, seed=1, verbose=0)
+    first = fit(recipe, digits, seed=0, verbose=0, reuse=True)
+    again = fit(recipe, digits, seed=1, verbose=0, reuse=True)
+    assert again.model is first.model  # traced once
+    assert again.history == new.history and again.history != first.history
+    assert again.test_accuracy == new.test_accuracy
+    assert again.train_accuracy == new.train_accuracy
+    other = fit(recipe.replace(width=16), digits, seed=1, verbose=0, reuse=True)
+    assert other.model is not first.model
+
+
 def test_early_stopping_stops_and_reports_its_epochs(digits):
     # patience 0 on a tiny net: the first epoch without improvement stops it
     recipe = SMALL.replace(

@@ -1,0 +1,53 @@
+"""Adam as one fused TensorFlow kernel per variable, for the per-step cost of small nets.
+
+Keras 3's Adam updates each variable with about ten separate operations (two moment
+updates, the bias-corrected step, the assignment): on 784-500-500-10 at batch 128,
+TensorFlow's profiler puts those at about half of a training step's operation time
+on CPU (`dlkit.bench.step_profile`). TensorFlow's `ResourceApplyAdam` kernel does the
+same arithmetic in one operation.
+"""
+
+from __future__ import annotations
+
+import types
+
+import keras
+import tensorflow as tf
+
+
+def fused_adam(learning_rate: float = 0.001, **kwargs) -> keras.optimizers.Adam:
+    """Returns a `keras.optimizers.Adam` that updates each variable with the fused kernel.
+
+    The same update as Keras's Adam (bias-corrected step size, epsilon added to
+    the root of the second moment), equal to float rounding. It stays a plain
+    `Adam`, so a saved model loads anywhere, without dlkit. For the
+    TensorFlow backend; without amsgrad.
+
+    Example:
+
+    >>> model.compile(optimizer=fused_adam(1e-3), loss="categorical_crossentropy")
+    """
+    optimizer = keras.optimizers.Adam(learning_rate, **kwargs)
+    if optimizer.amsgrad:
+        raise ValueError("fused_adam does not implement amsgrad; use keras.optimizers.Adam.")
+    optimizer.update_step = types.MethodType(_fused_update_step, optimizer)
+    return optimizer
+
+
+def _fused_update_step(self: keras.optimizers.Adam, gradient, variable, learning_rate) -> None:
+    dtype = variable.dtype
+    step = tf.cast(self.iterations + 1, dtype)
+    index = self._get_variable_index(variable)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle,
+        m=self._momentums[index].handle,
+        v=self._velocities[index].handle,
+        beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+        beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+        lr=tf.cast(learning_rate, dtype),
+        beta1=tf.cast(self.beta_1, dtype),
+        beta2=tf.cast(self.beta_2, dtype),
+        epsilon=tf.cast(self.epsilon, dtype),
+        grad=tf.cast(gradient, dtype),
+        use_locking=False,
+    )
