@@ -275,10 +275,12 @@ def _decide(e: Expectation, difference: float, low: float, high: float) -> tuple
         return "inconclusive", math.nan
     if e.op == ">":
         boundary = e.margin
-        status = "held" if low > boundary else "contradicted" if high < boundary else None
+        # A strict claim is false at its boundary: an interval that ends there
+        # (two variants both at 100% training accuracy, say) contradicts it.
+        status = "held" if low > boundary else "contradicted" if high <= boundary else None
     elif e.op == "<":
         boundary = -e.margin
-        status = "held" if high < boundary else "contradicted" if low > boundary else None
+        status = "held" if high < boundary else "contradicted" if low >= boundary else None
     else:
         boundary = e.margin
         if -e.margin <= low and high <= e.margin:

@@ -110,6 +110,16 @@ def test_more_seeds_cannot_beat_the_test_sets_own_noise():
     assert noisy_test.seeds_needed is None and "more seeds alone" in noisy_test.detail
 
 
+def test_a_strict_claim_is_contradicted_when_both_sides_are_exactly_equal():
+    # both nets fit every training image: "dropout lowers the training fit" is false,
+    # with no noise at all, not undecided
+    full = seeds(0.9, 0.91, train_accuracy=[1.0, 1.0])
+    result = verdict("train_accuracy: a < b", a=full, b=full)
+    assert (result.status, result.low, result.high) == ("contradicted", 0.0, 0.0)
+    assert verdict("train_accuracy: a > b", a=full, b=full).status == "contradicted"
+    assert verdict("train_accuracy: a ~ b within 0.01", a=full, b=full).status == "held"
+
+
 def test_other_metrics_use_the_seed_spread():
     early = seeds(0.9, 0.9, 0.9, epochs_run=[5, 6, 5])
     late = seeds(0.9, 0.9, 0.9, epochs_run=[9, 9, 10])
