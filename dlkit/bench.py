@@ -67,6 +67,46 @@ def plain_keras(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float
     return {"samples_per_second": timer.samples_per_second(len(x)), "test_accuracy": accuracy}
 
 
+def torch_reference(
+    recipe: Recipe, data, epochs: int, seed: int, *, bf16: bool = False
+) -> dict[str, float] | None:
+    """The same network trained in PyTorch eager (Adam, batch size, epochs), when torch is here.
+
+    Not a dependency: a reference line for what this machine does without
+    TensorFlow's per-step costs. `bf16` trains under CPU bfloat16 autocast. It
+    runs in a fresh process (`dlkit.torch_reference`): PyTorch and TensorFlow
+    in one process can crash each other's native libraries. Returns `None`
+    when torch is not importable.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    info = data.info
+    x, y = data.arrays("train")
+    x_test, y_test = data.arrays("test")
+    spec = {
+        "hidden": recipe.hidden_layers(int(np.prod(info.input_shape)), info.num_classes),
+        "classes": info.num_classes,
+        "learning_rate": recipe.learning_rate,
+        "batch_size": recipe.batch_size,
+        "epochs": epochs,
+        "seed": seed,
+        "bf16": bf16,
+    }
+    with tempfile.TemporaryDirectory(prefix="dlkit-torch-") as tmp:
+        arrays = Path(tmp) / "data.npz"
+        flat = [a.reshape(len(a), -1) / info.input_max for a in (x, x_test)]
+        np.savez(arrays, x=flat[0].astype(np.float32), y=y, x_test=flat[1], y_test=y_test)
+        done = subprocess.run(
+            [sys.executable, "-m", "dlkit.torch_reference", str(arrays), json.dumps(spec)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def dlkit_path(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
     from dlkit.training import fit
 
@@ -331,6 +371,7 @@ def run(
     repeats: int = 5,
     precision: str = "auto",
     recipes: tuple[Recipe, ...] | None = None,
+    with_levers: bool = False,
     peak_size: int = 4096,
     peak_seconds: float = 3.0,
     overhead_train_size: int = 1000,
@@ -348,6 +389,9 @@ def run(
         precision: dlkit's precision (`auto` resolves on this machine); plain
             Keras stays float32. Defaults to `"auto"`.
         recipes: The networks timed. Defaults to `TARGET` and `deep-relu`.
+        with_levers: Also time every per-step lever alone and together
+            (`levers`) and profile one training step (`step_profile`) on
+            the first recipe. Defaults to `False`.
         peak_size: Side of the square matmuls that measure the peaks. Defaults to `4096`.
         peak_seconds: How long each peak is measured. Defaults to `3.0`.
         overhead_train_size: Training examples of the comparison-overhead
@@ -382,10 +426,13 @@ def run(
     for recipe in recipes:
         # Alternate the two paths, so that load from elsewhere on a shared
         # machine falls on both alike; repeat i of each uses seed i.
-        plain_runs, our_runs = [], []
+        plain_runs, our_runs, torch_runs = [], [], []
         for seed in range(repeats):
             plain_runs.append(plain_keras(recipe, data, epochs, seed))
             our_runs.append(dlkit_path(recipe, data, epochs, seed))
+            torch_runs.append(
+                torch_reference(recipe, data, epochs, seed, bf16=resolved != "float32")
+            )
         plain, ours = _median_run(plain_runs), _median_run(our_runs)
         plain_accuracy = _mean_std([r["test_accuracy"] for r in plain_runs])
         our_accuracy = _mean_std([r["test_accuracy"] for r in our_runs])
@@ -404,6 +451,19 @@ def run(
             "dlkit_test_accuracy": our_accuracy[0],
             "dlkit_test_accuracy_std": our_accuracy[1],
         }
+        if all(torch_runs):  # PyTorch eager, when it is installed: a reference line
+            reference = _mean_std([r["test_accuracy"] for r in torch_runs])
+            results["throughput"][recipe.name].update(
+                {
+                    "torch_samples_per_second": _median_run(torch_runs)["samples_per_second"],
+                    "speedup_over_torch": statistics.median(
+                        o["samples_per_second"] / t["samples_per_second"]
+                        for o, t in zip(our_runs, torch_runs)
+                    ),
+                    "torch_test_accuracy": reference[0],
+                    "torch_test_accuracy_std": reference[1],
+                }
+            )
     peaks = {
         dtype: matmul_peak(peak_size, peak_seconds, dtype)
         for dtype in sorted({"float32", PEAK_DTYPE[resolved]})
@@ -419,6 +479,9 @@ def run(
         figures["mfu_plain"] = (
             flops_per_sample * figures["plain_keras_samples_per_second"] / peaks["float32"]
         )
+    if with_levers:
+        results["levers"] = levers(recipes[0].replace(precision="float32"), data, epochs=epochs)
+        results["step_profile"] = step_profile(recipes[0].replace(precision="float32"), data)
     results["tracking"] = tracking_overhead(recipes[0], data, epochs, 0)
     results["comparison"] = comparison_overhead("digits", 2, overhead_train_size)
     results["cli"] = cli_startup()
@@ -460,6 +523,19 @@ def format_results(results: dict[str, Any]) -> str:
                 + ")",
                 "target": ">= 2.5x" if target else "",
             },
+            *(
+                [
+                    {
+                        "measure": f"{name}: PyTorch eager reference (samples/s; dlkit / torch)",
+                        "precision": "bfloat16 autocast" if ours != "float32" else "float32",
+                        "value": f"{t['torch_samples_per_second']:,.0f}; "
+                        f"{t['speedup_over_torch']:.2f}x",
+                        "target": "",
+                    }
+                ]
+                if "torch_samples_per_second" in t
+                else []
+            ),
             {
                 "measure": f"{name}: model-FLOP utilization (dlkit / plain)",
                 "precision": "",
@@ -523,7 +599,45 @@ def format_results(results: dict[str, Any]) -> str:
         f"{machine['processor']}, {machine['gpus']} GPU(s); model-FLOP utilization is "
         "measured against the matmul peak of each path's precision"
     )
-    return header + "\n\n" + text_table(rows)
+    text = header + "\n\n" + text_table(rows)
+    if "levers" in results:
+        text += "\n\n" + format_levers(results["levers"], results.get("step_profile"))
+    return text
+
+
+def format_levers(figures: dict[str, Any], profile: dict[str, Any] | None = None) -> str:
+    """Returns the lever table (and the step profile's largest operation types) as text."""
+    from dlkit.text import text_table
+
+    rows = [
+        {
+            "configuration": name,
+            "samples/s": f"{f['samples_per_second']:,.0f}",
+            "vs baseline (median; each round)": f"{f['speedup']:.2f}x ("
+            + ", ".join(f"{r:.2f}" for r in f["speedup_per_round"])
+            + ")",
+        }
+        for name, f in figures.items()
+    ]
+    text = (
+        "Per-step levers on the first network (baseline: float32, no XLA, one step per call, "
+        "Keras's Adam, accuracy every batch):\n\n" + text_table(rows)
+    )
+    if profile:
+        top = [
+            {
+                "operation type": name,
+                "ms per step": f"{f['ms_per_step']:.3f}",
+                "share": f"{f['share']:.0%}",
+            }
+            for name, f in list(profile["by_type"].items())[:12]
+        ]
+        text += (
+            f"\n\nOne training step under TensorFlow's profiler (the baseline, "
+            f"{profile['steps']} steps, {profile['wall_ms_per_step']:.1f} ms each), "
+            "self-time by operation type:\n\n" + text_table(top)
+        )
+    return text
 
 
 def _pm(figures: dict[str, float], key: str) -> str:

@@ -539,9 +539,17 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
     "mean ± std test accuracy are reported.",
 )
 @precision_option("auto")
+@click.option(
+    "--levers",
+    is_flag=True,
+    help="Also time each per-step lever (bfloat16, XLA, steps per call, fused Adam, "
+    "per-batch metrics) alone and together, and profile one training step.",
+)
 @click.option("--json", "json_path", default=None, help="Also write the figures to this file.")
 @_handle_errors
-def bench(dataset: str, epochs: int, repeats: int, precision: str, json_path: str | None) -> None:
+def bench(
+    dataset: str, epochs: int, repeats: int, precision: str, levers: bool, json_path: str | None
+) -> None:
     """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
     from dlkit.sources import find_source
 
@@ -551,7 +559,9 @@ def bench(dataset: str, epochs: int, repeats: int, precision: str, json_path: st
     _load_tensorflow()
     from dlkit import bench as benchmark
 
-    results = benchmark.run(dataset, epochs=epochs, repeats=repeats, precision=precision)
+    results = benchmark.run(
+        dataset, epochs=epochs, repeats=repeats, precision=precision, with_levers=levers
+    )
     click.echo(benchmark.format_results(results))
     if json_path is not None:
         benchmark.save(results, json_path)

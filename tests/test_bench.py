@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from dlkit import Recipe
@@ -87,3 +88,29 @@ def test_bench_run_measures_every_figure_on_tiny_data():
 def test_bench_command_is_listed():
     result = CliRunner().invoke(main, ["bench", "--help"])
     assert result.exit_code == 0 and "plain Keras" in result.output
+
+
+def test_levers_are_timed_alone_together_and_all_but_one_and_a_step_is_profiled():
+    from dlkit.bench import LEVERS, format_levers, levers, load_bench_data, step_profile
+
+    tiny = Recipe(name="tiny", depth=1, width=8, batch_size=64)
+    digits = load_bench_data("digits")
+    figures = levers(tiny, digits, epochs=2, repeats=1)
+    assert len(figures) == 2 + 2 * len(LEVERS)
+    assert figures["baseline"]["speedup"] == 1.0 and figures["baseline"]["levers"] == []
+    assert figures["all"]["levers"] == sorted(LEVERS)
+    assert all(f["samples_per_second"] > 0 for f in figures.values())
+    profile = step_profile(tiny, digits, steps=5)
+    shares = [f["share"] for f in profile["by_type"].values()]
+    assert sum(shares) == pytest.approx(1.0) and shares == sorted(shares, reverse=True)
+    assert any("MatMul" in name for name in profile["by_type"])  # the dense layers ran
+    assert "fused_adam" in format_levers(figures, profile)
+
+
+def test_pytorch_reference_trains_the_same_network_when_torch_is_installed():
+    pytest.importorskip("torch")
+    from dlkit.bench import load_bench_data, torch_reference
+
+    small = Recipe(name="small", depth=1, width=32, batch_size=32)
+    figures = torch_reference(small, load_bench_data("digits"), epochs=5, seed=0)
+    assert figures["samples_per_second"] > 0 and figures["test_accuracy"] > 0.2
