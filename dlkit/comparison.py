@@ -413,6 +413,9 @@ def _label(spec: ChildSpec) -> str:
 
 
 def _epoch_callback(progress: Progress) -> Any:
+    from dlkit.console import load_tensorflow
+
+    load_tensorflow()  # quietly, before the callbacks module imports Keras
     from dlkit.callbacks import EpochLogger
 
     return EpochLogger(progress.epoch)

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from tiny import tiny
@@ -220,14 +221,17 @@ def test_native_noise_is_filtered_and_real_errors_kept(capfd):
     assert "oneDNN" not in err and "something real went wrong" in err
 
 
-def test_tensorflow_start_up_is_quiet():
-    code = "from dlkit.console import load_tensorflow; load_tensorflow()"
+def test_a_comparison_in_a_terminal_command_shows_no_tensorflow_start_up_noise(tmp_path):
+    experiment = tmp_path / "quiet.yaml"
+    experiment.write_text(yaml.safe_dump(tiny("quiet", seeds=1, expect=[])))
+    command = [sys.executable, "-m", "dlkit.cli", "compare", str(experiment), "-q"]
+    command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--output", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    for noise in ("absl::InitializeLog", "oneDNN", "cuInit", "cuda drivers"):
-        assert noise not in done.stderr
-    assert load_tensorflow is not None
+    for noise in ("absl::InitializeLog", "oneDNN", "cuInit", "cuda drivers", "rebuild TensorFlow"):
+        assert noise not in done.stderr + done.stdout
+    assert "test acc" in done.stdout and load_tensorflow is not None
 
 
 def test_ui_serves_the_store_on_loopback_and_prints_the_runs_page(compared, tmp_path):
