@@ -112,7 +112,9 @@ def section(stem: str, args: argparse.Namespace, summary: list[str]) -> str | No
     if args.dataset:
         command += f" --dataset {args.dataset}"
     lines = [f"## {experiment.question}", "", f"`{command} --replicate`", ""]
-    lines += [*header_notes(path), ""]
+    for note in header_notes(path):  # the claim's conditions get a paragraph of their own
+        lines += ["", note] if note.startswith("Conditions of the claim") else [note]
+    lines.append("")
     for label, comparison in (("First slice", first), ("Second slice (replication)", second)):
         if comparison is None:
             lines += [f"### {label}", "", "Not run yet.", ""]
