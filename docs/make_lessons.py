@@ -140,7 +140,17 @@ def _anchor(heading: str) -> str:
 def write(args: argparse.Namespace, minutes: float | None = None) -> None:
     """Rewrites docs/lessons.md from the store."""
     summary: list[str] = []
-    sections = [s for stem in args.only or LESSONS if (s := section(stem, args, summary))]
+    stems = args.only or LESSONS
+    sections, missing = [], []
+    for stem in stems:
+        text = section(stem, args, summary)
+        sections.append(text) if text else missing.append(f"`{stem}`")
+    if missing:
+        sections.append(
+            "## Not rerun yet\n\n"
+            f"{', '.join(missing)}: their first-release tables (one slice, two seeds, verdicts "
+            "on the means alone) are in [lessons-first-release.md](lessons-first-release.md)."
+        )
     timing = f" (this regeneration took {minutes:.0f} minutes)" if minutes else ""
     intro = f"""# The lessons, measured
 
@@ -179,6 +189,8 @@ Verdict, difference (left minus right, or minus the threshold) and 95% interval,
 | lesson | expectation | first slice | second slice |
 |---|---|---|---|
 """
+    if missing:
+        summary.append(f"\nNot rerun yet: {', '.join(missing)} ([below](#not-rerun-yet)).")
     (ROOT / "docs" / "lessons.md").write_text(
         intro + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
     )
