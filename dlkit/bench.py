@@ -155,7 +155,7 @@ def lever_run(recipe: Recipe, data, epochs: int, on: frozenset[str], seed: int =
 
 
 def levers(
-    recipe: Recipe = None, data=None, *, epochs: int = 3, repeats: int = 3
+    recipe: Recipe | None = None, data=None, *, epochs: int = 3, repeats: int = 3
 ) -> dict[str, Any]:
     """Every lever alone, all together and all but one, timed in alternating rounds.
 
@@ -185,7 +185,9 @@ def levers(
     }
 
 
-def step_profile(recipe: Recipe = None, data=None, *, steps: int = 50, logdir: str | None = None):
+def step_profile(
+    recipe: Recipe | None = None, data=None, *, steps: int = 50, logdir: str | None = None
+):
     """Where one training step's time goes, by TensorFlow operation type, from its profiler.
 
     Traces `steps` steps of dlkit's training step (one step per call, so each

@@ -206,8 +206,8 @@ class Comparison:
             rows.append(
                 {
                     "expectation": one.expectation,
-                    "first slice": _verdict_cell(one),
-                    "second slice": _verdict_cell(two),
+                    "first slice": verdict_cell(one),
+                    "second slice": verdict_cell(two),
                     "agree": "yes" if one.status == two.status else "no",
                 }
             )
@@ -450,10 +450,12 @@ def _num(value: float, spec: str = ".4f") -> str:
     return format(value, spec) if math.isfinite(value) else "-"
 
 
-def _verdict_cell(verdict: Verdict) -> str:
+def verdict_cell(verdict: Verdict, digits: int = 4) -> str:
+    """One table cell: status, difference and 95% interval (the status alone without one)."""
     if not math.isfinite(verdict.low):
         return verdict.status
-    return f"{verdict.status} {verdict.difference:+.4f} [{verdict.low:+.4f}, {verdict.high:+.4f}]"
+    d, low, high = (f"{v:+.{digits}f}" for v in (verdict.difference, verdict.low, verdict.high))
+    return f"{verdict.status} {d} [{low}, {high}]"
 
 
 def _count(value: float) -> str:

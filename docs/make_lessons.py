@@ -15,7 +15,6 @@ without training anything, leaving out lessons that have no runs yet.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import re
 import time
@@ -25,6 +24,7 @@ import dlkit
 from dlkit.comparison import replication_of
 from dlkit.errors import DlkitError
 from dlkit.experiments import load_experiment
+from dlkit.reports import verdict_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "lessons"
@@ -92,12 +92,8 @@ def stored(name: str, args: argparse.Namespace) -> dlkit.Comparison | None:
         return None
 
 
-def verdict_cell(verdict) -> str:
-    if verdict is None:
-        return "not run"
-    if not math.isfinite(verdict.low):
-        return verdict.status
-    return f"{verdict.status} {verdict.difference:+.3f} [{verdict.low:+.3f}, {verdict.high:+.3f}]"
+def summary_cell(verdict) -> str:
+    return "not run" if verdict is None else verdict_cell(verdict, digits=3)
 
 
 def section(stem: str, args: argparse.Namespace, summary: list[str]) -> str | None:
@@ -128,7 +124,7 @@ def section(stem: str, args: argparse.Namespace, summary: list[str]) -> str | No
     for i, (one, other) in enumerate(zip(first.expectations, two)):
         lesson = f"[{experiment.name}](#{_anchor(experiment.question)})" if i == 0 else ""
         summary.append(
-            f"| {lesson} | `{one.expectation}` | {verdict_cell(one)} | {verdict_cell(other)} |"
+            f"| {lesson} | `{one.expectation}` | {summary_cell(one)} | {summary_cell(other)} |"
         )
     return "\n".join(lines)
 
