@@ -39,6 +39,7 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except DlkitError as error:
             raise click.ClickException(str(error)) from None
         except KeyboardInterrupt as interrupt:
+            signals.stop_at_once_on_another()
             code = getattr(interrupt, "exit_code", 130)
             name = "Ctrl-C" if code == 130 else signal.Signals(code - 128).name
             click.echo(

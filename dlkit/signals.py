@@ -67,14 +67,29 @@ def handled() -> Iterator[None]:
         _received = None
 
 
+def stop_at_once_on_another() -> None:
+    """From now on, any SIGINT or SIGTERM ends the process at once: a command that is ending.
+
+    Call it from the main thread while an interrupt is being handled, so that a second
+    Ctrl-C during the clean-up stops the process, without a traceback.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in _SIGNALS:
+            signal.signal(signum, _exit_now)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    sys.stderr.write(
+        "\nSecond interrupt: stopping at once. Finished runs are kept; the next run "
+        "marks the ones left RUNNING as KILLED.\n"
+    )
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def _handler(signum: int, frame: object) -> None:
     global _received
     if _received is not None:
-        sys.stderr.write(
-            "\nSecond interrupt: stopping at once. Finished runs are kept; the next run "
-            "marks the ones left RUNNING as KILLED.\n"
-        )
-        sys.stderr.flush()
-        os._exit(128 + signum)
+        _exit_now(signum, frame)
     _received = signum
     raise Interrupted(signum)

@@ -168,8 +168,15 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     process.wait_for(lambda: POINTS["mid-child"](process, tmp_path))
     time.sleep(1.0)
     process.popen.send_signal(signal.SIGINT)
-    process.popen.send_signal(signal.SIGINT)
-    assert process.finish(timeout=30) == 130
+    # Two signals sent back to back reach Python as one: give the first time to land,
+    # so that the second finds the process winding down, as a user's second Ctrl-C does.
+    time.sleep(0.5)
+    if process.popen.poll() is None:  # still ending its run (about 2 s)
+        process.popen.send_signal(signal.SIGINT)
+    # 130 from dlkit, or death by SIGINT itself once Python's shutdown has reset the
+    # handlers: a shell shows both as 130.
+    assert process.finish(timeout=30) in (130, -signal.SIGINT)
+    assert "Traceback" not in "".join(process.lines)
     rerun_completes_with_nothing_lost(tmp_path, experiment)
 
 
