@@ -84,10 +84,10 @@ def run(stem: str, args: argparse.Namespace) -> None:
     print(comparison.format(), flush=True)
 
 
-def stored(name: str, args: argparse.Namespace) -> dlkit.Comparison | None:
-    """The comparison as MLflow holds it, or `None` when it has no runs yet."""
+def stored(name: str, args: argparse.Namespace, out: Path = OUT) -> dlkit.Comparison | None:
+    """The comparison as MLflow holds it (its report written under `out`), or `None` if no runs."""
     try:
-        return dlkit.report(name, tracking_uri=args.tracking_uri, output_dir=OUT)
+        return dlkit.report(name, tracking_uri=args.tracking_uri, output_dir=out)
     except DlkitError:
         return None
 
