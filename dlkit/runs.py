@@ -177,16 +177,19 @@ def _fit_in_run(
     tracker.log_dataset(run_id, data)
     # Gradient norms go first so their values are in the logs MLflow receives.
     probes = [_gradient_probe(data)] if gradient_norms else []
-    logger = EpochLogger(functools.partial(tracker.log_metrics, run_id))
-    result = fit(
-        recipe,
-        data,
-        seed=seed,
-        verbose=verbose,
-        callbacks=[*probes, logger, *callbacks],
-        devices=devices,
-        reuse=True,  # another seed of a variant trains the model this process traced
-    )
+    epochs = tracker.epoch_metrics(run_id)
+    try:
+        result = fit(
+            recipe,
+            data,
+            seed=seed,
+            verbose=verbose,
+            callbacks=[*probes, EpochLogger(epochs), *callbacks],
+            devices=devices,
+            reuse=True,  # another seed of a variant trains the model this process traced
+        )
+    finally:
+        epochs.flush()  # an interrupted run keeps the curves it had
     tracker.log_params(run_id, {"replicas": result.replicas})
     for probe in probes:
         tracker.log_metrics(run_id, probe.initial, step=0)

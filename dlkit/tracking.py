@@ -47,6 +47,7 @@ FAILURE_TAG = "dlkit.failure"
 HOST_TAG = "dlkit.host"
 PID_TAG = "dlkit.pid"
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
+_METRIC_BATCH = 1000  # and at most 1,000 metrics
 # What SQLite says when MLflow meets tables that a stopped first run left half-built.
 _HALF_MADE = ("already exists", "duplicate column", "no such table", "no such column")
 
@@ -396,6 +397,10 @@ class Tracker:
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
 
+    def epoch_metrics(self, run_id: str, every: float = 2.0) -> EpochMetrics:
+        """A sink for per-epoch metrics that writes to MLflow at most every `every` seconds."""
+        return EpochMetrics(self.client, run_id, every)
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
@@ -616,6 +621,33 @@ class Tracker:
 
 _MAX_CHILDREN = 50_000
 _MAX_NOTE = 60_000  # a description is a tag; keep it well inside MLflow's tag limit
+
+
+class EpochMetrics:
+    """Per-epoch metrics, each stamped with its epoch's end, written in one batch every few seconds.
+
+    A write to the store costs about as much as a small model's epoch, so a
+    short training sends its curves in a batch or two instead of one per
+    epoch; a long one still shows live in the MLflow UI. Call `flush` when
+    training ends, however it ends.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, every: float):
+        self.client, self.run_id, self.every = client, run_id, every
+        self._pending: list[Metric] = []
+        self._sent = time.monotonic()
+
+    def __call__(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if time.monotonic() - self._sent >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), _METRIC_BATCH):
+            self.client.log_batch(self.run_id, metrics=pending[i : i + _METRIC_BATCH])
+        self._sent = time.monotonic()
 
 
 def _record(run: Any) -> RunRecord:

@@ -203,3 +203,20 @@ def test_params_leave_out_what_does_not_apply_and_give_the_resolved_network(digi
         else:
             assert params["hidden_widths"] == str(wide.hidden_layers(64, 10)[0])
             assert params["activation"] == "relu" and params["match_depth"] == "3"
+
+
+def test_epoch_metrics_are_written_in_batches_each_stamped_with_its_epoch(tracking_uri):
+    tracker = Tracker(tracking_uri, "epochs")
+    with tracker.run("x") as run_id:
+        sink = tracker.epoch_metrics(run_id, every=3600)
+        sink({"loss": 1.0, "accuracy": 0.5}, step=1)
+        time.sleep(0.02)
+        sink({"loss": 0.5, "accuracy": 0.75}, step=2)
+        assert tracker.client.get_metric_history(run_id, "loss") == []  # not yet due
+        sink.flush()
+        now = tracker.epoch_metrics(run_id, every=0)  # due at every epoch
+        now({"loss": 0.25}, step=3)
+        assert len(tracker.client.get_metric_history(run_id, "loss")) == 3
+    history = tracker.client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert history[0].timestamp < history[1].timestamp  # the epoch's time, not the write's
