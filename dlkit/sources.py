@@ -167,15 +167,33 @@ def find_source(value: str) -> Source:
 @register_source("digits")
 def read_digits(source: str, **options: Any) -> Arrays:
     """scikit-learn's 1,797 8x8 digits, bundled: no download. A fixed 80/20 split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    images, target = digits_arrays()
     # The set comes ordered by writer; a fixed permutation (independent of
     # any training seed) gives a stable 80/20 train/test split.
-    order = np.random.default_rng(0).permutation(len(digits.target))
-    x, y = digits.images[order].astype(np.float32), digits.target[order]
+    order = np.random.default_rng(0).permutation(len(target))
+    x, y = images[order].astype(np.float32), target[order]
     n_test = len(y) // 5
     return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """`load_digits()`'s images and targets, read from the file scikit-learn ships.
+
+    Importing scikit-learn (and SciPy with it) takes seconds, longer than reading
+    the 1,797 rows; `load_digits` is the fallback if the file has moved.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt") as file:
+        data = np.loadtxt(file, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 @register_source("synthetic")

@@ -226,3 +226,15 @@ def test_an_idx_header_that_promises_too_much_is_corrupt_not_a_crash(tmp_path):
     huge.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31) + b"\0")
     with pytest.raises(DlkitError, match="truncated or corrupt"):
         read_idx(huge)
+
+
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from dlkit.sources import digits_arrays
+
+    images, target = digits_arrays()
+    digits = load_digits()
+    assert images.dtype == digits.images.dtype and target.dtype == digits.target.dtype
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
