@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+import dlkit
 from dlkit.errors import DlkitError
 from dlkit.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
 from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
@@ -219,9 +221,12 @@ class Comparison:
         return f"(* best mean test accuracy{spread})"
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Writes table.csv, table.md, runs.csv and the plots (PNG) into `folder`."""
-        import matplotlib.pyplot as plt
+        """Writes table.csv, table.md, runs.csv and the plots (PNG) into `folder`.
 
+        The plots are drawn only when the runs differ from those the folder's
+        plots were drawn from (a digest in `.plots-digest`): drawing them costs
+        seconds, and a report of unchanged runs would redraw the same images.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / name for name in ("table.csv", "table.md", "runs.csv")]
@@ -234,11 +239,24 @@ class Comparison:
         ]
         if any(self.gradients.values()):
             plots.append(("gradient_norms.png", self.plot_gradient_norms))
-        for name, draw in plots:
-            figure = draw()
-            figure.savefig(folder / name, dpi=100)
-            plt.close(figure)
-            paths.append(folder / name)
+        paths += [folder / name for name, _ in plots]
+        digest_file = folder / ".plots-digest"
+        digest = hashlib.sha256(
+            "\n".join(
+                [dlkit.__version__, *(name for name, _ in plots), paths[1].read_text()]
+                + [paths[2].read_text()]
+            ).encode()
+        ).hexdigest()
+        drawn = digest_file.is_file() and digest_file.read_text() == digest
+        if not (drawn and all(path.is_file() for path in paths)):
+            import matplotlib.pyplot as plt
+
+            digest_file.unlink(missing_ok=True)
+            for name, draw in plots:
+                figure = draw()
+                figure.savefig(folder / name, dpi=100)
+                plt.close(figure)
+            digest_file.write_text(digest)
         return paths
 
     def csv_table(self) -> pd.DataFrame:

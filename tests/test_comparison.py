@@ -138,6 +138,20 @@ def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
     assert missing.exit_code == 1 and "No MLflow experiment named 'nothing'" in missing.output
 
 
+def test_a_report_of_unchanged_runs_keeps_its_plots_and_redraws_them_when_runs_change(
+    finished, tmp_path
+):
+    result, uri, _ = finished
+    first = report("tiny", tracking_uri=uri, output_dir=tmp_path)
+    plot = tmp_path / "tiny" / "learning_curves.png"
+    plot.write_bytes(b"left as it was")  # what a redraw would replace
+    report("tiny", tracking_uri=uri, output_dir=tmp_path)
+    assert plot.read_bytes() == b"left as it was"
+    first.runs.loc[0, "test_accuracy"] = 0.5  # the runs are no longer those drawn
+    first.save(tmp_path / "tiny")
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
 class InterruptOnce(keras.callbacks.Callback):
     """Plays a user's Ctrl-C during the first epoch of the n-th training."""
 
