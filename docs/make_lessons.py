@@ -144,8 +144,8 @@ def write(args: argparse.Namespace, minutes: float | None = None) -> None:
     if missing:
         sections.append(
             "## Not rerun yet\n\n"
-            f"{', '.join(missing)}: their first-release tables (one slice, two seeds, verdicts "
-            "on the means alone) are in [lessons-first-release.md](lessons-first-release.md)."
+            f"{', '.join(missing)}: no runs in this store yet. Run "
+            "`python docs/make_lessons.py --only <name>` with the same `--tracking-uri`."
         )
     timing = f" (this regeneration took {minutes:.0f} minutes)" if minutes else ""
     intro = f"""# The lessons, measured
