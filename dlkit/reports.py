@@ -229,35 +229,32 @@ class Comparison:
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / name for name in ("table.csv", "table.md", "runs.csv")]
-        self.csv_table().to_csv(paths[0], index=False)
-        paths[1].write_text(self.markdown())
-        self.runs.to_csv(paths[2], index=False)
+        markdown, runs = self.markdown(), self.runs.to_csv(index=False)
+        self.csv_table().to_csv(folder / "table.csv", index=False)
+        (folder / "table.md").write_text(markdown)
+        (folder / "runs.csv").write_text(runs)
         plots = [
             ("learning_curves.png", self.plot_learning_curves),
             ("test_accuracy.png", self.plot_test_accuracy),
         ]
         if any(self.gradients.values()):
             plots.append(("gradient_norms.png", self.plot_gradient_norms))
-        paths += [folder / name for name, _ in plots]
+        names = [name for name, _ in plots]
         digest_file = folder / ".plots-digest"
         digest = hashlib.sha256(
-            "\n".join(
-                [dlkit.__version__, *(name for name, _ in plots), paths[1].read_text()]
-                + [paths[2].read_text()]
-            ).encode()
+            "\n".join([dlkit.__version__, *names, markdown, runs]).encode()
         ).hexdigest()
         drawn = digest_file.is_file() and digest_file.read_text() == digest
-        if not (drawn and all(path.is_file() for path in paths)):
+        if not (drawn and all((folder / name).is_file() for name in names)):
             import matplotlib.pyplot as plt
 
-            digest_file.unlink(missing_ok=True)
+            digest_file.unlink(missing_ok=True)  # an interrupted redraw leaves no stale digest
             for name, draw in plots:
                 figure = draw()
                 figure.savefig(folder / name, dpi=100)
                 plt.close(figure)
             digest_file.write_text(digest)
-        return paths
+        return [folder / name for name in ("table.csv", "table.md", "runs.csv", *names)]
 
     def csv_table(self) -> pd.DataFrame:
         """Returns the per-variant table as written to `table.csv`."""
