@@ -393,9 +393,7 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(run_id, metrics=batch)
+        self.client.log_batch(run_id, metrics=_stamped(metrics, step))
 
     def epoch_metrics(self, run_id: str, every: float = 2.0) -> EpochMetrics:
         """A sink for per-epoch metrics that writes to MLflow at most every `every` seconds."""
@@ -638,8 +636,7 @@ class EpochMetrics:
         self._sent = time.monotonic()
 
     def __call__(self, metrics: dict[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self._pending += _stamped(metrics, step)
         if time.monotonic() - self._sent >= self.every:
             self.flush()
 
@@ -648,6 +645,12 @@ class EpochMetrics:
         for i in range(0, len(pending), _METRIC_BATCH):
             self.client.log_batch(self.run_id, metrics=pending[i : i + _METRIC_BATCH])
         self._sent = time.monotonic()
+
+
+def _stamped(metrics: dict[str, float], step: int) -> list[Metric]:
+    """MLflow metrics at `step`, stamped with the current time."""
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in metrics.items()]
 
 
 def _record(run: Any) -> RunRecord:
