@@ -185,7 +185,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
-    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec else None
+    origin = spec.origin if spec else None  # None too for a package without an __init__
+    path = Path(origin).parent / "datasets" / "data" / "digits.csv.gz" if origin else None
     if path is None or not path.is_file():
         from sklearn.datasets import load_digits
 
