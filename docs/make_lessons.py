@@ -140,7 +140,10 @@ def write(args: argparse.Namespace, minutes: float | None = None) -> None:
     sections, missing = [], []
     for stem in stems:
         text = section(stem, args, summary)
-        sections.append(text) if text else missing.append(f"`{stem}`")
+        if text:
+            sections.append(text)
+        else:
+            missing.append(f"`{stem}`")
     if missing:
         sections.append(
             "## Not rerun yet\n\n"
