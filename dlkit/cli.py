@@ -673,7 +673,8 @@ def _print_report(comparison: Any, tracking_uri: str | None) -> None:
 
     click.echo("\n" + comparison.format())
     if comparison.output_dir:
-        files = ", ".join(sorted(p.name for p in comparison.output_dir.iterdir()))
+        names = (p.name for p in comparison.output_dir.iterdir())
+        files = ", ".join(sorted(n for n in names if not n.startswith(".")))  # not bookkeeping
         click.echo(f"\nReport files in {comparison.output_dir}/: {files}")
     click.echo(f"MLflow: experiment {comparison.name!r}, parent run {comparison.parent_run_id}.")
     if comparison.registered:

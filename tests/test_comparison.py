@@ -134,6 +134,8 @@ def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
     )
     assert cli.exit_code == 0, cli.output
     assert "relu" in cli.output and "Expectations:" in cli.output
+    listed = next(line for line in cli.output.splitlines() if line.startswith("Report files"))
+    assert "learning_curves.png" in listed and ".plots-digest" not in listed
     missing = CliRunner().invoke(main, ["report", "nothing", "--tracking-uri", uri])
     assert missing.exit_code == 1 and "No MLflow experiment named 'nothing'" in missing.output
 
