@@ -244,7 +244,7 @@ class Comparison:
         digest = hashlib.sha256(
             "\n".join([dlkit.__version__, *names, markdown, runs]).encode()
         ).hexdigest()
-        drawn = digest_file.is_file() and digest_file.read_text() == digest
+        drawn = digest_file.is_file() and digest_file.read_bytes() == digest.encode()
         if not (drawn and all((folder / name).is_file() for name in names)):
             import matplotlib.pyplot as plt
 
