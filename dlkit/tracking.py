@@ -241,6 +241,7 @@ class Tracker:
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("mlflow.store.db.utils").addFilter(_INTERRUPTED_QUERY)
         # MLflow draws a progress bar for every artifact download; reports fetch several.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
@@ -683,6 +684,20 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     metrics: dict[str, float]
+
+
+class _InterruptedQuery(logging.Filter):
+    """Drops the error (and traceback) MLflow logs for a query a Ctrl-C or SIGTERM broke.
+
+    The signal's exception lands inside SQLAlchemy, which MLflow logs as a database
+    error before it propagates; dlkit reports the interrupt itself, once.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return signals.received() is None
+
+
+_INTERRUPTED_QUERY = _InterruptedQuery()
 
 
 @contextlib.contextmanager
