@@ -151,7 +151,14 @@ class Dataset:
             self._digests[split] = hasher.hexdigest()[:8]
         return self._digests[split]
 
-    def pipeline(self, split: str, batch_size: int | None = None, seed: int | None = None):
+    def pipeline(
+        self,
+        split: str,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        *,
+        repeat: bool = False,
+    ):
         """Returns a batched, prefetched `tf.data.Dataset` of `(x, one_hot_y)`.
 
         The training split is reshuffled every epoch from `seed`; validation
@@ -164,6 +171,13 @@ class Dataset:
             split: `"train"`, `"validation"` or `"test"`.
             batch_size: Examples per batch. Defaults to the dataset's.
             seed: Shuffle seed for the training split. Defaults to the dataset's.
+            repeat: Serve epoch after epoch without end, for `fit` with
+                `steps_per_epoch`: one iterator for a whole training instead
+                of a new one every epoch. The epochs' orders are those `fit`
+                trains on from the finite pipeline, which skips every other
+                reshuffle (Keras opens and drops an iterator at the end of
+                each epoch), so a run's batches do not depend on this choice.
+                Defaults to `False`.
         """
         import tensorflow as tf
 
@@ -173,18 +187,26 @@ class Dataset:
             )
         batch_size = batch_size or self.batch_size
         seed = self.seed if seed is None else seed
-        x, y = self._tensor(split)
+        x, y = self.tensors(split)
         n = len(self._arrays[split][1])
         indices = tf.data.Dataset.range(n)
         if split == "train":
             indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        return (
-            indices.batch(batch_size)
-            .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        if repeat:
+            epochs = indices.batch(n).repeat()  # one element per epoch: its order
+            if split == "train":
+                epochs = epochs.shard(2, 0)
+            batches = epochs.flat_map(
+                lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+            )
+        else:
+            batches = indices.batch(batch_size)
+        return batches.map(
+            lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE
+        ).prefetch(tf.data.AUTOTUNE)
 
-    def _tensor(self, split: str):
+    def tensors(self, split: str):
+        """Returns a split as TensorFlow tensors `(x, one_hot_y)`, made once and kept."""
         if split not in self._tensors:
             import tensorflow as tf
 

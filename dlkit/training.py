@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dlkit.callbacks import EpochTimer, StopOnSignal
+from dlkit.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.data import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.models import build_model, compile_model
@@ -184,6 +184,13 @@ def fit(
         # Keras's multi-step loop fails under MirroredStrategy (an unfed placeholder
         # in its while loop, TF 2.21): one step per call there.
         steps_per_execution = 1
+    steps = math.ceil(info.train_size / recipe.batch_size)
+    # An epoch that fits in one call into TensorFlow trains as one call, from one
+    # endless pipeline: no dataset iterator opened and dropped every epoch (the
+    # batches are the same, see Dataset.pipeline).
+    repeat = not strategy and steps <= steps_per_execution
+    if repeat:
+        steps_per_execution = steps
     keras.utils.set_random_seed(seed)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(
@@ -209,6 +216,11 @@ def fit(
 
     timer = EpochTimer()
     own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer, StopOnSignal()]
+    validation = None
+    if info.validation_size and strategy:  # score's traced step runs outside the replicas
+        validation = data.pipeline("validation", recipe.batch_size)
+    elif info.validation_size:  # first: early stopping and the loggers read its metrics
+        own.insert(0, Validation(*data.tensors("validation")))
     early_stopping = None
     if recipe.early_stopping:
         early_stopping = keras.callbacks.EarlyStopping(
@@ -220,10 +232,10 @@ def fit(
     if recipe.lr_decay_epochs:
         own.append(keras.callbacks.LearningRateScheduler(_step_decay(recipe)))
 
-    validation = data.pipeline("validation", recipe.batch_size) if info.validation_size else None
     start = time.perf_counter()
     history = model.fit(
-        data.pipeline("train", recipe.batch_size, seed=seed),
+        data.pipeline("train", recipe.batch_size, seed=seed, repeat=repeat),
+        steps_per_epoch=steps if repeat else None,
         validation_data=validation,
         epochs=recipe.epochs,
         shuffle=False,  # the pipeline already reshuffles every epoch, from the seed
@@ -244,7 +256,10 @@ def fit(
 
     if reuse:
         _TRACED.keep(key, data, model, optimizer_start)
-    test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
+    if strategy:
+        test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
+    else:
+        test = score(model, *data.tensors("test"))
     predicted = _predicted_classes(model, data, "test")
     y_train = data.arrays("train")[1]
     train_accuracy = float(np.mean(_predicted_classes(model, data, "train") == y_train))

@@ -126,6 +126,13 @@ def test_pipelines_batch_one_hot_and_reshuffle_from_the_seed(digits):
     np.testing.assert_array_equal(run_a[0], run_b[0])  # same seed, same order
     assert not np.array_equal(run_a[0], run_a[1])  # reshuffled every epoch
     assert sorted(run_a[0]) == sorted(digits.arrays("train")[1])  # every example once
+    # endless: the epochs Keras's fit reads from the finite pipeline (see Dataset.pipeline)
+    endless = iter(digits.pipeline("train", batch_size=400, seed=3, repeat=True))
+    finite = digits.pipeline("train", batch_size=400, seed=3)
+    for _ in range(3):
+        for _, labels in finite:
+            np.testing.assert_array_equal(next(endless)[1].numpy(), labels.numpy())
+        iter(finite)  # the iterator fit opens and drops at the end of every epoch
     x_test, _ = next(iter(digits.pipeline("test", batch_size=5)))
     np.testing.assert_array_equal(x_test.numpy(), digits.arrays("test")[0][:5])
 

@@ -66,6 +66,29 @@ def test_a_reused_model_trains_exactly_as_a_new_one_from_the_same_seed(digits):
     assert other.model is not first.model
 
 
+def test_an_epoch_in_one_call_trains_on_the_same_batches_as_epoch_by_epoch(digits):
+    # 1,294 training examples at batch 64 are 21 steps: by default one call per epoch
+    # from one endless pipeline; one step per call reads a new iterator every epoch
+    recipe = SMALL.replace(dropout=0.2)
+    one_call = fit(recipe, digits, seed=4, verbose=0)
+    stepwise = fit(recipe, digits, seed=4, verbose=0, steps_per_execution=1)
+    assert one_call.history["loss"] == stepwise.history["loss"]
+    assert one_call.history["accuracy"] == stepwise.history["accuracy"]
+    assert one_call.test_accuracy == stepwise.test_accuracy
+
+
+def test_validation_and_test_scores_are_what_keras_evaluate_gives(digits):
+    # the weight penalty is part of Keras's loss, on every split
+    result = fit(SMALL.replace(weight_decay=1e-3), digits, seed=0, verbose=0)
+    for split, loss, accuracy in [
+        ("validation", result.history["val_loss"][-1], result.history["val_accuracy"][-1]),
+        ("test", result.test_loss, result.test_accuracy),
+    ]:
+        keras_says = result.model.evaluate(digits.pipeline(split, 64), verbose=0, return_dict=True)
+        assert loss == pytest.approx(keras_says["loss"], rel=1e-5)
+        assert accuracy == pytest.approx(keras_says["accuracy"], abs=1e-7)
+
+
 def test_early_stopping_stops_and_reports_its_epochs(digits):
     # patience 0 on a tiny net: the first epoch without improvement stops it
     recipe = SMALL.replace(
