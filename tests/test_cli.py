@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -42,6 +43,21 @@ def test_recipes_and_help_do_not_import_tensorflow():
         "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_the_program_skips_the_last_garbage_collection_and_main_does_not():
+    # the dlkit program leaves its objects to the operating system at exit (2 s saved
+    # with TensorFlow loaded); main called in a process of the user's keeps collecting
+    code = (
+        "import atexit, gc, sys; from dlkit.cli import run\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+        "sys.argv = ['dlkit', 'recipes']; run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "deep-relu" in done.stdout and "frozen True" in done.stdout
+    assert invoke("recipes").exit_code == 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_rerun_that_skips_every_child_does_not_import_tensorflow(tracking_uri, tmp_path):
