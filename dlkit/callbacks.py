@@ -19,8 +19,9 @@ def score(model: keras.Model, x, y) -> dict[str, float]:
     """Returns what `model.evaluate(x, y)` returns: its compiled loss and metrics on `(x, y)`.
 
     The model's own `test_step` (loss with any weight penalty, metrics
-    weighted by examples), traced once per model and called once per
-    `SCORE_CHUNK` examples on tensors already in memory. Keras's `evaluate`
+    weighted by examples), traced once per model without AutoGraph (as Keras
+    traces its own steps) and called once per `SCORE_CHUNK` examples on
+    tensors already in memory. Keras's `evaluate`
     opens a dataset iterator and runs its callback machinery on every call,
     about 40 ms: more than a whole epoch of a small net on small data.
 
@@ -32,7 +33,7 @@ def score(model: keras.Model, x, y) -> dict[str, float]:
     step = getattr(model, "_dlkit_test_step", None)
     if step is None:
         signature = [tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in (x, y))]
-        step = tf.function(model.test_step, input_signature=signature)
+        step = tf.function(model.test_step, input_signature=signature, autograph=False)
         model._dlkit_test_step = step
     model.reset_metrics()
     for start in range(0, int(x.shape[0]), SCORE_CHUNK):
