@@ -21,9 +21,9 @@ def score(model: keras.Model, x, y) -> dict[str, float]:
     The model's own `test_step` (loss with any weight penalty, metrics
     weighted by examples), traced once per model without AutoGraph (as Keras
     traces its own steps) and called once per `SCORE_CHUNK` examples on
-    tensors already in memory. Keras's `evaluate`
-    opens a dataset iterator and runs its callback machinery on every call,
-    about 40 ms: more than a whole epoch of a small net on small data.
+    tensors already in memory. Keras's `evaluate` opens a dataset iterator
+    and runs its callback machinery on every call, about 40 ms: more than a
+    whole epoch of a small net on small data.
 
     Args:
         model: A compiled model.
