@@ -198,13 +198,10 @@ def _fit_in_run(
 
 
 def _gradient_probe(data: Dataset):
-    import numpy as np
-
     from dlkit.callbacks import GradientNorms
 
-    x, y = data.arrays("train")
-    x, y = x[:GRADIENT_PROBE_EXAMPLES], y[:GRADIENT_PROBE_EXAMPLES]
-    return GradientNorms(x, np.eye(data.info.num_classes, dtype=np.float32)[y])
+    x, y = data.tensors("train")
+    return GradientNorms(x[:GRADIENT_PROBE_EXAMPLES], y[:GRADIENT_PROBE_EXAMPLES])
 
 
 def load_model(source: str, *, tracking_uri: str | None = None) -> Any:
