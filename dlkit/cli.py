@@ -359,14 +359,15 @@ def train(
     type=click.Choice(["local", "ray"]),
     default="local",
     show_default=True,
-    help="Where children train: one after the other here, or as Ray tasks.",
+    help="Where children train: on this machine (in this process, or in --workers worker "
+    "processes), or as Ray tasks.",
 )
 @click.option(
     "--workers",
     type=click.IntRange(1, 4096),
     default=1,
     show_default=True,
-    help="Children training at once (with --executor ray); each gets cores/N threads.",
+    help="Children training at once, each in its own process with cores/N threads.",
 )
 @click.option(
     "--cpus-per-run",
@@ -386,7 +387,7 @@ def train(
     type=click.IntRange(0, 100),
     default=3,
     show_default=True,
-    help="Times Ray restarts a child whose worker died (a failed training is not retried).",
+    help="Times a child whose worker died is started again (a failed training is not).",
 )
 @click.option(
     "--ray-address",

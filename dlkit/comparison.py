@@ -213,13 +213,14 @@ def _compare(
             for entry in plan
             if entry["config_hash"] not in finished
         ]
+        here = options.executor == "local" and options.workers == 1
         with Progress(len(specs), log, bar=progress) as shown:
             children = execute(
                 specs,
                 options.executor,
                 resources,
-                # Built only when a child trains here: they would load TensorFlow.
-                callbacks=[*callbacks, _epoch_callback(shown)] if specs else (),
+                # Built only when a child trains in this process: they load TensorFlow.
+                callbacks=[*callbacks, _epoch_callback(shown)] if specs and here else (),
                 started=lambda spec: shown.start(_label(spec), spec.recipe["epochs"]),
             )
             for spec, result in children:

@@ -1,7 +1,10 @@
 """Executors: where a comparison's child runs train. Every one calls `runs.run_child(spec)`.
 
-- `local`: one after the other in this process (the default). Keras callbacks and the
-  progress bar's per-epoch view work here only.
+- `local`: on this machine (the default). With one worker, one child after the other in
+  this process: Keras callbacks and the progress bar's per-epoch view work here only. With
+  `workers` above 1, a pool of that many worker processes, each with its share of the cores;
+  a worker that dies (killed, out of memory) is replaced and its children run again, up to
+  `retries` times.
 - `ray`: each child is a Ray task, at most `workers` at once. Without an address it starts
   a local Ray instance (on 127.0.0.1) and stops it afterwards; with one (`--ray-address`,
   `$RAY_ADDRESS`) it joins that cluster. A task whose worker process dies (killed, out of
@@ -13,11 +16,15 @@ order of finishing does not matter: runs are matched to the plan by their config
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from dlkit import signals
 from dlkit.errors import DlkitError
 from dlkit.runs import ChildResult, ChildSpec, run_child
 
@@ -63,7 +70,9 @@ def execute(
     `callbacks` (Keras callbacks) and `started` (called as a child starts)
     reach children that run in this process only.
     """
-    if executor == "local":
+    if executor == "local" and resources.workers > 1:
+        yield from _in_processes(specs, resources)
+    elif executor == "local":
         for spec in specs:
             started(spec)
             yield spec, run_child(spec, callbacks=callbacks)
@@ -79,11 +88,6 @@ def check(executor: str, resources: Resources, tracking_uri: str) -> None:
     if executor not in EXECUTORS:
         raise DlkitError(f"Unknown executor {executor!r}. Choose one of: {', '.join(EXECUTORS)}.")
     if executor == "local":
-        if resources.workers > 1:
-            raise DlkitError(
-                "--workers above 1 needs --executor ray: the local executor trains one child at "
-                "a time in this process."
-            )
         return
     try:
         import ray  # noqa: F401
@@ -162,3 +166,89 @@ def _child_task(spec: ChildSpec, threads: int) -> ChildResult:
     except RuntimeError:  # a worker reused after TensorFlow started keeps its threads
         pass
     return run_child(spec)
+
+
+def _in_processes(
+    specs: Sequence[ChildSpec], resources: Resources
+) -> Iterator[tuple[ChildSpec, Any]]:
+    """Runs the children in a pool of `resources.workers` processes on this machine.
+
+    The workers are spawned, not forked (TensorFlow's and MLflow's threads do not survive a
+    fork), and ignore Ctrl-C: this process owns the interrupt and stops them with SIGTERM, so
+    each running child ends KILLED before its worker exits.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    waiting = list(specs)
+    restarts = 0
+    while waiting:
+        pool = ProcessPoolExecutor(
+            resources.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(resources.threads(),),
+        )
+        lost: list[ChildSpec] = []
+        stopped = True
+        try:
+            futures = {pool.submit(_child_in_process, spec): spec for spec in waiting}
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:  # a worker died: every child it left is unfinished
+                    lost.append(spec)
+                    continue
+                waiting.remove(spec)
+                yield spec, result
+            stopped = False
+        finally:
+            if stopped:  # interrupted, or the caller stopped asking
+                _stop_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+        if lost and restarts >= resources.retries:
+            failure = f"its worker died {restarts + 1} times (killed, or out of memory?)"
+            for spec in lost:
+                yield spec, ChildResult(None, "FAILED", None, 0.0, failure)
+            return
+        restarts += bool(lost)
+
+
+def _start_worker(threads: int) -> None:
+    """A pool worker: Ctrl-C is its parent's to handle; TensorFlow loads quietly, on its share
+    of the cores."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # At exit, skip the last garbage collection over TensorFlow's objects (seconds; see
+    # `dlkit.cli.run`): the pool waits for its workers to exit.
+    atexit.register(gc.freeze)
+    from dlkit.console import load_tensorflow
+
+    load_tensorflow()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _child_in_process(spec: ChildSpec) -> ChildResult:
+    """A child in a pool worker. SIGTERM ends its run KILLED, then the worker itself: a stopped
+    pool must not start the next child it had queued."""
+    try:
+        with signals.handled(signal.SIGTERM):
+            return run_child(spec)
+    except signals.Interrupted as interrupt:
+        os._exit(interrupt.exit_code)
+
+
+def _stop_workers(pool: Any) -> None:
+    """Sends SIGTERM to the pool's workers and waits for their running children to end KILLED."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=60)
+        if process.is_alive():  # stuck: the next run marks its child KILLED
+            process.kill()

@@ -49,15 +49,16 @@ class Options:
         register_best: Register the best variant's model (its seed with the
             best validation accuracy) in the MLflow Model Registry under this
             name (`--register-best`). Defaults to `None`.
-        executor: Where children train: `"local"` (one after the other in
-            this process) or `"ray"` (Ray tasks). Defaults to `"local"`.
-        workers: Children training at once (Ray). Each gets cores / workers
-            TensorFlow threads. Defaults to `1`.
+        executor: Where children train: `"local"` (on this machine: one after
+            the other in this process, or in `workers` worker processes) or
+            `"ray"` (Ray tasks). Defaults to `"local"`.
+        workers: Children training at once, each in its own process with
+            cores / workers TensorFlow threads. Defaults to `1`.
         cpus_per_run: CPUs Ray reserves per child. Defaults to cores / workers.
         gpus_per_run: GPUs Ray reserves per child; a fraction packs several
             children on one GPU. Defaults to `0`.
-        retries: Times Ray restarts a child whose worker died (not one whose
-            training failed). Defaults to `3`.
+        retries: Times a child whose worker process died is started again
+            (not one whose training failed). Defaults to `3`.
         ray_address: The Ray cluster to join (`$RAY_ADDRESS`); `None` starts
             a local instance for the comparison. Defaults to `None`.
         devices: Devices each child trains on at once, with

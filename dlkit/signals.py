@@ -46,8 +46,9 @@ def check() -> None:
 
 
 @contextlib.contextmanager
-def handled() -> Iterator[None]:
-    """Turns SIGINT and SIGTERM into `Interrupted` for the duration of the block.
+def handled(*signums: int) -> Iterator[None]:
+    """Turns SIGINT and SIGTERM (or only `signums`) into `Interrupted` for the duration of the
+    block.
 
     Only the main thread can own signal handlers; elsewhere this does nothing.
     """
@@ -56,8 +57,8 @@ def handled() -> Iterator[None]:
         yield
         return
     _received = None
-    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    for signum in _SIGNALS:
+    previous = {signum: signal.getsignal(signum) for signum in signums or _SIGNALS}
+    for signum in previous:
         signal.signal(signum, _handler)
     try:
         yield

@@ -154,11 +154,6 @@ def test_a_remote_cluster_with_a_local_store_is_refused(tracking_uri):
     )
 
 
-def test_workers_need_the_ray_executor(tracking_uri):
-    with pytest.raises(DlkitError, match="needs --executor ray"):
-        compare(parse_experiment(TINY), tracking_uri=tracking_uri, workers=2, log=print)
-
-
 def test_one_training_on_two_logical_cpu_devices(tracking_uri):
     command = [sys.executable, "-m", "dlkit.cli", "train", "deep-relu", "-d", "digits"]
     command += ["--train-size", "300", "-e", "2", "--set", "width=16", "--set", "depth=2"]
