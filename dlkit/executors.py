@@ -234,9 +234,10 @@ def _start_worker(threads: int) -> None:
 
 def _child_in_process(spec: ChildSpec) -> ChildResult:
     """A child in a pool worker. SIGTERM ends its run KILLED, then the worker itself: a stopped
-    pool must not start the next child it had queued."""
+    pool must not start the next child it had queued. A second SIGTERM (the pool terminates
+    the workers it has left when one exits) must not cut the first one's clean-up short."""
     try:
-        with signals.handled(signal.SIGTERM):
+        with signals.handled(signal.SIGTERM, patient=True):
             return run_child(spec)
     except signals.Interrupted as interrupt:
         os._exit(interrupt.exit_code)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: int | None = None
+_patient = False
 
 
 class Interrupted(KeyboardInterrupt):
@@ -46,17 +47,22 @@ def check() -> None:
 
 
 @contextlib.contextmanager
-def handled(*signums: int) -> Iterator[None]:
+def handled(*signums: int, patient: bool = False) -> Iterator[None]:
     """Turns SIGINT and SIGTERM (or only `signums`) into `Interrupted` for the duration of the
     block.
 
+    A second signal ends the process at once, unless `patient`: then it is ignored, and the
+    block ends its run as the first one asked (a worker whose parent is already stopping it,
+    and may say so twice).
+
     Only the main thread can own signal handlers; elsewhere this does nothing.
     """
-    global _received
+    global _received, _patient
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _received = None
+    _patient = patient
     previous = {signum: signal.getsignal(signum) for signum in signums or _SIGNALS}
     for signum in previous:
         signal.signal(signum, _handler)
@@ -66,6 +72,7 @@ def handled(*signums: int) -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _received = None
+        _patient = False
 
 
 def stop_at_once_on_another() -> None:
@@ -91,6 +98,8 @@ def _exit_now(signum: int, frame: object) -> None:
 def _handler(signum: int, frame: object) -> None:
     global _received
     if _received is not None:
+        if _patient:
+            return
         _exit_now(signum, frame)
     _received = signum
     raise Interrupted(signum)

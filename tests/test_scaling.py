@@ -5,16 +5,13 @@ Ray and the MLflow server are processes these tests start on 127.0.0.1 and stop.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 from tiny import tiny
+from trials import accuracies, kill_a_worker_mid_child
 
 from dlkit import DlkitError, compare
 from dlkit.experiments import parse_experiment
@@ -33,10 +30,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
-
-
-def accuracies(result) -> dict[tuple[str, int], float]:
-    return {(row.variant, row.seed): row.test_accuracy for row in result.runs.itertuples()}
 
 
 def test_ray_children_match_local_ones_and_two_workers_lose_nothing(tmp_path):
@@ -71,49 +64,10 @@ def test_rerun_on_ray_skips_what_finished(tmp_path):
 
 def test_a_worker_killed_mid_child_is_retried(tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    slow = {**TINY, "dataset": {"source": "digits"}, "seeds": 1}
-    slow["overrides"] = {**TINY["overrides"], "epochs": 60, "batch_size": 32}
-    outcome: dict = {}
+    result, victim = kill_a_worker_mid_child(store, TINY, executor="ray")
 
-    def run() -> None:
-        try:
-            outcome["result"] = compare(
-                parse_experiment(slow),
-                tracking_uri=store,
-                output_dir=None,
-                executor="ray",
-                log=lambda line: None,
-            )
-        except BaseException as error:  # surfaced by the assertions below
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    client = MlflowClient(store)
-    victim = None
-    deadline = time.monotonic() + 180
-    while victim is None and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.5)
-        experiment = client.get_experiment_by_name("scaling")
-        if experiment is None:
-            continue
-        running = client.search_runs(
-            [experiment.experiment_id],
-            "tags.`dlkit.role` = 'child' and attributes.status = 'RUNNING'",
-        )
-        # Wait until it is training (its first epoch logged), then kill its worker.
-        for run in running:
-            if client.get_metric_history(run.info.run_id, "loss"):
-                victim = run
-    assert victim is not None, "no child was seen training"
-    os.kill(int(victim.data.tags["dlkit.pid"]), signal.SIGKILL)
-    thread.join(timeout=600)
-
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
     assert result.failed == 0  # the killed child was trained again
-    killed = client.get_run(victim.info.run_id)
-    assert killed.info.status == "KILLED"  # not left RUNNING
+    assert MlflowClient(store).get_run(victim.info.run_id).info.status == "KILLED"
     assert victim.info.run_id not in set(result.runs["run_id"])
 
 

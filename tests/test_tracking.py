@@ -145,6 +145,21 @@ def test_an_error_raised_while_interrupted_ends_the_run_killed_not_failed(tracki
     assert run.info.status == "KILLED" and "Ctrl-C" in run.data.tags[FAILURE_TAG]
 
 
+def test_a_second_sigterm_to_a_patient_worker_lets_its_run_end_killed(tracking_uri):
+    # A pool worker: its parent stops it, and the pool may send SIGTERM twice.
+    tracker = Tracker(tracking_uri, "patient")
+    with signals.handled(signal.SIGTERM, patient=True):
+        with pytest.raises(signals.Interrupted):
+            with tracker.run("x") as run_id:
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # the handler raises in here
+                finally:
+                    os.kill(os.getpid(), signal.SIGTERM)  # again, while the run is ending
+                    time.sleep(0.1)
+    assert tracker.client.get_run(run_id).info.status == "KILLED"
+
+
 def test_runs_left_running_by_a_dead_process_are_closed_and_live_ones_kept(tracking_uri):
     tracker = Tracker(tracking_uri, "orphans")
     parent = tracker.client.create_run(tracker.experiment_id).info.run_id
