@@ -88,6 +88,13 @@ def check(executor: str, resources: Resources, tracking_uri: str) -> None:
     if executor not in EXECUTORS:
         raise DlkitError(f"Unknown executor {executor!r}. Choose one of: {', '.join(EXECUTORS)}.")
     if executor == "local":
+        cores = os.cpu_count() or 1
+        if resources.workers > cores:
+            raise DlkitError(
+                f"--workers {resources.workers} on this machine's {cores} cores: each worker "
+                f"process needs a core of its own. Use at most --workers {cores}, or "
+                "--executor ray to spread the children over a cluster."
+            )
         return
     try:
         import ray  # noqa: F401

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tiny import tiny
 from trials import accuracies, children, created, kill_a_worker_mid_child, training
 
-from dlkit import compare
+from dlkit import DlkitError, compare
 from dlkit.experiments import parse_experiment
 
 pytestmark = pytest.mark.integration
@@ -95,3 +95,9 @@ def test_sigterm_stops_the_workers_and_their_children_end_killed(tmp_path):
     workers = {int(run.data.tags["dlkit.pid"]) for run in running}
     time.sleep(1)
     assert not [pid for pid in workers if alive(pid)]
+
+
+def test_more_workers_than_cores_is_a_clear_error_before_anything_runs(tracking_uri):
+    with pytest.raises(DlkitError, match="needs a core of its own"):
+        compare(parse_experiment(TINY), tracking_uri=tracking_uri, workers=4096, **QUIET)
+    assert not children(tracking_uri, "workers")
