@@ -162,9 +162,15 @@ def _on_ray(specs: Sequence[ChildSpec], resources: Resources) -> Iterator[tuple[
 
 def _child_task(spec: ChildSpec, threads: int) -> ChildResult:
     """A child in a Ray worker: its share of the cores, then the same unit of work as anywhere."""
+    _load_tensorflow(threads)
+    return run_child(spec)
+
+
+def _load_tensorflow(threads: int) -> None:
+    """Loads TensorFlow quietly in a worker process, on `threads` threads."""
     from dlkit.console import load_tensorflow
 
-    load_tensorflow()  # quietly, before the threads are set
+    load_tensorflow()  # before the threads are set
     import tensorflow as tf
 
     try:
@@ -172,7 +178,6 @@ def _child_task(spec: ChildSpec, threads: int) -> ChildResult:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # a worker reused after TensorFlow started keeps its threads
         pass
-    return run_child(spec)
 
 
 def _in_processes(
@@ -230,13 +235,7 @@ def _start_worker(threads: int) -> None:
     # At exit, skip the last garbage collection over TensorFlow's objects (seconds; see
     # `dlkit.cli.run`): the pool waits for its workers to exit.
     atexit.register(gc.freeze)
-    from dlkit.console import load_tensorflow
-
-    load_tensorflow()
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    _load_tensorflow(threads)
 
 
 def _child_in_process(spec: ChildSpec) -> ChildResult:
