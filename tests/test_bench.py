@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from dlkit import Recipe
-from dlkit.bench import TARGET, format_results, run
+from dlkit.bench import TARGET, format_results, load_bench_data, run
 from dlkit.cli import main
 from dlkit.sources import synthetic_mnist
 
@@ -69,6 +71,7 @@ def test_bench_run_measures_every_figure_on_tiny_data():
         peak_size=64,
         peak_seconds=0.05,
         overhead_train_size=100,
+        tracking_seconds=0.5,
     )
     figures = results["throughput"]["tiny"]
     assert results["dataset"] == "digits" and results["repeats"] == 2
@@ -79,7 +82,12 @@ def test_bench_run_measures_every_figure_on_tiny_data():
     assert 0 < figures["mfu_dlkit"] and results["matmul_peak_gflops"]["float32"] > 0
     assert results["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")
     assert figures["dlkit_test_accuracy_std"] >= 0  # two seeds: a spread
-    assert results["tracking"]["tracking_seconds"] > 0
+    tracking = results["tracking"]
+    assert tracking["tracking_seconds"] > 0 and tracking["epochs"] >= 2
+    # its epochs follow from the measured speed, for a training of about the asked length
+    epoch_seconds = load_bench_data("digits").info.train_size / figures["dlkit_samples_per_second"]
+    assert tracking["epochs"] == max(2, math.ceil(0.5 / epoch_seconds))
+    assert f"% of a {tracking['training_seconds']:.1f}-s training" in format_results(results)
     assert results["comparison"]["children"] == 4
     assert results["cli"]["help_seconds"] > 0
     assert "tiny: speed-up over plain Keras" in format_results(results)
