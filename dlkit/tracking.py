@@ -241,7 +241,8 @@ class Tracker:
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        logging.getLogger("mlflow.store.db.utils").addFilter(_INTERRUPTED_QUERY)
+        for name in _INTERRUPTIBLE_LOGGERS:
+            logging.getLogger(name).addFilter(_INTERRUPTED_QUERY)
         # MLflow draws a progress bar for every artifact download; reports fetch several.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
@@ -687,10 +688,12 @@ class RunRecord:
 
 
 class _InterruptedQuery(logging.Filter):
-    """Drops the error (and traceback) MLflow logs for a query a Ctrl-C or SIGTERM broke.
+    """Drops the error (and traceback) logged for a query a Ctrl-C or SIGTERM broke.
 
     The signal's exception lands inside SQLAlchemy, which MLflow logs as a database
-    error before it propagates; dlkit reports the interrupt itself, once.
+    error before it propagates, or which SQLAlchemy's connection pool logs as an
+    "Exception during reset" when it lands in the pool's clean-up of a connection;
+    dlkit reports the interrupt itself, once.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -698,6 +701,12 @@ class _InterruptedQuery(logging.Filter):
 
 
 _INTERRUPTED_QUERY = _InterruptedQuery()
+# A filter applies to its own logger's records only, so each logger that reports them is named:
+# MLflow's store, and the connection pools SQLAlchemy names after their classes.
+_INTERRUPTIBLE_LOGGERS = (
+    "mlflow.store.db.utils",
+    *(f"sqlalchemy.pool.impl.{pool}" for pool in ("QueuePool", "NullPool", "StaticPool")),
+)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -143,6 +144,18 @@ def test_an_error_raised_while_interrupted_ends_the_run_killed_not_failed(tracki
                 raise ValueError("Failed to convert elements of (None,) to Tensor")
     run = tracker.client.get_run(run_id)
     assert run.info.status == "KILLED" and "Ctrl-C" in run.data.tags[FAILURE_TAG]
+
+
+def test_a_pool_error_made_of_an_interrupt_is_not_shown_and_a_real_one_is(tracking_uri, caplog):
+    # A signal landing in SQLAlchemy's clean-up of a connection: it logs the swallowed
+    # interrupt with a traceback, which dlkit, reporting the interrupt itself, drops.
+    Tracker(tracking_uri, "pool")
+    pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    with signals.handled():
+        interrupt_and_swallow()
+        pool.error("Exception during reset or similar")
+    pool.error("a real pool error")
+    assert [r.getMessage() for r in caplog.records if r.name == pool.name] == ["a real pool error"]
 
 
 def test_a_second_sigterm_to_a_patient_worker_lets_its_run_end_killed(tracking_uri):
