@@ -16,7 +16,7 @@ import yaml
 
 from dlkit import signals
 from dlkit.errors import DlkitError
-from dlkit.executors import Resources, execute
+from dlkit.executors import Resources, execute, in_this_process
 from dlkit.executors import check as check_executor
 from dlkit.experiments import (
     Experiment,
@@ -213,7 +213,7 @@ def _compare(
             for entry in plan
             if entry["config_hash"] not in finished
         ]
-        here = options.executor == "local" and options.workers == 1
+        here = in_this_process(options.executor, resources)
         with Progress(len(specs), log, bar=progress) as shown:
             children = execute(
                 specs,

@@ -70,16 +70,21 @@ def execute(
     `callbacks` (Keras callbacks) and `started` (called as a child starts)
     reach children that run in this process only.
     """
-    if executor == "local" and resources.workers > 1:
-        yield from _in_processes(specs, resources)
-    elif executor == "local":
+    if in_this_process(executor, resources):
         for spec in specs:
             started(spec)
             yield spec, run_child(spec, callbacks=callbacks)
+    elif executor == "local":
+        yield from _in_processes(specs, resources)
     elif executor == "ray":
         yield from _on_ray(specs, resources)
     else:
         raise DlkitError(f"Unknown executor {executor!r}. Choose one of: {', '.join(EXECUTORS)}.")
+
+
+def in_this_process(executor: str, resources: Resources) -> bool:
+    """Whether the children train in the calling process, where Keras callbacks reach them."""
+    return executor == "local" and resources.workers == 1
 
 
 def check(executor: str, resources: Resources, tracking_uri: str) -> None:
@@ -202,30 +207,28 @@ def _in_processes(
             initializer=_start_worker,
             initargs=(resources.threads(),),
         )
-        lost: list[ChildSpec] = []
-        stopped = True
         try:
             futures = {pool.submit(_child_in_process, spec): spec for spec in waiting}
             for future in as_completed(futures):
                 spec = futures[future]
                 try:
                     result = future.result()
-                except BrokenProcessPool:  # a worker died: every child it left is unfinished
-                    lost.append(spec)
+                except BrokenProcessPool:  # a worker died: its child stays waiting
                     continue
                 waiting.remove(spec)
                 yield spec, result
-            stopped = False
+        except BaseException:  # interrupted, or the caller stopped asking
+            _stop_workers(pool)
+            raise
         finally:
-            if stopped:  # interrupted, or the caller stopped asking
-                _stop_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
-        if lost and restarts >= resources.retries:
+        # What is still waiting was lost with a worker: run it again in a new pool.
+        if waiting and restarts >= resources.retries:
             failure = f"its worker died {restarts + 1} times (killed, or out of memory?)"
-            for spec in lost:
+            for spec in waiting:
                 yield spec, ChildResult(None, "FAILED", None, 0.0, failure)
             return
-        restarts += bool(lost)
+        restarts += 1
 
 
 def _start_worker(threads: int) -> None:
