@@ -5,6 +5,11 @@ Inside `handled()`, the first SIGINT or SIGTERM raises `Interrupted` (a
 garbage-collection callback makes of it, or swallows, is still treated as the
 interrupt: the run ends KILLED, never FAILED, and the command stops. A second
 signal ends the process at once; the next run marks what it left RUNNING as KILLED.
+
+Inside `deferred()` (every call into the tracking store) the first signal is
+held and raised when the call returns: an exception raised inside a SQLAlchemy
+session would leave its connection in an open transaction, and SQLite would
+then refuse the clean-up's own write ("database is locked").
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from collections.abc import Iterator
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: int | None = None
 _patient = False
+_handling = False  # inside handled(): our handler owns SIGINT and SIGTERM
+_deferring = False  # inside deferred(): a first signal is held, not raised
+_held: int | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -57,7 +65,7 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
 
     Only the main thread can own signal handlers; elsewhere this does nothing.
     """
-    global _received, _patient
+    global _received, _patient, _handling
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -66,6 +74,7 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in signums or _SIGNALS}
     for signum in previous:
         signal.signal(signum, _handler)
+    _handling = True
     try:
         yield
     finally:
@@ -73,6 +82,51 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
             signal.signal(signum, handler)
         _received = None
         _patient = False
+        _handling = False
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Holds back the first SIGINT or SIGTERM while the block runs, and raises it after.
+
+    For calls into the tracking store, which must not stop halfway through a
+    transaction. The held signal is raised as `Interrupted` when the block
+    returns (chained to the block's own error, if it raised one). A second
+    signal still ends the process at once inside `handled()`. Outside it (a
+    user's own Python process, a notebook) Ctrl-C is held the same way, and
+    further ones during the block are ignored rather than ending the process.
+    Nested blocks and threads other than the main one run as they are.
+    """
+    global _deferring, _received, _patient
+    if _deferring or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    borrowed = not _handling and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if borrowed:
+        _received, _patient = None, True
+        signal.signal(signal.SIGINT, _handler)
+    _deferring = True
+    try:
+        yield
+    except BaseException as error:
+        held = _end_deferral(borrowed)
+        if held is None:
+            raise
+        raise Interrupted(held) from error
+    held = _end_deferral(borrowed)
+    if held is not None:
+        raise Interrupted(held)
+
+
+def _end_deferral(borrowed: bool) -> int | None:
+    """Ends a `deferred()` block; returns the signal it held, if any."""
+    global _deferring, _held, _received, _patient
+    _deferring = False
+    held, _held = _held, None
+    if borrowed:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _received, _patient = None, False
+    return held
 
 
 def stop_at_once_on_another() -> None:
@@ -96,10 +150,13 @@ def _exit_now(signum: int, frame: object) -> None:
 
 
 def _handler(signum: int, frame: object) -> None:
-    global _received
+    global _received, _held
     if _received is not None:
         if _patient:
             return
         _exit_now(signum, frame)
     _received = signum
+    if _deferring:
+        _held = signum
+        return
     raise Interrupted(signum)

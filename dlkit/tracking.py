@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ import shutil
 import signal
 import socket
 import sqlite3
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,6 +51,9 @@ HOST_TAG = "dlkit.host"
 PID_TAG = "dlkit.pid"
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
 _METRIC_BATCH = 1000  # and at most 1,000 metrics
+# How long the write that ends a run rides out a store another process keeps locked, in
+# seconds, on top of the 20 s that MLflow's own SQLite busy timeout waits in each attempt.
+_BUSY_PATIENCE = 60.0
 # What SQLite says when MLflow meets tables that a stopped first run left half-built.
 _HALF_MADE = ("already exists", "duplicate column", "no such table", "no such column")
 
@@ -67,7 +73,7 @@ def ui_address(tracking_uri: str | None = None, *, port: int = DEFAULT_UI_PORT) 
 
 def latest_experiment(tracking_uri: str | None = None) -> str | None:
     """Returns the name of the experiment with the most recent dlkit run in the store, if any."""
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    client = StoreCalls(MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri)))
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = (
         client.search_runs(
@@ -242,12 +248,12 @@ class Tracker:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         for name in _INTERRUPTIBLE_LOGGERS:
-            logging.getLogger(name).addFilter(_INTERRUPTED_QUERY)
+            logging.getLogger(name).addFilter(_REPORTED_BY_DLKIT)
         # MLflow draws a progress bar for every artifact download; reports fetch several.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             create_sqlite_store(self.tracking_uri)
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.client = StoreCalls(MlflowClient(tracking_uri=self.tracking_uri))
             found = self.client.get_experiment_by_name(experiment) if experiment else None
         except DlkitError:
             raise
@@ -265,6 +271,7 @@ class Tracker:
                 "Check --tracking-uri / $MLFLOW_TRACKING_URI."
             ) from None
         self.experiment = experiment
+        self.busy_patience = _BUSY_PATIENCE
         if experiment is None:  # reads of runs and models by id only
             self.experiment_id = None
         elif found is None or (not create and found.lifecycle_stage == "deleted"):
@@ -326,17 +333,17 @@ class Tracker:
         try:
             yield run_id
         except KeyboardInterrupt as interrupt:
-            self._end(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
+            self._end_quietly(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
             raise
         except BaseException as error:
             if signals.received() is not None:  # e.g. TensorFlow re-raised it as its own error
                 interrupt = signals.Interrupted(signals.received())
-                self._end(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
+                self._end_quietly(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
                 raise interrupt from error
-            self._end(run_id, "FAILED", f"{type(error).__name__}: {error}")
+            self._end_quietly(run_id, "FAILED", f"{type(error).__name__}: {error}")
             raise
         else:
-            self.client.set_terminated(run_id, "FINISHED")
+            self._end(run_id, "FINISHED")
 
     def runs_page(self, run_id: str | None = None, *, address: str | None = None) -> str:
         """Returns the UI address of this experiment's runs table, or of one run's page.
@@ -372,9 +379,55 @@ class Tracker:
             ended += 1
         return ended
 
-    def _end(self, run_id: str, status: str, reason: str) -> None:
-        self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
-        self.client.set_terminated(run_id, status)
+    def _end(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Ends a run, riding out a store that another process keeps locked for a while.
+
+        Raises:
+            DlkitError: the store stayed locked for `busy_patience` seconds.
+        """
+        _REPORTED_BY_DLKIT.ending.add(threading.get_ident())
+        try:
+            self._end_patiently(run_id, status, reason)
+        finally:
+            _REPORTED_BY_DLKIT.ending.discard(threading.get_ident())
+
+    def _end_patiently(self, run_id: str, status: str, reason: str | None) -> None:
+        deadline, pause = time.monotonic() + self.busy_patience, 0.1
+        while True:
+            try:
+                if reason is not None:
+                    self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+                self.client.set_terminated(run_id, status)
+                return
+            except Exception as error:
+                if not _locked(error):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise DlkitError(
+                        f"Could not end MLflow run {run_id} {status}: the store "
+                        f"{self.tracking_uri} stayed locked by another process. Run the same "
+                        "command again: it marks the run KILLED and trains it again."
+                    ) from None
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
+
+    def _end_quietly(self, run_id: str, status: str, reason: str) -> None:
+        """Ends a run on the way out of an error or an interrupt: a failure here is one line.
+
+        The error or interrupt that is ending the run goes on; a traceback from the
+        store would hide it. The next run of the command marks a run left RUNNING KILLED.
+        """
+        try:
+            self._end(run_id, status, reason)
+        except Exception as error:
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if not isinstance(error, DlkitError):
+                text = (
+                    f"Could not end MLflow run {run_id} {status} ({text}); "
+                    "the next run of the command marks it KILLED."
+                )
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Logs params; tuples and booleans are written the way the CLI reads them."""
@@ -632,7 +685,7 @@ class EpochMetrics:
     training ends, however it ends.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, every: float):
+    def __init__(self, client: StoreCalls, run_id: str, every: float):
         self.client, self.run_id, self.every = client, run_id, every
         self._pending: list[Metric] = []
         self._sent = time.monotonic()
@@ -647,6 +700,41 @@ class EpochMetrics:
         for i in range(0, len(pending), _METRIC_BATCH):
             self.client.log_batch(self.run_id, metrics=pending[i : i + _METRIC_BATCH])
         self._sent = time.monotonic()
+
+
+class StoreCalls:
+    """An `MlflowClient` whose every call holds Ctrl-C and SIGTERM back until it returns.
+
+    A signal raised inside one of MLflow's SQLAlchemy sessions would leave that
+    session's connection in an open transaction, and SQLite would then refuse the
+    clean-up's write that ends the run KILLED ("database is locked"). See
+    `signals.deferred`.
+    """
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._client, name)
+        if not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with signals.deferred():
+                return value(*args, **kwargs)
+
+        return call
+
+
+def _locked(error: BaseException) -> bool:
+    """Whether `error` (or what it was raised from) is SQLite's "database is locked"."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "database is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _stamped(metrics: dict[str, float], step: int) -> list[Metric]:
@@ -687,20 +775,25 @@ class RunRecord:
     metrics: dict[str, float]
 
 
-class _InterruptedQuery(logging.Filter):
-    """Drops the error (and traceback) logged for a query a Ctrl-C or SIGTERM broke.
+class _ReportedByDlkit(logging.Filter):
+    """Drops the store errors (and tracebacks) that dlkit reports itself, once.
 
-    The signal's exception lands inside SQLAlchemy, which MLflow logs as a database
-    error before it propagates, or which SQLAlchemy's connection pool logs as an
-    "Exception during reset" when it lands in the pool's clean-up of a connection;
-    dlkit reports the interrupt itself, once.
+    A query a Ctrl-C or SIGTERM broke: the signal's exception lands inside
+    SQLAlchemy, which MLflow logs as a database error before it propagates, or
+    which SQLAlchemy's connection pool logs as an "Exception during reset" when it
+    lands in the pool's clean-up of a connection. And a locked store met while a
+    thread ends a run (`Tracker._end`), which retries and gives up in one line.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.ending: set[int] = set()  # threads inside Tracker._end
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return signals.received() is None
+        return signals.received() is None and record.thread not in self.ending
 
 
-_INTERRUPTED_QUERY = _InterruptedQuery()
+_REPORTED_BY_DLKIT = _ReportedByDlkit()
 # A filter applies to its own logger's records only, so each logger that reports them is named:
 # MLflow's store, and the connection pools SQLAlchemy names after their classes.
 _INTERRUPTIBLE_LOGGERS = (

@@ -75,10 +75,16 @@ class Process:
         return code
 
 
-def setup(tmp_path: Path) -> Path:
+def setup(tmp_path: Path, *, epochs: int = 6) -> Path:
     path = tmp_path / "signals.yaml"
-    path.write_text(yaml.safe_dump(EXPERIMENT))
+    overrides = {**EXPERIMENT["overrides"], "epochs": epochs}
+    path.write_text(yaml.safe_dump({**EXPERIMENT, "overrides": overrides}))
     return path
+
+
+# Mid-child trials train long enough (about a second a child on a quiet machine) that a
+# child seen training in the store is still training when the signal is sent.
+MID_CHILD_EPOCHS = 60
 
 
 def runs_by_status(folder: Path) -> dict[str, list]:
@@ -88,6 +94,21 @@ def runs_by_status(folder: Path) -> dict[str, list]:
     for run in client.search_runs([found.experiment_id]) if found else []:
         statuses.setdefault(run.info.status, []).append(run)
     return statuses
+
+
+def children_with_status(folder: Path, status: str) -> list:
+    return [
+        run
+        for run in runs_by_status(folder).get(status, [])
+        if run.data.tags.get("dlkit.role") == "child"
+    ]
+
+
+def training_a_child(folder: Path) -> bool:
+    """Whether the store holds a child in training: RUNNING, its results not logged yet."""
+    return any(
+        "test_accuracy" not in run.data.metrics for run in children_with_status(folder, "RUNNING")
+    )
 
 
 def rerun_completes_with_nothing_lost(folder: Path, experiment: Path) -> None:
@@ -121,7 +142,8 @@ POINTS = {
     # the store's tables are being built (in the template every new store copies)
     "store creation": lambda p, folder: any(folder.glob("cache/dlkit/.mlflow-*.tmp")),
     "parent created": lambda p, folder: p.saw("Comparison 'signals'"),
-    "mid-child": lambda p, folder: p.saw("[2/4]") and p.saw("training"),
+    # the second child is training (the store is polled only once it surely exists)
+    "mid-child": lambda p, folder: p.saw("[2/4]") and training_a_child(folder),
     "report": lambda p, folder: p.saw("[4/4] softmax-regression seed 1: test accuracy"),
 }
 
@@ -129,11 +151,9 @@ POINTS = {
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("point", list(POINTS))
 def test_a_signal_at_any_point_loses_nothing_and_leaves_nothing_running(tmp_path, point, signum):
-    experiment = setup(tmp_path)
+    experiment = setup(tmp_path, epochs=MID_CHILD_EPOCHS if point == "mid-child" else 6)
     process = Process(tmp_path, experiment)
     process.wait_for(lambda: POINTS[point](process, tmp_path))
-    if point == "mid-child":
-        time.sleep(1.0)  # inside the second child's training
     process.popen.send_signal(signum)
     code = process.finish()
     output = "".join(process.lines)
@@ -150,10 +170,9 @@ def test_a_signal_at_any_point_loses_nothing_and_leaves_nothing_running(tmp_path
 
 
 def test_sigkill_mid_child_leaves_a_run_the_rerun_marks_killed(tmp_path):
-    experiment = setup(tmp_path)
+    experiment = setup(tmp_path, epochs=MID_CHILD_EPOCHS)
     process = Process(tmp_path, experiment)
     process.wait_for(lambda: POINTS["mid-child"](process, tmp_path))
-    time.sleep(1.0)
     process.popen.kill()
     assert process.finish() == -signal.SIGKILL
     assert len(runs_by_status(tmp_path)["RUNNING"]) == 2  # the parent and the child
@@ -163,15 +182,17 @@ def test_sigkill_mid_child_leaves_a_run_the_rerun_marks_killed(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    experiment = setup(tmp_path)
+    experiment = setup(tmp_path, epochs=MID_CHILD_EPOCHS)
     process = Process(tmp_path, experiment)
     process.wait_for(lambda: POINTS["mid-child"](process, tmp_path))
-    time.sleep(1.0)
     process.popen.send_signal(signal.SIGINT)
-    # Two signals sent back to back reach Python as one: give the first time to land,
-    # so that the second finds the process winding down, as a user's second Ctrl-C does.
-    time.sleep(0.5)
-    if process.popen.poll() is None:  # still ending its run (about 2 s)
+    # Two signals sent back to back reach Python as one: the second is sent once the first
+    # has landed (the child ended KILLED), as a user's second Ctrl-C finds dlkit winding down.
+    deadline = time.monotonic() + 60
+    while process.popen.poll() is None and not children_with_status(tmp_path, "KILLED"):
+        assert time.monotonic() < deadline, "".join(process.lines)
+        time.sleep(0.01)
+    if process.popen.poll() is None:  # still ending the parent run
         process.popen.send_signal(signal.SIGINT)
     # 130 from dlkit, or death by SIGINT itself once Python's shutdown has reset the
     # handlers: a shell shows both as 130.

@@ -248,3 +248,91 @@ def test_epoch_metrics_are_written_in_batches_each_stamped_with_its_epoch(tracki
     history = tracker.client.get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.25)]
     assert history[0].timestamp < history[1].timestamp  # the epoch's time, not the write's
+
+
+@pytest.fixture
+def signal_in_next_query():
+    """Sends this process a signal from inside the next SQL statement any store runs."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    armed: list[int] = []
+
+    def send(*args):
+        if armed:
+            os.kill(os.getpid(), armed.pop())
+
+    event.listen(Engine, "before_cursor_execute", send)
+    yield armed.append
+    event.remove(Engine, "before_cursor_execute", send)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_store_call_lands_after_it_and_the_run_ends_killed(
+    tracking_uri, signal_in_next_query, caplog, signum
+):
+    tracker = Tracker(tracking_uri, "deferred")
+    with signals.handled(), pytest.raises(signals.Interrupted) as raised:
+        with tracker.run("x") as run_id:
+            signal_in_next_query(signum)
+            tracker.log_metrics(run_id, {"loss": 0.5}, step=1)  # the signal lands in here
+            pytest.fail("the signal was not raised when the store call returned")
+    assert raised.value.signum == signum
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.data.metrics == {"loss": 0.5}  # the interrupted call's write is whole
+    assert run.info.status == "KILLED"
+    assert run.data.tags[FAILURE_TAG].startswith("interrupted")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_ctrl_c_inside_a_store_call_outside_the_cli_lands_after_it(
+    tracking_uri, signal_in_next_query
+):
+    # A user's own script or notebook: Python's default Ctrl-C handler is in place.
+    tracker = Tracker(tracking_uri, "deferred")
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("x") as run_id:
+            signal_in_next_query(signal.SIGINT)
+            tracker.set_tags(run_id, {"note": "whole"})
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.data.tags["note"] == "whole" and run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signals.received() is None
+
+
+@pytest.mark.integration
+def test_ending_a_run_rides_out_a_store_another_process_holds_locked(tracking_uri, tmp_path, capfd):
+    # MLflow's SQLite sessions wait 20 s for a lock; the lock here is held for 24.
+    tracker, hasty = Tracker(tracking_uri, "busy"), Tracker(tracking_uri, "busy")
+    hasty.busy_patience = 0  # gives up after MLflow's own wait
+    patient_run = tracker.client.create_run(tracker.experiment_id).info.run_id
+    hasty_run = tracker.client.create_run(tracker.experiment_id).info.run_id
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+            "time.sleep(24); db.execute('COMMIT')\n",
+            str(tmp_path / "mlflow.db"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    import threading
+
+    hasty_end = threading.Thread(
+        target=hasty._end_quietly, args=(hasty_run, "KILLED", "interrupted (Ctrl-C)")
+    )
+    hasty_end.start()
+    tracker._end(patient_run, "FINISHED")  # fails once after 20 s, then waits its turn
+    hasty_end.join()
+    assert holder.wait(timeout=30) == 0
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(patient_run).info.status == "FINISHED"
+    assert client.get_run(hasty_run).info.status == "RUNNING"  # the next run marks it
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "stayed locked by another process" in lines[0], lines
+    assert hasty_run in lines[0]
