@@ -18,30 +18,30 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from dlkit import presets  # noqa: E402, F401  (registers the presets on import)
+from dlkit.data.sources import register_source  # noqa: E402
 from dlkit.errors import DlkitError  # noqa: E402
-from dlkit.recipes import Recipe, get_recipe, list_recipes, register_recipe  # noqa: E402
-from dlkit.sources import register_source  # noqa: E402
+from dlkit.recipes import presets  # noqa: E402, F401  (registers the presets on import)
+from dlkit.recipes.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: E402
 
 _LAZY = {
-    "load_dataset": "dlkit.data",
-    "Dataset": "dlkit.data",
-    "DataSpec": "dlkit.data",
-    "build_model": "dlkit.models",
-    "load_model": "dlkit.runs",
-    "Maxout": "dlkit.layers",
-    "fit": "dlkit.training",
-    "TrainResult": "dlkit.training",
-    "Tracker": "dlkit.tracking",
-    "train": "dlkit.runs",
-    "ChildSpec": "dlkit.runs",
-    "run_child": "dlkit.runs",
-    "compare": "dlkit.comparison",
-    "report": "dlkit.comparison",
-    "Options": "dlkit.options",
-    "Comparison": "dlkit.reports",
-    "Experiment": "dlkit.experiments",
-    "load_experiment": "dlkit.experiments",
+    "load_dataset": "dlkit.data.dataset",
+    "Dataset": "dlkit.data.dataset",
+    "DataSpec": "dlkit.data.dataset",
+    "build_model": "dlkit.nn.models",
+    "load_model": "dlkit.execution.runs",
+    "Maxout": "dlkit.nn.layers",
+    "fit": "dlkit.nn.training",
+    "TrainResult": "dlkit.nn.training",
+    "Tracker": "dlkit.tracking.tracker",
+    "train": "dlkit.execution.runs",
+    "ChildSpec": "dlkit.execution.runs",
+    "run_child": "dlkit.execution.runs",
+    "compare": "dlkit.comparison.compare",
+    "report": "dlkit.comparison.compare",
+    "Options": "dlkit.comparison.options",
+    "Comparison": "dlkit.comparison.reports",
+    "Experiment": "dlkit.comparison.experiment",
+    "load_experiment": "dlkit.comparison.experiment",
 }
 
 __all__ = [

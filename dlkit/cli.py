@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
-from dlkit.data import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
+from dlkit.comparison.options import MAX_SEED, MAX_SEEDS, OUTPUT_DIR, Options
+from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError
-from dlkit.options import MAX_SEED, MAX_SEEDS, OUTPUT_DIR, Options
-from dlkit.recipes import PRECISIONS, get_recipe, list_recipes, parse_assignments
+from dlkit.recipes.recipe import PRECISIONS, get_recipe, list_recipes, parse_assignments
 from dlkit.text import text_table
 
 
@@ -302,7 +302,7 @@ def train(
         download=download,
     )
     _load_tensorflow(verbose)
-    from dlkit.runs import train as train_recipe
+    from dlkit.execution.runs import train as train_recipe
 
     data = spec.load()
     click.echo(f"Training {chosen.name} on {data!r}")
@@ -324,7 +324,7 @@ def train(
         f"{result.wall_time:.1f} s ({result.samples_per_second:,.0f} samples/s on "
         f"{_devices(result)})."
     )
-    from dlkit.tracking import Tracker
+    from dlkit.tracking.tracker import Tracker
 
     click.echo(f"Logged to MLflow: run {result.run_id}, experiment {experiment!r}.")
     if result.registered:
@@ -445,8 +445,8 @@ def compare(
     dlkit compare experiments/quickstart.yaml
     dlkit compare deep-relu wide-relu --dataset digits --seeds 3 --epochs 10
     """
-    from dlkit.experiments import is_experiment_file, resolve_experiment
-    from dlkit.sources import find_source
+    from dlkit.comparison.experiment import is_experiment_file, resolve_experiment
+    from dlkit.data.sources import find_source
 
     if len(targets) > 1 and any(is_experiment_file(t) for t in targets):
         raise DlkitError("Give either one experiment file or recipe names, not both.")
@@ -482,7 +482,7 @@ def compare(
     find_source(experiment.data.source)
     if verbose:  # otherwise TensorFlow loads, quietly, when a child first trains here
         _load_tensorflow(verbose)
-    from dlkit.comparison import compare as run_comparison
+    from dlkit.comparison.compare import compare as run_comparison
 
     comparison = run_comparison(
         experiment,
@@ -511,7 +511,7 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
 
     EXPERIMENT is the experiment's name or its experiment file.
     """
-    from dlkit.comparison import report as build_report
+    from dlkit.comparison.compare import report as build_report
 
     _print_report(
         build_report(experiment, tracking_uri=tracking_uri, output_dir=output_dir), tracking_uri
@@ -554,13 +554,13 @@ def bench(
     dataset: str, epochs: int, repeats: int, precision: str, levers: bool, json_path: str | None
 ) -> None:
     """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
-    from dlkit.sources import find_source
+    from dlkit.data.sources import find_source
 
     find_source(dataset)
     if json_path is not None:
         _check_writable(json_path)
     _load_tensorflow()
-    from dlkit import bench as benchmark
+    from dlkit.bench import benchmark
 
     results = benchmark.run(
         dataset, epochs=epochs, repeats=repeats, precision=precision, with_levers=levers
@@ -608,8 +608,8 @@ def ui(
     import subprocess
     from pathlib import Path
 
-    from dlkit.experiments import is_experiment_file, load_experiment
-    from dlkit.tracking import Tracker, latest_experiment, resolve_tracking_uri
+    from dlkit.comparison.experiment import is_experiment_file, load_experiment
+    from dlkit.tracking.tracker import Tracker, latest_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -671,7 +671,7 @@ def _devices(result: Any) -> str:
 
 
 def _print_report(comparison: Any, tracking_uri: str | None) -> None:
-    from dlkit.tracking import Tracker
+    from dlkit.tracking.tracker import Tracker
 
     click.echo("\n" + comparison.format())
     if comparison.output_dir:
@@ -685,7 +685,7 @@ def _print_report(comparison: Any, tracking_uri: str | None) -> None:
 
 
 def _print_review(page: str, tracking_uri: str | None) -> None:
-    from dlkit.tracking import resolve_tracking_uri
+    from dlkit.tracking.tracker import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import dlkit
-from dlkit.comparison import replication_of
+from dlkit.comparison.compare import replication_of
+from dlkit.comparison.experiment import load_experiment
+from dlkit.comparison.reports import verdict_cell
 from dlkit.errors import DlkitError
-from dlkit.experiments import load_experiment
-from dlkit.reports import verdict_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "lessons"

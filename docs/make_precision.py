@@ -21,9 +21,9 @@ from pathlib import Path
 from make_lessons import LESSONS, lesson_arguments, stored  # this folder
 
 import dlkit
-from dlkit.experiments import load_experiment
-from dlkit.precision import resolve_precision
-from dlkit.reports import verdict_cell
+from dlkit.comparison.experiment import load_experiment
+from dlkit.comparison.reports import verdict_cell
+from dlkit.recipes.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "precision"

@@ -44,8 +44,9 @@ def take(store: str, output: Path) -> list[Path]:
     """Screenshots the quickstart's runs, parent, a child and the report into `output`."""
     from playwright.sync_api import sync_playwright
 
-    from dlkit import Tracker, ui
-    from dlkit.reports import load_comparison
+    from dlkit import Tracker
+    from dlkit.comparison.reports import load_comparison
+    from dlkit.tracking import ui
 
     tracker = Tracker(store, "quickstart", create=False)
     comparison = load_comparison(tracker)

@@ -15,7 +15,7 @@ SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits: small and offline, with a validation split."""
-    from dlkit.data import load_dataset
+    from dlkit.data.dataset import load_dataset
 
     return load_dataset("digits", train_size=400, validation_split=0.1)
 
@@ -48,7 +48,8 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(autouse=True)
 def _restore_registries():
     # A recipe or source a test registers must not leak into the next test.
-    from dlkit import recipes, sources
+    from dlkit.data import sources
+    from dlkit.recipes import recipe as recipes
 
     saved = dict(recipes._REGISTRY), dict(sources._SOURCES)
     yield

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from dlkit import Recipe
 from dlkit.cli import main
-from dlkit.recipes import (
+from dlkit.recipes.recipe import (
     _FIELD_TYPES,
     ACTIVATIONS,
     INITIALIZERS,

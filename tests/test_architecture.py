@@ -10,25 +10,29 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dlkit"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+MODULES = sorted(
+    ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+    for p in PACKAGE.rglob("*.py")
+    if p.stem != "__init__"
+)
 HEAVY = ("tensorflow", "keras", "tensorflow_datasets")
 # Modules a command that only lists, validates or reads MLflow goes through.
 LIGHT = (
     "errors",
     "text",
     "keys",
-    "recipes",
-    "presets",
-    "options",
-    "sources",
-    "data",
-    "expectations",
-    "experiments",
-    "tracking",
-    "reports",
-    "runs",
-    "comparison",
-    "plots",
+    "recipes.recipe",
+    "recipes.presets",
+    "comparison.options",
+    "data.sources",
+    "data.dataset",
+    "comparison.expectations",
+    "comparison.experiment",
+    "tracking.tracker",
+    "comparison.reports",
+    "execution.runs",
+    "comparison.compare",
+    "comparison.plots",
     "cli",
 )
 
@@ -39,7 +43,7 @@ def imports(module: str, *, top_level_only: bool = False) -> set[str]:
     Top level only means the statements run on import, so `if TYPE_CHECKING:`
     blocks and function bodies are left out.
     """
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse((PACKAGE / f"{module.replace('.', '/')}.py").read_text())
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     found = set()
     for node in nodes:
@@ -47,8 +51,8 @@ def imports(module: str, *, top_level_only: bool = False) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            if node.module == "dlkit":  # `from dlkit import presets` names a submodule
-                found.update(f"dlkit.{alias.name}" for alias in node.names)
+            if node.module.startswith("dlkit"):  # `from dlkit.recipes import presets`
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -84,12 +88,12 @@ def test_the_import_graph_has_no_cycle():
 
 def test_only_the_tracking_module_imports_mlflow():
     users = [m for m in MODULES if any(n.split(".")[0] == "mlflow" for n in imports(m))]
-    assert users == ["tracking"]
+    assert users == ["tracking.tracker"]
 
 
 def test_recipes_are_pure_data():
-    assert not {n.split(".")[0] for n in imports("recipes")} & {*HEAVY, "numpy"}
-    assert imports("recipes") & {f"dlkit.{m}" for m in MODULES} == {"dlkit.errors"}
+    assert not {n.split(".")[0] for n in imports("recipes.recipe")} & {*HEAVY, "numpy"}
+    assert imports("recipes.recipe") & {f"dlkit.{m}" for m in MODULES} == {"dlkit.errors"}
 
 
 @pytest.mark.parametrize("module", LIGHT)
@@ -100,7 +104,8 @@ def test_light_modules_import_no_tensorflow_at_load(module):
 def test_reading_a_comparison_does_not_load_tensorflow():
     code = (
         "import sys\n"
-        "import dlkit, dlkit.cli, dlkit.comparison, dlkit.reports, dlkit.runs\n"
+        "import dlkit, dlkit.cli, dlkit.comparison.compare, dlkit.comparison.reports\n"
+        "import dlkit.execution.runs\n"
         "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

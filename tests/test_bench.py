@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from dlkit import Recipe
-from dlkit.bench import TARGET, format_results, load_bench_data, run
+from dlkit.bench.benchmark import TARGET, format_results, load_bench_data, run
 from dlkit.cli import main
-from dlkit.sources import synthetic_mnist
+from dlkit.data.sources import synthetic_mnist
 
 
 def test_target_network_is_784_500_500_10():
@@ -99,7 +99,7 @@ def test_bench_command_is_listed():
 
 
 def test_levers_are_timed_alone_together_and_all_but_one_and_a_step_is_profiled():
-    from dlkit.bench import LEVERS, format_levers, levers, load_bench_data, step_profile
+    from dlkit.bench.benchmark import LEVERS, format_levers, levers, load_bench_data, step_profile
 
     tiny = Recipe(name="tiny", depth=1, width=8, batch_size=64)
     digits = load_bench_data("digits")
@@ -117,7 +117,7 @@ def test_levers_are_timed_alone_together_and_all_but_one_and_a_step_is_profiled(
 
 def test_pytorch_reference_trains_the_same_network_when_torch_is_installed():
     pytest.importorskip("torch")
-    from dlkit.bench import load_bench_data, torch_reference
+    from dlkit.bench.benchmark import load_bench_data, torch_reference
 
     small = Recipe(name="small", depth=1, width=32, batch_size=32)
     figures = torch_reference(small, load_bench_data("digits"), epochs=5, seed=0)

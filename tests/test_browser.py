@@ -10,8 +10,9 @@ import os
 
 import pytest
 
-from dlkit import Tracker, compare, ui
-from dlkit.experiments import parse_experiment
+from dlkit import Tracker, compare
+from dlkit.comparison.experiment import parse_experiment
+from dlkit.tracking import ui
 
 pytestmark = pytest.mark.browser
 

@@ -13,8 +13,8 @@ from tiny import tiny
 
 from dlkit import DlkitError, compare, report
 from dlkit.cli import main
-from dlkit.data import load_dataset
-from dlkit.experiments import parse_experiment
+from dlkit.comparison.experiment import parse_experiment
+from dlkit.data.dataset import load_dataset
 
 TINY = tiny("tiny", gradient_norms=True, published={"relu": 0.95})
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dlkit import DlkitError, register_source
-from dlkit.data import DataSpec, load_dataset
-from dlkit.sources import find_source, list_sources, read_idx
+from dlkit.data.dataset import DataSpec, load_dataset
+from dlkit.data.sources import find_source, list_sources, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
@@ -238,7 +238,7 @@ def test_an_idx_header_that_promises_too_much_is_corrupt_not_a_crash(tmp_path):
 def test_digits_read_from_scikit_learns_file_equal_load_digits():
     from sklearn.datasets import load_digits
 
-    from dlkit.sources import digits_arrays
+    from dlkit.data.sources import digits_arrays
 
     images, target = digits_arrays()
     digits = load_digits()

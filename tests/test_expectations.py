@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from dlkit import DlkitError
-from dlkit.expectations import Sample, evaluate, interval, parse_expectation
+from dlkit.comparison.expectations import Sample, evaluate, interval, parse_expectation
 
 
 def verdict(text: str, **samples: Sample):

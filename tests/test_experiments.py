@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dlkit import DlkitError
-from dlkit.experiments import (
+from dlkit.comparison.experiment import (
     config_hash,
     expand_grid,
     experiment_from_recipes,
@@ -16,7 +16,7 @@ from dlkit.experiments import (
     parse_experiment,
     resolve_experiment,
 )
-from dlkit.options import Options
+from dlkit.comparison.options import Options
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 

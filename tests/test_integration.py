@@ -9,9 +9,9 @@ import pytest
 from conftest import SHARED_MNIST
 
 from dlkit import get_recipe
-from dlkit.data import load_dataset
-from dlkit.experiments import load_experiment
-from dlkit.training import fit
+from dlkit.comparison.experiment import load_experiment
+from dlkit.data.dataset import load_dataset
+from dlkit.nn.training import fit
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from dlkit import Recipe, get_recipe, list_recipes
-from dlkit.layers import Maxout
-from dlkit.models import build_model, compile_model, load_model, make_optimizer
-from dlkit.recipes import ACTIVATIONS, INITIALIZERS, LOSSES, OPTIMIZERS
-from dlkit.training import fit
+from dlkit.nn.layers import Maxout
+from dlkit.nn.models import build_model, compile_model, load_model, make_optimizer
+from dlkit.nn.training import fit
+from dlkit.recipes.recipe import ACTIVATIONS, INITIALIZERS, LOSSES, OPTIMIZERS
 
 
 @pytest.mark.parametrize("name", list_recipes())

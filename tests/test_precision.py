@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from dlkit import DlkitError, Recipe
-from dlkit.data import DataSpec
-from dlkit.experiments import config_hash
-from dlkit.models import build_model, compile_model
-from dlkit.precision import cpu_has_native_bf16, gpu_compute_capability, resolve_precision
-from dlkit.training import fit
+from dlkit.comparison.experiment import config_hash
+from dlkit.data.dataset import DataSpec
+from dlkit.nn.models import build_model, compile_model
+from dlkit.nn.training import fit
+from dlkit.recipes.precision import cpu_has_native_bf16, gpu_compute_capability, resolve_precision
 
 SMALL = Recipe(depth=2, width=16, epochs=2, batch_size=64)
 

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from dlkit import DlkitError, Recipe, get_recipe, list_recipes, register_recipe
-from dlkit.recipes import parse_assignments
+from dlkit.recipes.recipe import parse_assignments
 
 
 def test_defaults_are_valid_and_flat():
@@ -78,7 +78,7 @@ def test_the_registry_fixture_undid_the_previous_tests_registrations():
 
 
 def test_field_types_come_from_the_dataclass_annotations():
-    from dlkit.recipes import _FIELD_TYPES
+    from dlkit.recipes.recipe import _FIELD_TYPES
 
     fields = dataclasses.fields(Recipe)
     assert list(_FIELD_TYPES) == [f.name for f in fields]

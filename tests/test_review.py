@@ -20,10 +20,10 @@ from tiny import tiny
 
 from dlkit import DlkitError, Tracker, compare, load_model, train
 from dlkit.cli import main
+from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.progress import Progress
 from dlkit.console import filtered_stderr, load_tensorflow
-from dlkit.experiments import parse_experiment
-from dlkit.progress import Progress
-from dlkit.ui import free_port
+from dlkit.tracking.ui import free_port
 
 SMALL = {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64, "verbose": 0}
 
@@ -105,7 +105,7 @@ def test_load_model_mistakes_are_clear(tracking_uri, tmp_path):
 
 
 def test_runs_log_their_data_splits_as_dataset_inputs(tracking_uri):
-    from dlkit.data import load_dataset
+    from dlkit.data.dataset import load_dataset
 
     first = load_dataset("digits", train_size=300)
     other = load_dataset("digits", train_size=300, train_offset=300)

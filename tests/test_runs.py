@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dlkit import Recipe
-from dlkit.data import DataSpec
-from dlkit.runs import ChildResult, ChildSpec, run_child
-from dlkit.tracking import FAILURE_TAG, Tracker
+from dlkit.data.dataset import DataSpec
+from dlkit.execution.runs import ChildResult, ChildSpec, run_child
+from dlkit.tracking.tracker import FAILURE_TAG, Tracker
 
 DATA = DataSpec(source="digits", train_size=200)
 RECIPE = Recipe(name="tiny", depth=1, width=16, epochs=2, batch_size=50)

@@ -14,8 +14,8 @@ from tiny import tiny
 from trials import accuracies, kill_a_worker_mid_child
 
 from dlkit import DlkitError, compare
-from dlkit.experiments import parse_experiment
-from dlkit.ui import serve
+from dlkit.comparison.experiment import parse_experiment
+from dlkit.tracking.ui import serve
 
 ray = pytest.importorskip("ray", reason="pip install 'ray>=2.9'")
 

@@ -205,7 +205,7 @@ def test_two_processes_starting_on_one_fresh_store_both_succeed(tmp_path):
     start = time.time() + 6  # all import MLflow first, then create the store together
     code = (
         "import sys, time\n"
-        "from dlkit.tracking import Tracker\n"
+        "from dlkit.tracking.tracker import Tracker\n"
         "time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
         "Tracker(sys.argv[2], sys.argv[3])\n"
     )

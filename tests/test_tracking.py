@@ -17,8 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dlkit import DlkitError, Recipe, get_recipe, load_model, signals, train
-from dlkit.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker, create_sqlite_store
-from dlkit.training import TrainingDiverged
+from dlkit.nn.training import TrainingDiverged
+from dlkit.tracking.tracker import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker, create_sqlite_store
 
 RECIPE = Recipe(
     name="small-es",

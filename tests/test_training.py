@@ -10,8 +10,8 @@ import time
 import pytest
 
 from dlkit import DlkitError, Recipe, signals
-from dlkit.data import load_dataset
-from dlkit.training import TrainingDiverged, fit
+from dlkit.data.dataset import load_dataset
+from dlkit.nn.training import TrainingDiverged, fit
 
 SMALL = Recipe(depth=2, width=32, epochs=3, batch_size=64)
 
@@ -80,7 +80,7 @@ def test_an_epoch_in_one_call_trains_on_the_same_batches_as_epoch_by_epoch(digit
 def test_validation_and_test_scores_are_what_keras_evaluate_gives(digits, monkeypatch):
     # the weight penalty is part of Keras's loss, on every split; in chunks of 50 examples
     # (144 validation and 359 test examples), each chunk weighs what it holds
-    monkeypatch.setattr("dlkit.callbacks.SCORE_CHUNK", 50)
+    monkeypatch.setattr("dlkit.nn.callbacks.SCORE_CHUNK", 50)
     result = fit(SMALL.replace(weight_decay=1e-3), digits, seed=0, verbose=0)
     for split, loss, accuracy in [
         ("validation", result.history["val_loss"][-1], result.history["val_accuracy"][-1]),

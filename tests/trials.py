@@ -13,7 +13,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from dlkit import compare
-from dlkit.experiments import parse_experiment
+from dlkit.comparison.experiment import parse_experiment
 
 
 def accuracies(result) -> dict[tuple[str, int], float]:

@@ -41,8 +41,8 @@ from dlkit.keys import CORRECT_ARTIFACT
 from dlkit.text import safe_name
 
 if TYPE_CHECKING:
-    from dlkit.data import Dataset
-    from dlkit.training import TrainResult
+    from dlkit.data.dataset import Dataset
+    from dlkit.nn.training import TrainResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_UI_PORT = 5000
@@ -844,7 +844,7 @@ def _model_requirements() -> list[str]:
 
 def _custom_objects(model: Any) -> dict[str, Any] | None:
     """dlkit's own layers in `model`, for MLflow's loader (which then needs dlkit installed)."""
-    from dlkit.layers import Maxout
+    from dlkit.nn.layers import Maxout
 
     if any(isinstance(layer, Maxout) for layer in model.layers):
         return {"dlkit>Maxout": Maxout}

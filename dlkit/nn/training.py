@@ -13,12 +13,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dlkit.callbacks import EpochTimer, StopOnSignal, Validation, score
-from dlkit.data import Dataset, DatasetInfo
+from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
-from dlkit.models import build_model, compile_model
-from dlkit.precision import resolve_precision
-from dlkit.recipes import Recipe
+from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
+from dlkit.nn.models import build_model, compile_model
+from dlkit.recipes.precision import resolve_precision
+from dlkit.recipes.recipe import Recipe
 
 # Training steps per call into TensorFlow. It changes nothing about the
 # updates (batch size and order stay as the recipe says) but removes most of

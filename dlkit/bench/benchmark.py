@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dlkit.recipes import Recipe, get_recipe
+from dlkit.recipes.recipe import Recipe, get_recipe
 
 # The network of the speed target: 784-500-500-10 ReLU, Adam, batch 128.
 TARGET = Recipe(name="mlp-500x2", depth=2, width=500, activation="relu", batch_size=128)
@@ -31,7 +31,7 @@ TARGET = Recipe(name="mlp-500x2", depth=2, width=500, activation="relu", batch_s
 
 def load_bench_data(source: str):
     """Loads `source` with every training example in the training split (no validation)."""
-    from dlkit.data import load_dataset
+    from dlkit.data.dataset import load_dataset
 
     return load_dataset(source, validation_split=0.0)
 
@@ -40,7 +40,7 @@ def plain_keras(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float
     """Trains the same network the way a user writes it: numpy arrays into `model.fit`."""
     import keras
 
-    from dlkit.callbacks import EpochTimer
+    from dlkit.nn.callbacks import EpochTimer
 
     keras.utils.set_random_seed(seed)
     info = data.info
@@ -74,7 +74,7 @@ def torch_reference(
 
     Not a dependency: a reference line for what this machine does without
     TensorFlow's per-step costs. `bf16` trains under CPU bfloat16 autocast. It
-    runs in a fresh process (`dlkit.torch_reference`): PyTorch and TensorFlow
+    runs in a fresh process (`dlkit.bench.torch_reference`): PyTorch and TensorFlow
     in one process can crash each other's native libraries. Returns `None`
     when torch is not importable.
     """
@@ -99,7 +99,7 @@ def torch_reference(
         flat = [a.reshape(len(a), -1) / info.input_max for a in (x, x_test)]
         np.savez(arrays, x=flat[0].astype(np.float32), y=y, x_test=flat[1], y_test=y_test)
         done = subprocess.run(
-            [sys.executable, "-m", "dlkit.torch_reference", str(arrays), json.dumps(spec)],
+            [sys.executable, "-m", "dlkit.bench.torch_reference", str(arrays), json.dumps(spec)],
             check=True,
             capture_output=True,
             text=True,
@@ -108,7 +108,7 @@ def torch_reference(
 
 
 def dlkit_path(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
-    from dlkit.training import fit
+    from dlkit.nn.training import fit
 
     result = fit(recipe.replace(epochs=epochs), data, seed=seed, verbose=0)
     return {
@@ -127,9 +127,9 @@ def lever_run(recipe: Recipe, data, epochs: int, on: frozenset[str], seed: int =
     """Samples/s of one training with the levers in `on` (after the first, tracing, epoch)."""
     import keras
 
-    from dlkit.callbacks import EpochTimer
-    from dlkit.models import build_model, make_loss
-    from dlkit.optimizers import fused_adam
+    from dlkit.nn.callbacks import EpochTimer
+    from dlkit.nn.models import build_model, make_loss
+    from dlkit.nn.optimizers import fused_adam
 
     recipe = recipe.replace(precision="mixed_bfloat16" if "bf16" in on else "float32")
     keras.utils.set_random_seed(seed)
@@ -200,7 +200,7 @@ def step_profile(
     import tensorflow as tf
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
-    from dlkit.models import build_model, compile_model
+    from dlkit.nn.models import build_model, compile_model
 
     recipe = recipe or TARGET
     data = data if data is not None else load_bench_data("synthetic")
@@ -260,8 +260,8 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
     Measured on a second run in the process (as every child but the first of a
     comparison); the first run's tracking seconds are returned beside it.
     """
-    from dlkit.runs import tracked_fit
-    from dlkit.tracking import Tracker
+    from dlkit.execution.runs import tracked_fit
+    from dlkit.tracking.tracker import Tracker
 
     class TimedTracker(Tracker):
         seconds = 0.0
@@ -311,8 +311,8 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
 
 def comparison_overhead(data_source: str, epochs: int, train_size: int = 1000) -> dict[str, float]:
     """Seconds a comparison spends per child run beyond the child's own `fit`."""
-    from dlkit.comparison import compare
-    from dlkit.experiments import parse_experiment
+    from dlkit.comparison.compare import compare
+    from dlkit.comparison.experiment import parse_experiment
 
     spec = {
         "name": "bench-overhead",
@@ -411,7 +411,7 @@ def run(
     """
     import tensorflow as tf
 
-    from dlkit.precision import resolve_precision
+    from dlkit.recipes.precision import resolve_precision
 
     resolved = resolve_precision(precision)
     recipes = tuple(

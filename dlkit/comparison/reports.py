@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 
 import dlkit
+from dlkit.comparison.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
 from dlkit.errors import DlkitError
-from dlkit.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
 from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
 from dlkit.text import plural, text_table
 
 if TYPE_CHECKING:
-    from dlkit.tracking import RunRecord, Tracker
+    from dlkit.tracking.tracker import RunRecord, Tracker
 
 
 PLAN_ARTIFACT = "plan.json"
@@ -108,19 +108,19 @@ class Comparison:
 
     def plot_learning_curves(self):
         """Returns a figure of every variant's curves, mean over seeds with a band."""
-        from dlkit.plots import plot_learning_curves
+        from dlkit.comparison.plots import plot_learning_curves
 
         return plot_learning_curves(self.histories)
 
     def plot_test_accuracy(self):
         """Returns a bar chart of test accuracy per variant with error bars."""
-        from dlkit.plots import plot_test_accuracy
+        from dlkit.comparison.plots import plot_test_accuracy
 
         return plot_test_accuracy(self.table)
 
     def plot_gradient_norms(self):
         """Returns gradient norm against layer index, at initialization and after training."""
-        from dlkit.plots import plot_gradient_norms
+        from dlkit.comparison.plots import plot_gradient_norms
 
         return plot_gradient_norms(self.gradients)
 
@@ -361,7 +361,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows)
-    # The expectations read these names; keep them in step with dlkit.expectations.METRICS.
+    # The expectations read these names: keep them in step with expectations.METRICS.
     table["test_accuracy"] = table["test_accuracy_mean"]
     table["test_loss"] = table["test_loss_mean"]
     scores = table["test_accuracy_mean"].fillna(-1.0)
@@ -373,7 +373,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
     """Rebuilds a comparison from MLflow alone: the parent's plan, its children's metrics.
 
     Args:
-        tracker: A `dlkit.tracking.Tracker` on the comparison's MLflow experiment.
+        tracker: A `dlkit.tracking.tracker.Tracker` on the comparison's MLflow experiment.
         parent_run_id: The parent run. Defaults to the experiment's latest.
     """
     parent_run_id = parent_run_id or tracker.latest_parent()

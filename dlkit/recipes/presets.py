@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from dlkit.recipes import Recipe, register_recipe
+from dlkit.recipes.recipe import Recipe, register_recipe
 
 DEEP = {"depth": 3, "width": 500}
 WIDE = {"depth": 1, "width": 500, "match_depth": 3}

@@ -1,6 +1,6 @@
 """Datasets: a source's arrays split deterministically and served as tf.data pipelines.
 
-Every source (see `dlkit.sources`) is read once into memory (these are
+Every source (see `dlkit.data.sources`) is read once into memory (these are
 MNIST-sized sets), checked, split deterministically, and served by pipelines
 that shuffle with the seed, batch and prefetch. The splits never depend on
 the training seed, so every variant and seed of a comparison sees the same
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from dlkit.data.sources import find_source
 from dlkit.errors import DlkitError
-from dlkit.sources import find_source
 
 DEFAULT_SOURCE = "mnist"
 DEFAULT_VALIDATION_SPLIT = 0.1

@@ -16,13 +16,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dlkit.data import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
-from dlkit.precision import resolve_precision
-from dlkit.recipes import Recipe, get_recipe
-from dlkit.tracking import Tracker, portable_uri
+from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
+from dlkit.recipes.precision import resolve_precision
+from dlkit.recipes.recipe import Recipe, get_recipe
+from dlkit.tracking.tracker import Tracker, portable_uri
 
 if TYPE_CHECKING:
-    from dlkit.training import TrainResult
+    from dlkit.nn.training import TrainResult
 
 GRADIENT_PROBE_EXAMPLES = 512  # a fixed batch: the same examples at every epoch
 
@@ -88,9 +88,9 @@ def train(
     >>> result.test_accuracy > 0.9
     True
     """
-    from dlkit.data import load_dataset
+    from dlkit.data.dataset import load_dataset
     from dlkit.errors import DlkitError
-    from dlkit.training import fit
+    from dlkit.nn.training import fit
 
     recipe = (
         get_recipe(recipe, **overrides) if isinstance(recipe, str) else recipe.replace(**overrides)
@@ -169,8 +169,8 @@ def _fit_in_run(
     gradient_norms: bool,
     devices: int | str = 1,
 ) -> TrainResult:
-    from dlkit.callbacks import EpochLogger
-    from dlkit.training import fit
+    from dlkit.nn.callbacks import EpochLogger
+    from dlkit.nn.training import fit
 
     recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
     tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
@@ -198,7 +198,7 @@ def _fit_in_run(
 
 
 def _gradient_probe(data: Dataset):
-    from dlkit.callbacks import GradientNorms
+    from dlkit.nn.callbacks import GradientNorms
 
     x, y = data.tensors("train")
     return GradientNorms(x[:GRADIENT_PROBE_EXAMPLES], y[:GRADIENT_PROBE_EXAMPLES])
@@ -223,7 +223,7 @@ def load_model(source: str, *, tracking_uri: str | None = None) -> Any:
     from pathlib import Path
 
     from dlkit.errors import DlkitError
-    from dlkit.models import load_model as load_keras_file
+    from dlkit.nn.models import load_model as load_keras_file
 
     if source.endswith(".keras") or Path(source).is_file():
         if not Path(source).is_file():

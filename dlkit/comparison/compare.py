@@ -15,23 +15,23 @@ from typing import Any
 import yaml
 
 from dlkit import signals
-from dlkit.errors import DlkitError
-from dlkit.executors import Resources, execute, in_this_process
-from dlkit.executors import check as check_executor
-from dlkit.experiments import (
+from dlkit.comparison.experiment import (
     Experiment,
     config_hash,
     is_experiment_file,
     load_experiment,
     resolve_experiment,
 )
-from dlkit.options import LARGE_COMPARISON, Options
-from dlkit.precision import resolve_precision
-from dlkit.progress import Progress
-from dlkit.reports import PLAN_ARTIFACT, Comparison, load_comparison
-from dlkit.runs import ChildSpec
+from dlkit.comparison.options import LARGE_COMPARISON, Options
+from dlkit.comparison.progress import Progress
+from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
+from dlkit.errors import DlkitError
+from dlkit.execution.executors import Resources, execute, in_this_process
+from dlkit.execution.executors import check as check_executor
+from dlkit.execution.runs import ChildSpec
+from dlkit.recipes.precision import resolve_precision
 from dlkit.text import plural, safe_name
-from dlkit.tracking import Tracker
+from dlkit.tracking.tracker import Tracker
 
 _MAX_PARAM = 500  # longer lists are logged as a count; the full plan is plan.json
 
@@ -417,6 +417,6 @@ def _epoch_callback(progress: Progress) -> Any:
     from dlkit.console import load_tensorflow
 
     load_tensorflow()  # quietly, before the callbacks module imports Keras
-    from dlkit.callbacks import EpochLogger
+    from dlkit.nn.callbacks import EpochLogger
 
     return EpochLogger(progress.epoch)

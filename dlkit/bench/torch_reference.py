@@ -1,6 +1,6 @@
 """PyTorch eager training of a dense ReLU net: `dlkit bench`'s reference line.
 
-    python -m dlkit.torch_reference data.npz '{"hidden": [500, 500], "classes": 10, ...}'
+    python -m dlkit.bench.torch_reference data.npz '{"hidden": [500, 500], "classes": 10, ...}'
 
 Reads `x`, `y`, `x_test`, `y_test` (inputs already scaled) from the .npz file, trains
 with Adam and softmax cross-entropy, and prints one JSON line: samples per second

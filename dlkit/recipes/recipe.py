@@ -102,7 +102,7 @@ class Recipe:
         precision: Number format of the hidden layers' arithmetic:
             `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"` (with loss
             scaling) or `"auto"` (bfloat16 where the hardware has it, see
-            `dlkit.precision.resolve_precision`). Weights, the softmax output
+            `dlkit.recipes.precision.resolve_precision`). Weights, the softmax output
             and the loss stay float32. Defaults to `"float32"`.
 
     Example:
@@ -436,7 +436,7 @@ def _parse(field: str, text: str) -> Any:
 
 
 # The registry: three verbs, keyed by name. Presets themselves live in
-# dlkit/presets.py as small functions that state only what differs; the
+# dlkit/recipes/presets.py as small functions that state only what differs; the
 # package's __init__ imports that module, so they are registered before any
 # lookup without this module importing it back.
 _REGISTRY: dict[str, Callable[[], Recipe]] = {}

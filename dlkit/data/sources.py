@@ -2,7 +2,7 @@
 
 A reader is one decorated function. It receives the user's `--dataset`
 value and returns `(x_train, y_train, x_test, y_test)` with integer (or
-one-hot) labels; `dlkit.data` splits, validates and serves the arrays. Each
+one-hot) labels; `dlkit.data.dataset` splits, validates and serves the arrays. Each
 reader says which values it claims, so adding a source never touches an
 if/elif chain:
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from dlkit import signals
 from dlkit.errors import DlkitError
-from dlkit.runs import ChildResult, ChildSpec, run_child
+from dlkit.execution.runs import ChildResult, ChildSpec, run_child
 
 EXECUTORS = ("local", "ray")
 DEFAULT_RETRIES = 3  # Ray's own default for tasks whose worker died

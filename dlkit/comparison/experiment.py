@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from dlkit.data import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
+from dlkit.comparison.options import MAX_SEED, MAX_SEEDS, Options
+from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError, closest
-from dlkit.options import MAX_SEED, MAX_SEEDS, Options
-from dlkit.recipes import Recipe, coerce_overrides, get_recipe
+from dlkit.recipes.recipe import Recipe, coerce_overrides, get_recipe
 
 TOP_KEYS = (
     "name",
@@ -65,7 +65,7 @@ class Experiment:
         variants: The arms, in report order.
         seeds: The seeds every variant is trained with.
         overrides: Recipe fields set on every variant (a variant's own win).
-        expect: Expectations the report checks (see `dlkit.expectations`).
+        expect: Expectations the report checks (see `dlkit.comparison.expectations`).
         gradient_norms: Log per-layer gradient norms and plot them against
             the layer index. Defaults to `False`.
         published: Published test accuracy per variant label, shown beside
@@ -294,7 +294,7 @@ def parse_experiment(
         path=path,
     )
     experiment.recipes()
-    from dlkit.expectations import parse_expectation
+    from dlkit.comparison.expectations import parse_expectation
 
     for i, text in enumerate(experiment.expect):
         try:

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from dlkit.layers import Maxout
-from dlkit.optimizers import fused_adam
-from dlkit.precision import resolve_precision
-from dlkit.recipes import Recipe
+from dlkit.nn.layers import Maxout
+from dlkit.nn.optimizers import fused_adam
+from dlkit.recipes.precision import resolve_precision
+from dlkit.recipes.recipe import Recipe
 
 
 def build_model(
@@ -159,7 +159,7 @@ def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True)
     if recipe.optimizer == "adam":
         # Keras's Adam, updating each variable in one fused kernel: the same update,
-        # a fraction of the per-step cost (see dlkit.optimizers).
+        # a fraction of the per-step cost (see dlkit.nn.optimizers).
         return fused_adam(lr)
     optimizers = {
         "adagrad": keras.optimizers.Adagrad,

@@ -1,0 +1,1 @@
+"""Benchmarks: dlkit against plain Keras (and PyTorch) on the same training."""

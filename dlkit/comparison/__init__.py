@@ -1,0 +1,1 @@
+"""Comparisons: experiment files, expectations, options, the comparison itself and its report."""

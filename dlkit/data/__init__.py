@@ -1,0 +1,1 @@
+"""Data: registered sources and the validated, split `Dataset` with its tf.data pipelines."""

@@ -1,0 +1,1 @@
+"""Networks: layers, optimizers, model building, Keras callbacks and training (TensorFlow)."""
