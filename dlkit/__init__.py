@@ -5,10 +5,13 @@ Python, and data sources register the same way (`register_source`).
 Everything that needs TensorFlow or MLflow is imported on first use, so
 `import dlkit` and the CLI's listings start fast.
 
-The modules depend on each other one way, each on those before it: recipes
-(pure data) -> models -> sources and data -> training -> tracking (the one
-door to MLflow) -> runs (a training inside a run; a child run over a
-picklable spec) and reports -> comparison -> cli.
+The subpackages depend on each other one way, each on those before it:
+`recipes/` (pure data) -> `data/` (sources, datasets, tf.data pipelines) ->
+`nn/` (models and training: the only folder that loads TensorFlow on import)
+-> `tracking/` (the one door to MLflow) -> `execution/` (a training inside a
+run; where children train) -> `comparison/` (experiment files, the comparison,
+its report) -> `bench/`. What every layer uses (errors, text, keys, signals,
+console) sits at the root below them all, and the CLI (`cli`) on top.
 """
 
 from __future__ import annotations

@@ -16,25 +16,19 @@ MODULES = sorted(
     if p.stem != "__init__"
 )
 HEAVY = ("tensorflow", "keras", "tensorflow_datasets")
-# Modules a command that only lists, validates or reads MLflow goes through.
-LIGHT = (
-    "errors",
-    "text",
-    "keys",
-    "recipes.recipe",
-    "recipes.presets",
-    "comparison.options",
-    "data.sources",
-    "data.dataset",
-    "comparison.expectations",
-    "comparison.experiment",
-    "tracking.tracker",
-    "comparison.reports",
-    "execution.runs",
-    "comparison.compare",
-    "comparison.plots",
-    "cli",
-)
+# The folders, lowest first: data flows recipe -> model -> data pipeline -> training ->
+# tracking -> runs -> comparison report. A module imports from its own folder, from a
+# folder before it, and from the root modules every layer uses; the CLI sits on top.
+FOLDERS = ("recipes", "data", "nn", "tracking", "execution", "comparison", "bench")
+SHARED = ("errors", "text", "keys", "signals", "console")
+TOP = ("cli",)
+# The one folder that may import TensorFlow when loaded: commands that list, validate or
+# read MLflow never load it. The benchmarks load it on use.
+TENSORFLOW_FOLDER = "nn"
+
+
+def folder(module: str) -> str:
+    return module.split(".")[0] if "." in module else ""
 
 
 def imports(module: str, *, top_level_only: bool = False) -> set[str]:
@@ -86,18 +80,34 @@ def test_the_import_graph_has_no_cycle():
             visit(module, [module])
 
 
-def test_only_the_tracking_module_imports_mlflow():
+def test_every_module_is_in_a_folder_or_named_at_the_root():
+    root = {m for m in MODULES if not folder(m)}
+    assert root == {*SHARED, *TOP}
+    assert {folder(m) for m in MODULES} - {""} == set(FOLDERS)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in TOP])
+def test_a_module_imports_only_its_own_folder_earlier_folders_and_the_shared_root(module):
+    allowed = set(SHARED)
+    if folder(module):
+        allowed |= {
+            m for m in MODULES if folder(m) in FOLDERS[: FOLDERS.index(folder(module)) + 1]
+        }
+    assert dlkit_edges()[module] <= allowed, dlkit_edges()[module] - allowed
+
+
+def test_only_the_tracking_folder_imports_mlflow():
     users = [m for m in MODULES if any(n.split(".")[0] == "mlflow" for n in imports(m))]
-    assert users == ["tracking.tracker"]
+    assert users and {folder(m) for m in users} == {"tracking"}
 
 
-def test_recipes_are_pure_data():
-    assert not {n.split(".")[0] for n in imports("recipes.recipe")} & {*HEAVY, "numpy"}
-    assert imports("recipes.recipe") & {f"dlkit.{m}" for m in MODULES} == {"dlkit.errors"}
+def test_recipes_are_pure_python():
+    for module in (m for m in MODULES if folder(m) == "recipes"):
+        assert not {n.split(".")[0] for n in imports(module)} & {*HEAVY, "numpy"}, module
 
 
-@pytest.mark.parametrize("module", LIGHT)
-def test_light_modules_import_no_tensorflow_at_load(module):
+@pytest.mark.parametrize("module", [m for m in MODULES if folder(m) != TENSORFLOW_FOLDER])
+def test_outside_nn_no_module_imports_tensorflow_when_loaded(module):
     assert not {n.split(".")[0] for n in imports(module, top_level_only=True)} & set(HEAVY)
 
 
