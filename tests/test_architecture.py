@@ -90,9 +90,7 @@ def test_every_module_is_in_a_folder_or_named_at_the_root():
 def test_a_module_imports_only_its_own_folder_earlier_folders_and_the_shared_root(module):
     allowed = set(SHARED)
     if folder(module):
-        allowed |= {
-            m for m in MODULES if folder(m) in FOLDERS[: FOLDERS.index(folder(module)) + 1]
-        }
+        allowed |= {m for m in MODULES if folder(m) in FOLDERS[: FOLDERS.index(folder(module)) + 1]}
     assert dlkit_edges()[module] <= allowed, dlkit_edges()[module] - allowed
 
 

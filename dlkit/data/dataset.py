@@ -190,20 +190,36 @@ class Dataset:
         x, y = self.tensors(split)
         n = len(self._arrays[split][1])
         indices = tf.data.Dataset.range(n)
-        if split == "train":
-            indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
         if repeat:
-            epochs = indices.batch(n).repeat()  # one element per epoch: its order
-            if split == "train":
-                epochs = epochs.shard(2, 0)
+            epochs = self.epoch_orders(seed) if split == "train" else indices.batch(n).repeat()
             batches = epochs.flat_map(
                 lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
             )
         else:
+            if split == "train":
+                indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
             batches = indices.batch(batch_size)
         return batches.map(
             lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE
         ).prefetch(tf.data.AUTOTUNE)
+
+    def epoch_orders(self, seed: int | None = None):
+        """Returns an endless `tf.data.Dataset` of the training split's orders, one per epoch.
+
+        The order in which `pipeline("train", seed=seed)` serves the examples
+        each epoch, as indices: what a packed training gathers each member's
+        batches from. Keras's `fit` opens and drops an extra iterator at the end
+        of each epoch, so it trains on every other reshuffle; these are those.
+
+        Args:
+            seed: Shuffle seed. Defaults to the dataset's.
+        """
+        import tensorflow as tf
+
+        n = len(self._arrays["train"][1])
+        seed = self.seed if seed is None else seed
+        orders = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        return orders.batch(n).repeat().shard(2, 0)
 
     def tensors(self, split: str):
         """Returns a split as TensorFlow tensors `(x, one_hot_y)`, made once and kept."""

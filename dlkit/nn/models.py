@@ -148,8 +148,15 @@ def compile_model(
     return model
 
 
-def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
-    """Returns the Keras optimizer a recipe names, at its initial learning rate."""
+def make_optimizer(recipe: Recipe, *, fused: bool = True) -> keras.optimizers.Optimizer:
+    """Returns the Keras optimizer a recipe names, at its initial learning rate.
+
+    Args:
+        recipe: The recipe.
+        fused: Adam as one fused kernel per variable (`fused_adam`), which takes
+            one learning rate; `False` gives Keras's own Adam, whose update
+            broadcasts a learning rate per packed member. Defaults to `True`.
+    """
     lr = recipe.learning_rate
     if recipe.optimizer == "sgd":
         return keras.optimizers.SGD(lr)
@@ -157,7 +164,7 @@ def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(lr, momentum=recipe.momentum)
     if recipe.optimizer == "nesterov":
         return keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True)
-    if recipe.optimizer == "adam":
+    if recipe.optimizer == "adam" and fused:
         # Keras's Adam, updating each variable in one fused kernel: the same update,
         # a fraction of the per-step cost (see dlkit.nn.optimizers).
         return fused_adam(lr)
@@ -166,6 +173,7 @@ def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
         "rmsprop": keras.optimizers.RMSprop,
         "adadelta": keras.optimizers.Adadelta,
         "nadam": keras.optimizers.Nadam,
+        "adam": keras.optimizers.Adam,
     }
     return optimizers[recipe.optimizer](lr)
 

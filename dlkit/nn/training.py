@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -17,6 +17,7 @@ from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_model, compile_model
+from dlkit.nn.pack import train_pack
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
@@ -139,8 +140,12 @@ def fit(
     jit_compile: bool | str = "auto",
     devices: int | str = 1,
     reuse: bool = False,
-) -> TrainResult:
+    seeds: Sequence[int] | None = None,
+) -> TrainResult | list[TrainResult]:
     """Builds, trains and evaluates `recipe` on `data`, without any tracking.
+
+    With `seeds`, one training per seed, all trained together as one pack
+    (`fit_pack`): a list of results, in the order of the seeds.
 
     Args:
         recipe: What to train.
@@ -164,21 +169,20 @@ def fit(
             tracing (a second or more per model) is saved. The returned
             `model` is then shared with the next such training, so save it
             before that. Defaults to `False`.
+        seeds: Train one member per seed in one pack instead of `seed` alone;
+            each result is what that seed gives alone, up to float rounding.
+            Not with `callbacks` or several `devices`. Defaults to `None`.
 
     Returns:
-        A `TrainResult`.
+        A `TrainResult`, or one per seed.
 
     Raises:
         TrainingDiverged: when the loss became NaN or infinite.
     """
-    recipe = recipe.replace(precision=resolve_precision(recipe.precision))
+    if seeds is not None:
+        return _fit_seeds(recipe, data, seeds, callbacks=callbacks, devices=devices)
+    recipe = _trainable(recipe, data.info)
     info = data.info
-    if recipe.early_stopping and recipe.monitor.startswith("val_") and not info.validation_size:
-        raise DlkitError(
-            f"Early stopping monitors {recipe.monitor!r} but the dataset has no validation "
-            "split. Set validation_split above 0 or monitor 'loss'."
-        )
-    recipe.check_size(int(np.prod(info.input_shape)), info.num_classes)
     strategy = distribution(devices)  # before anything starts TensorFlow's runtime
     if strategy:
         # Keras's multi-step loop fails under MirroredStrategy (an unfed placeholder
@@ -247,12 +251,7 @@ def fit(
 
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
-        where = f"epoch {len(losses)}" if losses else "the first epoch"
-        raise TrainingDiverged(
-            f"Training of recipe {recipe.name!r} diverged: the loss became NaN or infinite "
-            f"in {where}. Lower learning_rate (now {recipe.learning_rate:g}), "
-            "or use normalization='scale'."
-        )
+        raise _diverged(recipe, len(losses))
 
     if reuse:
         _TRACED.keep(key, data, model, optimizer_start)
@@ -287,6 +286,100 @@ def fit(
         test_correct=predicted == data.arrays("test")[1],
         model=model,
         replicas=strategy.num_replicas_in_sync if strategy else 1,
+    )
+
+
+def fit_pack(
+    recipes: Sequence[Recipe],
+    data: Dataset,
+    seeds: Sequence[int],
+    *,
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+) -> list[TrainResult | TrainingDiverged]:
+    """Trains members, a (recipe, seed) each, together in one pack (see `dlkit.nn.pack`).
+
+    The recipes must share a network shape (`pack_shape`); they may differ
+    in learning rate and its decay, weight decay, dropout rates, max-norm and
+    when they stop. A member's figures do not depend on the pack it trained
+    in, beyond float rounding. Its `wall_time` and `samples_per_second` are
+    its share of the pack's: the pack's time divided among its members.
+
+    Args:
+        recipes: One per member.
+        data: A `Dataset` from `load_dataset`.
+        seeds: One per member.
+        on_epoch: Called after every epoch with (member index, the epoch's
+            metrics, the 1-based epoch). Defaults to `None`.
+
+    Returns:
+        For each member in order, its `TrainResult`, or the `TrainingDiverged`
+        error that ended it (the others train on).
+    """
+    recipes = [_trainable(recipe, data.info) for recipe in recipes]
+    members, wall_time, seconds = train_pack(recipes, seeds, data, on_epoch=on_epoch)
+    size = len(members)
+    timed = seconds[1:] or seconds  # the first epoch includes tracing
+    return [
+        _diverged(recipe, member.diverged_at)
+        if member.diverged_at
+        else _member_result(recipe, data, seed, member, wall_time / size, timed, size)
+        for recipe, seed, member in zip(recipes, seeds, members)
+    ]
+
+
+def _fit_seeds(recipe, data, seeds, *, callbacks, devices) -> list[TrainResult]:
+    if callbacks or devices not in (1, "1"):
+        raise DlkitError(
+            "fit with seeds trains them together in one pack, which takes no Keras callbacks "
+            "and one device. Call fit once per seed for those."
+        )
+    results = fit_pack([recipe] * len(seeds), data, list(seeds))
+    for result in results:
+        if isinstance(result, TrainingDiverged):
+            raise result
+    return results
+
+
+def _trainable(recipe: Recipe, info: DatasetInfo) -> Recipe:
+    """Returns the recipe with its precision resolved, once it is known to fit the data."""
+    if recipe.early_stopping and recipe.monitor.startswith("val_") and not info.validation_size:
+        raise DlkitError(
+            f"Early stopping monitors {recipe.monitor!r} but the dataset has no validation "
+            "split. Set validation_split above 0 or monitor 'loss'."
+        )
+    recipe.check_size(int(np.prod(info.input_shape)), info.num_classes)
+    return recipe.replace(precision=resolve_precision(recipe.precision))
+
+
+def _diverged(recipe: Recipe, epoch: int | None) -> TrainingDiverged:
+    where = f"epoch {epoch}" if epoch else "the first epoch"
+    return TrainingDiverged(
+        f"Training of recipe {recipe.name!r} diverged: the loss became NaN or infinite "
+        f"in {where}. Lower learning_rate (now {recipe.learning_rate:g}), "
+        "or use normalization='scale'."
+    )
+
+
+def _member_result(recipe, data, seed, member, wall_time, timed, size) -> TrainResult:
+    info = data.info
+    epochs_run = len(member.history["loss"])
+    return TrainResult(
+        recipe=recipe,
+        dataset=info,
+        seed=seed,
+        history=member.history,
+        test_loss=member.test["loss"],
+        test_accuracy=member.test["accuracy"],
+        params=recipe.param_count(int(np.prod(info.input_shape)), info.num_classes),
+        epochs_run=epochs_run,
+        best_epoch=_best_epoch(member.history, recipe.monitor),
+        stopped_epoch=member.stopped_epoch,
+        wall_time=wall_time,
+        samples_per_second=info.train_size * size * len(timed) / max(sum(timed), 1e-9),
+        device=device_name(),
+        train_accuracy=member.train_accuracy,
+        test_correct=member.test_correct,
+        model=member.model,
     )
 
 

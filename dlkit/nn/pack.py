@@ -1,0 +1,471 @@
+"""Packed training: members of one network shape trained together in one TensorFlow graph.
+
+A member is a (recipe, seed). Members whose recipes share a shape (`pack_shape`)
+train as one pack: each kernel is stacked into one variable of shape
+`[K, in, out]`, each layer is one batched matmul, and one traced call trains
+an epoch of every member. Each member still trains as it would alone:
+
+- its initial weights are those `build_model` gives under its seed (each
+  member's own Keras model is built and its weights stacked, so the fans, and
+  so the Glorot/He limits, are the member's own, not those of a 3-D kernel);
+- each epoch it reads the training split in the order its seed gives alone
+  (`Dataset.epoch_orders`), and its dropout masks come from its own seed;
+- its gradient is that of its own loss: the pack minimises the sum of the
+  members' losses, and member k's weights appear in member k's loss only;
+- Keras's optimizers update element by element, so each member has its own
+  slice of every optimizer slot, and its own learning rate (and decay),
+  weight decay, dropout rates and max-norm;
+- it stops on its own (its epochs, early stopping, a loss that turns NaN):
+  its learning rate and optimizer slots are zeroed so its weights change no
+  more, and the pack ends when every member has stopped.
+
+Then each member is unpacked into its own `keras.Sequential` from
+`build_model`: what a caller holds never depends on the pack it trained in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dlkit.data.dataset import Dataset
+from dlkit.errors import DlkitError
+from dlkit.nn.layers import Maxout
+from dlkit.nn.models import build_model, compile_model, make_optimizer
+from dlkit.recipes.precision import resolve_precision
+from dlkit.recipes.recipe import Recipe
+
+# Fields the members of one pack may differ in: each acts on the member's own
+# weights element by element, or on when the member stops.
+PER_MEMBER = (
+    "name",
+    "learning_rate",
+    "lr_decay",
+    "lr_decay_epochs",
+    "weight_decay",
+    "dropout",
+    "input_dropout",
+    "max_norm",
+    "epochs",
+    "early_stopping",
+    "monitor",
+    "patience",
+    "restore_best_weights",
+)
+_SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in PER_MEMBER}
+SCORE_CHUNK = 8192  # examples per traced call when scoring a split
+_WEIGHTED = (keras.layers.Dense, Maxout)
+
+
+def pack_shape(recipe: Recipe) -> Recipe:
+    """Returns what the members of a pack share: the recipe less its per-member fields."""
+    return recipe.replace(**_SHARED_DEFAULTS, precision=resolve_precision(recipe.precision))
+
+
+def packable(recipe: Recipe) -> bool:
+    """Whether `recipe` trains in a pack.
+
+    `mixed_float16` needs a loss scale that one step shares, so such a recipe
+    trains alone, as Keras trains it.
+    """
+    return resolve_precision(recipe.precision) != "mixed_float16"
+
+
+@dataclasses.dataclass
+class Member:
+    """What a pack made of one member.
+
+    Attributes:
+        history: Per-epoch values, as Keras's `fit` reports them.
+        model: The member's own trained `keras.Sequential`, compiled.
+        stopped_epoch: 1-based epoch at which early stopping ended it, or `None`.
+        diverged_at: 1-based epoch whose loss was NaN or infinite, or `None`.
+        test: Loss and accuracy on the test split.
+        train_accuracy: Accuracy on the training split, every unit on.
+        test_correct: Whether it classified each test example correctly.
+    """
+
+    history: dict[str, list[float]]
+    model: keras.Sequential
+    stopped_epoch: int | None = None
+    diverged_at: int | None = None
+    test: dict[str, float] = dataclasses.field(default_factory=dict)
+    train_accuracy: float = math.nan
+    test_correct: np.ndarray | None = None
+
+
+class Pack:
+    """Members of one shape, their weights stacked along a first axis of size K.
+
+    Args:
+        recipes: One recipe per member, all of one `pack_shape`.
+        seeds: One seed per member.
+        data: The dataset every member trains on.
+    """
+
+    def __init__(self, recipes: Sequence[Recipe], seeds: Sequence[int], data: Dataset):
+        _check_members(recipes, seeds)
+        self.recipes = [r.replace(precision=resolve_precision(r.precision)) for r in recipes]
+        self.seeds = [int(seed) for seed in seeds]
+        self.size = len(self.recipes)
+        self.shape = pack_shape(self.recipes[0])
+        self.data = data
+        self.models, orders = [], []
+        for recipe, seed in zip(self.recipes, self.seeds):
+            keras.utils.set_random_seed(seed)  # as `fit` seeds the weights and the shuffle
+            self.models.append(_build(recipe, data))
+            orders.append(data.epoch_orders(seed))
+        self._orders = iter(tf.data.Dataset.zip(tuple(orders)).map(lambda *o: tf.stack(o)))
+        self._stack()
+        self.inputs = {split: self._prepared(split) for split in ("train", "validation", "test")}
+        # Every stacked variable has the members on its first axis and rank 3 (biases are
+        # [K, 1, out]), so one learning rate per member, shaped [K, 1, 1], broadcasts against
+        # each of them in the optimizer's elementwise update. Keras takes a callable rate.
+        self.learning_rates = tf.Variable(self.rates(0)[:, None, None], trainable=False)
+        self.optimizer = make_optimizer(self.shape, fused=False)
+        self.optimizer.learning_rate = lambda: self.learning_rates
+        self.optimizer.build(self.variables)
+        self._steps = 0
+        self._train_epoch = tf.function(self._epoch)
+        self._score_chunk = tf.function(self._score, reduce_retracing=True)
+
+    def _stack(self) -> None:
+        per_model = [[la for la in m.layers if isinstance(la, _WEIGHTED)] for m in self.models]
+        self.kernels = [_stacked([la.kernel for la in same]) for same in zip(*per_model)]
+        self.biases = [_stacked([la.bias for la in same], rows=1) for same in zip(*per_model)]
+        self.variables = [v for pair in zip(self.kernels, self.biases) for v in pair]
+        self.layers = per_model[0]
+
+        def column(name: str) -> tf.Tensor:
+            return tf.constant([float(getattr(r, name)) for r in self.recipes], tf.float32)
+
+        self.weight_decay, self.max_norm = column("weight_decay"), column("max_norm")
+        self.input_dropout, self.dropout = column("input_dropout"), column("dropout")
+        self.dropping = any(r.dropout or r.input_dropout for r in self.recipes)
+        self.constrained = any(r.max_norm for r in self.recipes)
+        mixed = self.shape.precision == "mixed_bfloat16"
+        self.compute_dtype = tf.bfloat16 if mixed else tf.float32
+
+    def _prepared(self, split: str) -> tuple[tf.Tensor, tf.Tensor]:
+        # The input layers (flatten, scale, standardize) hold nothing that trains and are
+        # the same for every member: each split goes through them once, here.
+        x, y = self.data.tensors(split)
+        first = itertools.takewhile(
+            lambda la: not isinstance(la, (*_WEIGHTED, keras.layers.Dropout)), self.models[0].layers
+        )
+        for layer in first:
+            x = layer(x)
+        return tf.cast(x, tf.float32), tf.cast(y, tf.float32)
+
+    # The stacked network.
+
+    def forward(self, x: tf.Tensor, *, step: tf.Tensor | None = None) -> tf.Tensor:
+        """Returns the members' logits, `[K, batch, classes]`.
+
+        Args:
+            x: Each member's own batch, `[K, batch, in]`, or one batch for all, `[batch, in]`.
+            step: The training step, for dropout masks; `None` scores (no dropout).
+        """
+        h = x
+        last = len(self.layers) - 1
+        for i, (layer, kernel, bias) in enumerate(zip(self.layers, self.kernels, self.biases)):
+            if step is not None and self.dropping:
+                h = self._dropout(h, self.input_dropout if i == 0 else self.dropout, step, i)
+            dtype = tf.float32 if i == last else self.compute_dtype
+            h, w = tf.cast(h, dtype), tf.cast(kernel.value, dtype)
+            spec = "bi,kio->kbo" if h.shape.rank == 2 else "kbi,kio->kbo"
+            z = tf.einsum(spec, h, w) + tf.cast(bias.value, dtype)
+            if i == last:
+                return z  # the logits of the softmax output
+            h = _activation(layer, z)
+        raise AssertionError("every network has an output layer")
+
+    def _dropout(self, h: tf.Tensor, rates: tf.Tensor, step: tf.Tensor, layer: int) -> tf.Tensor:
+        # Keras's Dropout (scaled at training time), each member's mask from its own seed,
+        # so that it does not depend on the pack.
+        masked = []
+        for k, seed in enumerate(self.seeds):
+            mask_seed = tf.stack([tf.constant(seed, tf.int64), step * 64 + layer])
+            rate = tf.cast(rates[k], h.dtype)
+            masked.append(tf.nn.experimental.stateless_dropout(h[k], rate, mask_seed))
+        return tf.stack(masked)
+
+    def losses(self, logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Returns each member's mean loss on its batch, weight penalty included: `[K]`."""
+        if self.shape.loss == "mse":
+            per_example = tf.reduce_mean(tf.square(y - tf.nn.softmax(logits)), axis=-1)
+        else:  # Keras takes the logits under a softmax output, as here
+            per_example = tf.nn.softmax_cross_entropy_with_logits(y, logits)
+        squares = [tf.reduce_sum(tf.square(k.value), axis=[1, 2]) for k in self.kernels]
+        return tf.reduce_mean(per_example, axis=-1) + self.weight_decay * tf.add_n(squares)
+
+    # Training.
+
+    def train_epoch(self, epoch: int, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Trains every active member one epoch; returns each member's loss and accuracy."""
+        self.learning_rates.assign((self.rates(epoch) * active)[:, None, None])
+        orders = next(self._orders)
+        loss, accuracy = self._train_epoch(orders, tf.constant(self._steps, tf.int64))
+        self._steps += math.ceil(int(orders.shape[1]) / self.shape.batch_size)
+        return loss.numpy(), accuracy.numpy()
+
+    def _epoch(self, orders: tf.Tensor, first_step: tf.Tensor):
+        x, y = self.inputs["train"]
+        n, batch = tf.shape(orders)[1], self.shape.batch_size
+        loss_sum = correct = tf.zeros([self.size])
+        for s in tf.range((n + batch - 1) // batch):
+            index = orders[:, s * batch : (s + 1) * batch]
+            xb, yb = tf.gather(x, index), tf.gather(y, index)
+            losses, logits = self._step(xb, yb, first_step + tf.cast(s, tf.int64))
+            loss_sum += losses * tf.cast(tf.shape(index)[1], tf.float32)
+            hits = tf.argmax(logits, -1) == tf.argmax(yb, -1)
+            correct += tf.reduce_sum(tf.cast(hits, tf.float32), axis=1)
+        return loss_sum / tf.cast(n, tf.float32), correct / tf.cast(n, tf.float32)
+
+    def _step(self, x: tf.Tensor, y: tf.Tensor, step: tf.Tensor):
+        with tf.GradientTape() as tape:
+            logits = self.forward(x, step=step)
+            losses = self.losses(logits, y)
+            total = tf.reduce_sum(losses)  # member k's weights are in member k's loss only
+        gradients = tape.gradient(total, [v.value for v in self.variables])
+        self.optimizer.apply(gradients, self.variables)
+        if self.constrained:
+            self._max_norm()
+        return losses, logits
+
+    def _max_norm(self) -> None:
+        # Keras's MaxNorm(axis=0) on each member's kernel: the weights into each unit.
+        limit = self.max_norm[:, None, None]
+        for kernel in self.kernels:
+            norms = tf.sqrt(tf.reduce_sum(tf.square(kernel.value), axis=1, keepdims=True))
+            desired = tf.where(limit > 0, tf.clip_by_value(norms, 0.0, limit), norms)
+            kernel.assign(kernel.value * (desired / (keras.config.epsilon() + norms)))
+
+    def rates(self, epoch: int) -> np.ndarray:
+        """Each member's learning rate in `epoch` (0-based), after its step decay."""
+        return np.array(
+            [
+                r.learning_rate * r.lr_decay ** (epoch // r.lr_decay_epochs)
+                if r.lr_decay_epochs
+                else r.learning_rate
+                for r in self.recipes
+            ],
+            np.float32,
+        )
+
+    def stop(self, k: int) -> None:
+        """Member k changes no more: with its learning rate at 0 and its slots zeroed (a
+        momentum would carry it on), its updates are zero."""
+        for variable in self.optimizer.variables:
+            if len(variable.shape) == 3:
+                _assign_member(variable, k, 0.0)
+
+    # Scores and weights.
+
+    def _score(self, x: tf.Tensor, y: tf.Tensor):
+        logits = self.forward(x)
+        losses = self.losses(logits, tf.broadcast_to(y[None], tf.shape(logits)))
+        return losses, tf.argmax(logits, -1)
+
+    def score(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns each member's loss and accuracy on a split, and its predicted classes."""
+        x, y = self.inputs[split]
+        n = int(x.shape[0])
+        loss = np.zeros(self.size)
+        predicted = []
+        for start in range(0, n, SCORE_CHUNK):
+            losses, classes = self._score_chunk(
+                x[start : start + SCORE_CHUNK], y[start : start + SCORE_CHUNK]
+            )
+            loss += losses.numpy() * int(classes.shape[1])  # chunks weighted by their size
+            predicted.append(classes.numpy())
+        predicted = np.concatenate(predicted, axis=1)
+        accuracy = (predicted == self.data.arrays(split)[1][None]).mean(axis=1)
+        return loss / n, accuracy, predicted
+
+    def weights(self, k: int) -> list[np.ndarray]:
+        """Member k's weights, copied out of the pack."""
+        return [np.array(v.numpy()[k]) for v in self.variables]
+
+    def set_weights(self, k: int, weights: list[np.ndarray]) -> None:
+        for variable, value in zip(self.variables, weights):
+            _assign_member(variable, k, value)
+
+    def unpack(self, k: int) -> keras.Sequential:
+        """Puts member k's weights into its own Keras model, compiled; returns the model."""
+        model = self.models[k]
+        for layer, kernel, bias in zip(
+            [la for la in model.layers if isinstance(la, _WEIGHTED)], self.kernels, self.biases
+        ):
+            layer.kernel.assign(kernel.numpy()[k])
+            layer.bias.assign(bias.numpy()[k, 0])
+        return compile_model(model, self.recipes[k])
+
+
+def train_pack(
+    recipes: Sequence[Recipe],
+    seeds: Sequence[int],
+    data: Dataset,
+    *,
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+) -> tuple[list[Member], float, list[float]]:
+    """Trains members together as one pack.
+
+    Args:
+        recipes: One per member, all of one `pack_shape`.
+        seeds: One per member.
+        data: What they train on.
+        on_epoch: Called after each epoch with (member index, the epoch's
+            metrics, the 1-based epoch) for every member that trained in it.
+
+    Returns:
+        Each member's `Member`, the pack's wall time in seconds, and the
+        seconds of each epoch's training steps.
+    """
+    pack = Pack(recipes, seeds, data)
+    members = [Member(history={}, model=model) for model in pack.models]
+    stoppers = [_EarlyStopping(r) if r.early_stopping else None for r in pack.recipes]
+    active = np.ones(pack.size, bool)
+    epoch_seconds: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(max(r.epochs for r in pack.recipes)):
+        began = time.perf_counter()
+        loss, accuracy = pack.train_epoch(epoch, active)
+        epoch_seconds.append(time.perf_counter() - began)
+        validation = pack.score("validation")[:2] if data.info.validation_size else None
+        for k in np.flatnonzero(active):
+            logs = _epoch_logs(pack, k, epoch, loss, accuracy, validation)
+            for key, value in logs.items():
+                members[k].history.setdefault(key, []).append(value)
+            if on_epoch is not None:
+                on_epoch(int(k), logs, epoch + 1)
+            if _member_ends(pack, k, epoch, logs, members[k], stoppers[k]):
+                active[k] = False
+                pack.stop(int(k))
+        if not active.any():
+            break
+    wall_time = time.perf_counter() - start
+    _finish(pack, members, stoppers)
+    return members, wall_time, epoch_seconds
+
+
+def _epoch_logs(pack, k, epoch, loss, accuracy, validation) -> dict[str, float]:
+    logs = {"loss": float(loss[k]), "accuracy": float(accuracy[k])}
+    if validation is not None:
+        logs.update(val_loss=float(validation[0][k]), val_accuracy=float(validation[1][k]))
+    if pack.recipes[k].lr_decay_epochs:  # as Keras's LearningRateScheduler logs it
+        logs["learning_rate"] = float(pack.rates(epoch)[k])
+    return logs
+
+
+def _member_ends(pack: Pack, k: int, epoch: int, logs, member: Member, stopper) -> bool:
+    if not math.isfinite(logs["loss"]):
+        member.diverged_at = epoch + 1
+        return True
+    if stopper is not None and stopper.update(epoch, logs, lambda: pack.weights(k)):
+        member.stopped_epoch = epoch + 1
+        return True
+    return epoch + 1 >= pack.recipes[k].epochs
+
+
+def _finish(pack: Pack, members: list[Member], stoppers: list) -> None:
+    """Restores best weights where asked, scores every member, and unpacks it."""
+    for k, stopper in enumerate(stoppers):
+        if stopper is not None and stopper.best_weights is not None:
+            pack.set_weights(k, stopper.best_weights)  # as Keras does at the end of fit
+    test_loss, test_accuracy, predicted = pack.score("test")
+    train_accuracy = pack.score("train")[1]
+    y_test = pack.data.arrays("test")[1]
+    for k, member in enumerate(members):
+        member.model = pack.unpack(k)
+        member.test = {"loss": float(test_loss[k]), "accuracy": float(test_accuracy[k])}
+        member.train_accuracy = float(train_accuracy[k])
+        member.test_correct = predicted[k] == y_test
+
+
+class _EarlyStopping:
+    """Keras's `EarlyStopping` rule (no min_delta, no baseline) for one member."""
+
+    def __init__(self, recipe: Recipe):
+        self.monitor, self.patience = recipe.monitor, recipe.patience
+        self.restore = recipe.restore_best_weights
+        self.maximize = "accuracy" in recipe.monitor
+        self.best = -np.inf if self.maximize else np.inf
+        self.wait = 0
+        self.best_weights: list[np.ndarray] | None = None
+
+    def update(self, epoch: int, logs: dict[str, float], weights: Callable[[], list]) -> bool:
+        """Takes an epoch's logs; returns whether the member stops here."""
+        current = logs.get(self.monitor)
+        if current is None:
+            return False
+        if self.restore and self.best_weights is None:
+            self.best_weights = weights()
+        self.wait += 1
+        if current > self.best if self.maximize else current < self.best:
+            self.best, self.wait = current, 0
+            if self.restore:
+                self.best_weights = weights()
+            return False
+        return self.wait >= self.patience and epoch > 0
+
+
+def _check_members(recipes: Sequence[Recipe], seeds: Sequence[int]) -> None:
+    if not recipes or len(recipes) != len(seeds):
+        raise DlkitError(
+            f"A pack needs one seed per recipe and at least one member. Received: "
+            f"{len(recipes)} recipes and {len(seeds)} seeds."
+        )
+    unpackable = [r.name for r in recipes if not packable(r)]
+    if unpackable:
+        raise DlkitError(
+            f"Recipes {unpackable} use mixed_float16, which needs a loss scale per training: "
+            "they train alone (fit with one seed)."
+        )
+    if len({pack_shape(r) for r in recipes}) > 1:
+        raise DlkitError(
+            "These recipes differ in more than the fields a member may have of its own, so "
+            f"they cannot train in one pack. Those fields: {', '.join(PER_MEMBER)}."
+        )
+
+
+def _build(recipe: Recipe, data: Dataset) -> keras.Sequential:
+    info = data.info
+    return build_model(
+        recipe,
+        info.input_shape,
+        info.num_classes,
+        input_max=info.input_max,
+        input_mean=data.input_mean,
+        input_variance=data.input_variance,
+    )
+
+
+def _stacked(variables: list, rows: int | None = None) -> keras.Variable:
+    """One variable holding every member's copy of a weight, the members first; `rows`
+    makes a vector a 1-row matrix."""
+    values = [np.asarray(v.numpy()) for v in variables]
+    if rows:
+        values = [value.reshape(rows, -1) for value in values]
+    return keras.Variable(np.stack(values))
+
+
+def _activation(layer: keras.layers.Layer, z: tf.Tensor) -> tf.Tensor:
+    if isinstance(layer, Maxout):  # as Maxout.call, per member
+        shape = tf.shape(z)
+        pieces = tf.reshape(z, [shape[0], shape[1], layer.units, layer.pieces])
+        return tf.reduce_max(pieces, axis=-1)
+    return layer.activation(z)
+
+
+def _assign_member(variable, k: int, value) -> None:
+    stacked = np.array(variable.numpy())
+    stacked[k] = value
+    variable.assign(stacked)

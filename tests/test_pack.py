@@ -1,0 +1,133 @@
+"""Packed training: each member of a pack trains as the same (recipe, seed) trains alone."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from dlkit import DlkitError, Recipe
+from dlkit.nn.models import build_model
+from dlkit.nn.pack import Pack, train_pack
+from dlkit.nn.training import TrainingDiverged, fit, fit_pack
+
+SMALL = Recipe(name="small", depth=2, width=32, epochs=1, batch_size=32, learning_rate=0.01)
+
+
+def weights(model: keras.Model) -> list[np.ndarray]:
+    return [w.numpy() for layer in model.layers for w in layer.weights]
+
+
+def assert_same_weights(a: keras.Model, b: keras.Model, atol: float) -> None:
+    for x, y in zip(weights(a), weights(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("initializer", ["glorot_uniform", "he_normal"])
+def test_members_start_from_the_weights_their_seed_gives_alone(digits, initializer):
+    recipe = SMALL.replace(initializer=initializer)
+    pack = Pack([recipe] * 3, [4, 5, 6], digits)
+    for k, seed in enumerate([4, 5, 6]):
+        keras.utils.set_random_seed(seed)  # as fit seeds a training alone
+        own = build_model(recipe, digits.info.input_shape, digits.info.num_classes)
+        kernels = [layer.kernel.numpy() for layer in own.layers if hasattr(layer, "kernel")]
+        for stacked, kernel in zip(pack.kernels, kernels, strict=True):
+            np.testing.assert_array_equal(stacked.numpy()[k], kernel)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop", "nadam", "adagrad"])
+def test_a_member_trains_one_epoch_as_its_seed_alone(digits, optimizer):
+    recipe = SMALL.replace(optimizer=optimizer)
+    alone = fit(recipe, digits, seed=1, verbose=0)
+    # Beside a member with another learning rate, and one with another seed.
+    members = fit_pack([recipe.replace(learning_rate=0.003), recipe, recipe], digits, [1, 1, 2])
+    packed = members[1]
+    assert_same_weights(alone.model, packed.model, atol=2e-5)
+    for key, values in alone.history.items():
+        np.testing.assert_allclose(packed.history[key], values, rtol=1e-4)
+    assert packed.test_accuracy == pytest.approx(alone.test_accuracy, abs=1e-6)
+    assert not np.allclose(weights(members[0].model)[0], weights(packed.model)[0])
+
+
+def test_per_member_decay_penalty_and_max_norm_act_as_alone(digits):
+    recipe = SMALL.replace(
+        optimizer="sgd",
+        learning_rate=0.1,
+        epochs=3,
+        lr_decay_epochs=1,
+        lr_decay=0.5,
+        weight_decay=1e-3,
+        max_norm=1.0,
+    )
+    alone = fit(recipe, digits, seed=0, verbose=0)
+    other = recipe.replace(learning_rate=0.05, weight_decay=0.0, max_norm=0.0, lr_decay_epochs=0)
+    packed = fit_pack([other, recipe], digits, [0, 0])[1]
+    assert_same_weights(alone.model, packed.model, atol=2e-5)
+    np.testing.assert_allclose(packed.history["learning_rate"], [0.1, 0.05, 0.025])
+    np.testing.assert_allclose(packed.history["val_loss"], alone.history["val_loss"], rtol=1e-4)
+
+
+def test_a_member_does_not_depend_on_the_pack_it_trains_in(digits):
+    # Dropout masks, maxout and data order are the member's own: alone or among others.
+    recipe = SMALL.replace(activation="maxout", dropout=0.3, input_dropout=0.1, epochs=2)
+    alone = fit_pack([recipe], digits, [3])[0]
+    among = fit_pack([recipe.replace(dropout=0.5), recipe, recipe], digits, [0, 3, 5])
+    assert_same_weights(alone.model, among[1].model, atol=1e-5)
+    assert alone.history["loss"] == pytest.approx(among[1].history["loss"], rel=1e-5)
+    assert among[1].model is not alone.model
+
+
+def test_a_short_training_scores_as_alone(digits):
+    recipe = SMALL.replace(epochs=6, width=64)
+    alone = [fit(recipe, digits, seed=seed, verbose=0) for seed in (0, 1)]
+    packed = fit(recipe, digits, seeds=[0, 1])
+    for a, b in zip(alone, packed, strict=True):
+        assert abs(a.test_accuracy - b.test_accuracy) <= 0.01
+        assert b.test_accuracy > 0.85
+        assert np.mean(a.test_correct == b.test_correct) > 0.98
+    assert packed[0].model is not packed[1].model
+
+
+def test_each_member_stops_early_on_its_own_and_keeps_its_best_weights(digits):
+    # At a learning rate this training is stable at: at 0.05 Adam, rounding differences
+    # (even between packs of one and two) grow into different trainings by epoch 4.
+    stopping = SMALL.replace(epochs=30, early_stopping=True, patience=1, monitor="val_loss")
+    alone = fit(stopping, digits, seed=0, verbose=0)
+    assert alone.stopped_epoch is not None  # the set-up stops early
+    steady = stopping.replace(early_stopping=False, epochs=8)
+    packed, steady_result = fit_pack([stopping, steady], digits, [0, 0])
+    assert packed.stopped_epoch == alone.stopped_epoch
+    assert packed.epochs_run == alone.epochs_run
+    assert packed.best_epoch == alone.best_epoch
+    assert_same_weights(alone.model, packed.model, atol=1e-4)  # restored to the best epoch
+    assert steady_result.epochs_run == 8 and steady_result.stopped_epoch is None
+
+
+def test_a_member_that_diverges_fails_alone_and_the_others_train_on(digits):
+    recipe = SMALL.replace(optimizer="sgd", epochs=3, normalization="none")
+    diverging, healthy = fit_pack([recipe.replace(learning_rate=1e6), recipe], digits, [0, 0])
+    assert isinstance(diverging, TrainingDiverged)
+    assert "diverged" in str(diverging) and "Lower learning_rate (now 1e+06)" in str(diverging)
+    assert healthy.epochs_run == 3 and np.isfinite(healthy.history["loss"]).all()
+    with pytest.raises(TrainingDiverged):
+        fit(recipe.replace(learning_rate=1e6), digits, seeds=[0, 1])
+
+
+def test_bfloat16_members_agree_with_float32_ones(digits):
+    recipe = SMALL.replace(epochs=4, width=64)
+    full = fit(recipe, digits, seeds=[0, 1])
+    half = fit(recipe.replace(precision="mixed_bfloat16"), digits, seeds=[0, 1])
+    for a, b in zip(full, half, strict=True):
+        assert b.recipe.precision == "mixed_bfloat16"
+        assert abs(a.test_accuracy - b.test_accuracy) <= 0.03
+
+
+def test_recipes_of_another_shape_do_not_pack(digits):
+    with pytest.raises(DlkitError, match="cannot train in one pack"):
+        train_pack([SMALL, SMALL.replace(width=64)], [0, 0], digits)
+    with pytest.raises(DlkitError, match="one seed per recipe"):
+        train_pack([SMALL], [0, 1], digits)
+    with pytest.raises(DlkitError, match="mixed_float16"):
+        train_pack([SMALL.replace(precision="mixed_float16")], [0], digits)
+    with pytest.raises(DlkitError, match="no Keras callbacks"):
+        fit(SMALL, digits, seeds=[0, 1], callbacks=[keras.callbacks.History()])
