@@ -383,6 +383,14 @@ def train(
     help="GPUs Ray reserves for each child; 0.25 packs four children on one GPU.",
 )
 @click.option(
+    "--pack",
+    type=click.IntRange(0, 4096),
+    default=0,
+    show_default=True,
+    help="Members of one network shape trained together in one graph: 0 as many as memory "
+    "allows, 1 one at a time with Keras's own fit.",
+)
+@click.option(
     "--retries",
     type=click.IntRange(0, 100),
     default=3,
@@ -433,6 +441,7 @@ def compare(
     workers: int,
     cpus_per_run: float | None,
     gpus_per_run: float,
+    pack: int,
     retries: int,
     ray_address: str | None,
     register_best: str | None,
@@ -476,6 +485,7 @@ def compare(
         retries=retries,
         ray_address=ray_address,
         devices=devices,
+        pack=pack,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)

@@ -60,7 +60,8 @@ class Process:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.popen.poll() is not None:
-                pytest.fail("dlkit ended before the signal:\n" + "".join(self.lines))
+                seen = f"{len(SEEN)} polls of the store, the last: {SEEN[-5:]}\n"
+                pytest.fail("dlkit ended before the signal:\n" + seen + "".join(self.lines))
             if time.monotonic() > deadline:
                 self.popen.kill()
                 pytest.fail("timed out waiting:\n" + "".join(self.lines))
@@ -82,9 +83,9 @@ def setup(tmp_path: Path, *, epochs: int = 6) -> Path:
     return path
 
 
-# Mid-child trials train long enough (about a second a child on a quiet machine) that a
+# Mid-child trials train long enough (a few seconds a pack on a quiet machine) that a
 # child seen training in the store is still training when the signal is sent.
-MID_CHILD_EPOCHS = 60
+MID_CHILD_EPOCHS = 150
 
 
 def runs_by_status(folder: Path) -> dict[str, list]:
@@ -104,10 +105,16 @@ def children_with_status(folder: Path, status: str) -> list:
     ]
 
 
+SEEN: list[str] = []  # what the polls of the store saw, for a failure's message
+
+
 def training_a_child(folder: Path) -> bool:
     """Whether the store holds a child in training: RUNNING, its results not logged yet."""
+    statuses = runs_by_status(folder)
+    SEEN.append(str({status: len(runs) for status, runs in statuses.items()}))
     return any(
-        "test_accuracy" not in run.data.metrics for run in children_with_status(folder, "RUNNING")
+        run.data.tags.get("dlkit.role") == "child" and "test_accuracy" not in run.data.metrics
+        for run in statuses.get("RUNNING", [])
     )
 
 
@@ -142,8 +149,8 @@ POINTS = {
     # the store's tables are being built (in the template every new store copies)
     "store creation": lambda p, folder: any(folder.glob("cache/dlkit/.mlflow-*.tmp")),
     "parent created": lambda p, folder: p.saw("Comparison 'signals'"),
-    # the second child is training (the store is polled only once it surely exists)
-    "mid-child": lambda p, folder: p.saw("[2/4]") and training_a_child(folder),
+    # a child is training (the store is polled only once it surely exists)
+    "mid-child": lambda p, folder: p.saw(": training") and training_a_child(folder),
     "report": lambda p, folder: p.saw("[4/4] softmax-regression seed 1: test accuracy"),
 }
 
@@ -175,10 +182,16 @@ def test_sigkill_mid_child_leaves_a_run_the_rerun_marks_killed(tmp_path):
     process.wait_for(lambda: POINTS["mid-child"](process, tmp_path))
     process.popen.kill()
     assert process.finish() == -signal.SIGKILL
-    assert len(runs_by_status(tmp_path)["RUNNING"]) == 2  # the parent and the child
+    running = runs_by_status(tmp_path)["RUNNING"]  # the parent and the training pack's members
+    left = {r.info.run_id for r in running if r.data.tags.get("dlkit.role") == "child"}
+    assert left and len(running) == len(left) + 1
     rerun_completes_with_nothing_lost(tmp_path, experiment)
-    killed = runs_by_status(tmp_path)["KILLED"]
-    assert any("its process ended" in r.data.tags.get("dlkit.failure", "") for r in killed)
+    killed = {
+        r.info.run_id
+        for r in runs_by_status(tmp_path)["KILLED"]
+        if "its process ended" in r.data.tags.get("dlkit.failure", "")
+    }
+    assert killed == left
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):

@@ -30,7 +30,8 @@ QUIET = {"output_dir": None, "log": lambda line: None}
 
 def test_two_workers_give_the_numbers_of_one_process(tmp_path):
     experiment = parse_experiment(TINY)
-    here = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/here.db", **QUIET)
+    # One child at a time here too (pack=1): workers' children train alone, with Keras's fit.
+    here = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/here.db", pack=1, **QUIET)
     store = f"sqlite:///{tmp_path}/workers.db"
     lines: list[str] = []
     pooled = compare(experiment, tracking_uri=store, workers=2, output_dir=None, log=lines.append)

@@ -28,6 +28,7 @@ from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.errors import DlkitError
 from dlkit.execution.executors import Resources, execute, in_this_process
 from dlkit.execution.executors import check as check_executor
+from dlkit.execution.packs import Unit, units
 from dlkit.execution.runs import ChildSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.text import plural, safe_name
@@ -214,14 +215,18 @@ def _compare(
             if entry["config_hash"] not in finished
         ]
         here = in_this_process(options.executor, resources)
+        # Keras callbacks reach a child that trains alone, with Keras's fit.
+        work = units(specs, 1 if callbacks else options.pack, input_dim, data.info.num_classes)
         with Progress(len(specs), log, bar=progress) as shown:
+            alone = any(not unit.packed for unit in work)
             children = execute(
-                specs,
+                work,
                 options.executor,
                 resources,
-                # Built only when a child trains in this process: they load TensorFlow.
-                callbacks=[*callbacks, _epoch_callback(shown)] if specs and here else (),
-                started=lambda spec: shown.start(_label(spec), spec.recipe["epochs"]),
+                # Built only when a child trains alone in this process: they load TensorFlow.
+                callbacks=[*callbacks, _epoch_callback(shown)] if alone and here else (),
+                started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
+                on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
             )
             for spec, result in children:
                 signals.check()
@@ -411,6 +416,19 @@ def _description(comparison: Comparison) -> str:
 
 def _label(spec: ChildSpec) -> str:
     return f"{spec.tags['dlkit.variant']} seed {spec.seed}"
+
+
+def _unit_label(unit: Unit) -> str:
+    """What trains: `deep-relu seed 0`, or a pack's `deep-relu seeds 0, 1, 2`."""
+    if len(unit.specs) == 1:
+        return _label(unit.specs[0])
+    variants = list(dict.fromkeys(spec.tags["dlkit.variant"] for spec in unit.specs))
+    seeds = list(dict.fromkeys(str(spec.seed) for spec in unit.specs))
+    return f"{', '.join(variants)} seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+
+
+def _epochs(unit: Unit) -> int:
+    return max(spec.recipe["epochs"] for spec in unit.specs)
 
 
 def _epoch_callback(progress: Progress) -> Any:

@@ -64,6 +64,10 @@ class Options:
         devices: Devices each child trains on at once, with
             `MirroredStrategy` (see `dlkit.fit`); `"all"` is every GPU.
             Defaults to `1`.
+        pack: Members (variant x seed) trained together in one graph, when
+            their networks share a shape (`--pack`): `0` as many as memory
+            allows, `1` one at a time with Keras's own `fit`. Children in
+            worker processes or on Ray train one at a time. Defaults to `0`.
 
     Example:
 
@@ -95,6 +99,7 @@ class Options:
     retries: int = 3
     ray_address: str | None = None
     devices: int | str = 1
+    pack: int = 0
 
     def replace(self, **fields: Any) -> Options:
         """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""

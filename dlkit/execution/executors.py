@@ -1,7 +1,8 @@
-"""Executors: where a comparison's child runs train. Every one calls `runs.run_child(spec)`.
+"""Executors: where a comparison's child runs train: `runs.run_pack` or `runs.run_child`.
 
-- `local`: on this machine (the default). With one worker, one child after the other in
-  this process: Keras callbacks and the progress bar's per-epoch view work here only. With
+- `local`: on this machine (the default). With one worker, one pack (or child) after the
+  other in this process: Keras callbacks and the progress bar's per-epoch view work here
+  only. With
   `workers` above 1, a pool of that many worker processes, each with its share of the cores;
   a worker that dies (killed, out of memory) is replaced and its children run again, up to
   `retries` times.
@@ -26,7 +27,8 @@ from typing import Any
 
 from dlkit import signals
 from dlkit.errors import DlkitError
-from dlkit.execution.runs import ChildResult, ChildSpec, run_child
+from dlkit.execution.packs import Unit
+from dlkit.execution.runs import ChildResult, ChildSpec, run_child, run_pack
 
 EXECUTORS = ("local", "ray")
 DEFAULT_RETRIES = 3  # Ray's own default for tasks whose worker died
@@ -58,23 +60,32 @@ class Resources:
 
 
 def execute(
-    specs: Sequence[ChildSpec],
+    work: Sequence[Unit],
     executor: str,
     resources: Resources,
     *,
     callbacks: Sequence[Any] = (),
-    started: Callable[[ChildSpec], None] = lambda spec: None,
+    started: Callable[[Unit], None] = lambda unit: None,
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
 ) -> Iterator[tuple[ChildSpec, ChildResult]]:
     """Runs every child and yields `(spec, result)` as each one finishes.
 
-    `callbacks` (Keras callbacks) and `started` (called as a child starts)
-    reach children that run in this process only.
+    In this process a packed `Unit` trains as one pack (`run_pack`); worker
+    processes and Ray tasks train one child at a time, as Keras trains it.
+    `callbacks` (Keras callbacks, for children that train alone), `started`
+    (called as a unit starts) and `on_epoch` (after each epoch of a pack's
+    members: member index, metrics, epoch) reach children in this process only.
     """
     if in_this_process(executor, resources):
-        for spec in specs:
-            started(spec)
-            yield spec, run_child(spec, callbacks=callbacks)
-    elif executor == "local":
+        for unit in work:
+            started(unit)
+            if unit.packed:
+                yield from zip(unit.specs, run_pack(unit.specs, on_epoch=on_epoch))
+            else:
+                yield unit.specs[0], run_child(unit.specs[0], callbacks=callbacks)
+        return
+    specs = [spec for unit in work for spec in unit.specs]
+    if executor == "local":
         yield from _in_processes(specs, resources)
     elif executor == "ray":
         yield from _on_ray(specs, resources)

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
@@ -57,9 +57,13 @@ def train(
     gradient_norms: bool = False,
     register: str | None = None,
     devices: int | str = 1,
+    seeds: Sequence[int] | None = None,
     **overrides: Any,
-) -> TrainResult:
+) -> TrainResult | list[TrainResult]:
     """Trains a recipe on a dataset and logs it as one MLflow run.
+
+    With `seeds`, one run per seed, trained together as one pack (see
+    `dlkit.fit`), and one result per seed.
 
     Args:
         recipe: A `Recipe`, or the name of a registered one.
@@ -77,6 +81,9 @@ def train(
             under this name (a new version each time). Defaults to `None`.
         devices: Train on this many devices at once (see `dlkit.fit`).
             Defaults to `1`.
+        seeds: Train one member per seed, together; the data split then
+            follows `seed`. Not with `gradient_norms`, `register` or several
+            `devices`. Defaults to `None`.
         **overrides: Recipe fields to override, e.g. `epochs=5`.
 
     Returns:
@@ -96,6 +103,15 @@ def train(
         get_recipe(recipe, **overrides) if isinstance(recipe, str) else recipe.replace(**overrides)
     )
     data = load_dataset(data, seed=seed) if isinstance(data, str) else data
+    if seeds is not None:
+        if gradient_norms or register or devices not in (1, "1"):
+            raise DlkitError(
+                "train with seeds trains them together in one pack: without gradient_norms, "
+                "register or several devices. Train once per seed for those."
+            )
+        if not track:
+            return fit(recipe, data, seeds=seeds)
+        return _train_seeds(Tracker(tracking_uri, experiment), recipe, data, seeds, run_name)
     if not track:
         if register:
             raise DlkitError("register needs tracking: a model is registered from its MLflow run.")
@@ -115,6 +131,25 @@ def train(
     if register:
         result.registered = tracker.register_model(run_id, register)
     return result
+
+
+def _train_seeds(
+    tracker: Tracker, recipe: Recipe, data: Dataset, seeds: Sequence[int], run_name: str | None
+) -> list[TrainResult]:
+    names = [f"{run_name or recipe.name}/seed{seed}" for seed in seeds]
+    members = tracked_pack(
+        tracker,
+        [recipe] * len(seeds),
+        data,
+        list(seeds),
+        names=names,
+        tags=[{}] * len(seeds),
+        params=[{}] * len(seeds),
+    )
+    for _, outcome in members:
+        if isinstance(outcome, Exception):
+            raise outcome  # its run is FAILED; the others' are FINISHED
+    return [outcome for _, outcome in members]
 
 
 def tracked_fit(
@@ -168,13 +203,12 @@ def _fit_in_run(
     callbacks: Sequence[Any],
     gradient_norms: bool,
     devices: int | str = 1,
+    reuse: bool = False,
 ) -> TrainResult:
     from dlkit.nn.callbacks import EpochLogger
     from dlkit.nn.training import fit
 
-    recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
-    tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
-    tracker.log_dataset(run_id, data)
+    recipe = _log_start(tracker, run_id, recipe, data, seed, params)
     # Gradient norms go first so their values are in the logs MLflow receives.
     probes = [_gradient_probe(data)] if gradient_norms else []
     epochs = tracker.epoch_metrics(run_id)
@@ -186,15 +220,27 @@ def _fit_in_run(
             verbose=verbose,
             callbacks=[*probes, EpochLogger(epochs), *callbacks],
             devices=devices,
-            reuse=True,  # another seed of a variant trains the model this process traced
+            reuse=reuse,
         )
     finally:
         epochs.flush()  # an interrupted run keeps the curves it had
-    tracker.log_params(run_id, {"replicas": result.replicas})
     for probe in probes:
         tracker.log_metrics(run_id, probe.initial, step=0)
-    tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
+    _log_end(tracker, run_id, result, data)
     return result
+
+
+def _log_start(tracker, run_id, recipe, data, seed, params) -> Recipe:
+    """Logs what a training is before it starts; returns the recipe as it runs."""
+    recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
+    tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
+    tracker.log_dataset(run_id, data)
+    return recipe
+
+
+def _log_end(tracker: Tracker, run_id: str, result: TrainResult, data: Dataset) -> None:
+    tracker.log_params(run_id, {"replicas": result.replicas})
+    tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
 
 
 def _gradient_probe(data: Dataset):
@@ -341,12 +387,127 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 callbacks=callbacks,
                 gradient_norms=spec.gradient_norms,
                 devices=spec.devices,
+                # Another seed of the variant trains the model this process traced: only a
+                # child may, since no caller holds the model it hands back.
+                reuse=True,
             )
     except Exception as error:  # the run is already FAILED, with the reason as a tag
-        return ChildResult(
-            run_id, "FAILED", None, time.perf_counter() - start, f"{type(error).__name__}: {error}"
-        )
+        return ChildResult(run_id, "FAILED", None, time.perf_counter() - start, _failure(error))
     return ChildResult(run_id, "FINISHED", result.test_accuracy, time.perf_counter() - start)
+
+
+def run_pack(
+    specs: Sequence[ChildSpec],
+    *,
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+) -> list[ChildResult]:
+    """Trains children of one network shape together, as one pack; logs each as its own run.
+
+    The children must share their data spec, store, experiment and parent,
+    and their recipes a `pack_shape`. Each member is one MLflow run with what
+    `run_child` logs for it; a member that diverges ends FAILED and the others
+    train on. An interrupt ends every member's run KILLED and propagates.
+
+    Args:
+        specs: The children, a pack.
+        on_epoch: Called after every epoch with (member index, the epoch's
+            metrics, the 1-based epoch); only for an in-process caller.
+
+    Returns:
+        A `ChildResult` per child, in order.
+    """
+    from dlkit.console import load_tensorflow
+
+    start = time.perf_counter()
+    load_tensorflow()
+    first = specs[0]
+    data = DataSpec(**first.data).load()
+    members = tracked_pack(
+        _tracker(first.tracking_uri, first.experiment),
+        [Recipe(**spec.recipe) for spec in specs],
+        data,
+        [spec.seed for spec in specs],
+        names=[spec.run_name for spec in specs],
+        tags=[spec.tags for spec in specs],
+        params=[spec.params for spec in specs],
+        parent_id=first.parent_id,
+        on_epoch=on_epoch,
+    )
+    seconds = time.perf_counter() - start
+    return [
+        ChildResult(run_id, "FAILED", None, seconds, _failure(outcome))
+        if isinstance(outcome, Exception)
+        else ChildResult(run_id, "FINISHED", outcome.test_accuracy, seconds)
+        for run_id, outcome in members
+    ]
+
+
+def tracked_pack(
+    tracker: Tracker,
+    recipes: Sequence[Recipe],
+    data: Dataset,
+    seeds: Sequence[int],
+    *,
+    names: Sequence[str],
+    tags: Sequence[dict[str, str]],
+    params: Sequence[dict[str, Any]],
+    parent_id: str | None = None,
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+) -> list[tuple[str, TrainResult | Exception]]:
+    """Runs `fit_pack` with each member inside its own MLflow run of `tracker`.
+
+    Each member's run is opened before the pack trains, and ended, FINISHED
+    or FAILED, as soon as its results are logged; an interrupt ends the
+    members still open KILLED and propagates.
+
+    Returns:
+        Each member's run id, with its `TrainResult` or the error that failed it.
+    """
+    from dlkit.nn.training import fit_pack
+
+    run_tags = [
+        {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **extra}
+        for recipe, extra in zip(recipes, tags)
+    ]
+    with tracker.runs(names, tags=run_tags, parent_id=parent_id) as run_ids:
+        for run_id, recipe, seed, extra in zip(run_ids, recipes, seeds, params):
+            _log_start(tracker, run_id, recipe, data, seed, extra)
+        sinks = [tracker.epoch_metrics(run_id) for run_id in run_ids]
+
+        def logged(k: int, metrics: dict[str, float], epoch: int) -> None:
+            sinks[k](metrics, step=epoch)
+            if on_epoch is not None:
+                on_epoch(k, metrics, epoch)
+
+        try:
+            outcomes = fit_pack(recipes, data, seeds, on_epoch=logged)
+        finally:
+            for sink in sinks:
+                sink.flush()  # an interrupted run keeps the curves it had
+        ended = [_end_member(tracker, run_id, o, data) for run_id, o in zip(run_ids, outcomes)]
+    return list(zip(run_ids, ended))
+
+
+def _end_member(tracker: Tracker, run_id: str, outcome, data: Dataset):
+    """Logs a member's results and ends its run, before the next member's; returns its outcome."""
+    from dlkit import signals
+
+    if not isinstance(outcome, Exception):
+        try:
+            _log_end(tracker, run_id, outcome, data)
+        except Exception as error:
+            signals.check()  # an interrupt turned into another error stops them all
+            outcome = error
+    if isinstance(outcome, Exception):
+        tracker.fail(run_id, _failure(outcome))
+    else:
+        outcome.run_id = run_id
+        tracker.finish(run_id)
+    return outcome
+
+
+def _failure(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 @functools.lru_cache(maxsize=4)

@@ -39,43 +39,12 @@ from dlkit.data.dataset import Dataset
 from dlkit.errors import DlkitError
 from dlkit.nn.layers import Maxout
 from dlkit.nn.models import build_model, compile_model, make_optimizer
+from dlkit.recipes.packing import PER_MEMBER, pack_shape, packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
-# Fields the members of one pack may differ in: each acts on the member's own
-# weights element by element, or on when the member stops.
-PER_MEMBER = (
-    "name",
-    "learning_rate",
-    "lr_decay",
-    "lr_decay_epochs",
-    "weight_decay",
-    "dropout",
-    "input_dropout",
-    "max_norm",
-    "epochs",
-    "early_stopping",
-    "monitor",
-    "patience",
-    "restore_best_weights",
-)
-_SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in PER_MEMBER}
 SCORE_CHUNK = 8192  # examples per traced call when scoring a split
 _WEIGHTED = (keras.layers.Dense, Maxout)
-
-
-def pack_shape(recipe: Recipe) -> Recipe:
-    """Returns what the members of a pack share: the recipe less its per-member fields."""
-    return recipe.replace(**_SHARED_DEFAULTS, precision=resolve_precision(recipe.precision))
-
-
-def packable(recipe: Recipe) -> bool:
-    """Whether `recipe` trains in a pack.
-
-    `mixed_float16` needs a loss scale that one step shares, so such a recipe
-    trains alone, as Keras trains it.
-    """
-    return resolve_precision(recipe.precision) != "mixed_float16"
 
 
 @dataclasses.dataclass

@@ -272,7 +272,7 @@ class Recipe:
         """
         params = self.param_count(input_dim, num_classes)
         needed = params * BYTES_PER_PARAM
-        memory = _physical_memory()
+        memory = physical_memory()
         if memory and needed > memory:
             raise DlkitError(
                 f"Recipe {self.name!r} has {params:,} parameters on {input_dim} inputs: training "
@@ -309,7 +309,8 @@ class Recipe:
         return self.maxout_pieces if self.activation == "maxout" else 1
 
 
-def _physical_memory() -> int | None:
+def physical_memory() -> int | None:
+    """Returns this machine's physical memory in bytes, or `None` where it cannot tell."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): do not guess

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +272,7 @@ class Tracker:
             ) from None
         self.experiment = experiment
         self.busy_patience = _BUSY_PATIENCE
+        self._ended: set[str] = set()  # runs of `runs` ended early, by `finish` or `fail`
         if experiment is None:  # reads of runs and models by id only
             self.experiment_id = None
         elif found is None or (not create and found.lifecycle_stage == "deleted"):
@@ -312,6 +313,42 @@ class Tracker:
         its process (`dlkit.host`, `dlkit.pid`), so that a later run can tell
         one left RUNNING by a killed process (see `close_orphans`).
         """
+        run_id = self._open(name, tags, parent_id, resume_id)
+        with self._ending([run_id]):
+            yield run_id
+
+    @contextlib.contextmanager
+    def runs(
+        self,
+        names: Sequence[str],
+        *,
+        tags: Sequence[dict[str, str]],
+        parent_id: str | None = None,
+    ) -> Iterator[list[str]]:
+        """Opens one run per name (a pack's members) and yields their ids; ends them as `run`.
+
+        A run the block ends itself (`finish`, `fail`) stays as it ended; every
+        other one ends by how the block exits, as `run` ends its one run.
+        """
+        run_ids: list[str] = []
+        with self._ending(run_ids):
+            for name, run_tags in zip(names, tags, strict=True):
+                run_ids.append(self._open(name, run_tags, parent_id, None))
+            yield list(run_ids)
+
+    def finish(self, run_id: str) -> None:
+        """Ends a run of `runs` FINISHED now, while the others go on."""
+        self._end(run_id, "FINISHED")
+        self._ended.add(run_id)
+
+    def fail(self, run_id: str, reason: str) -> None:
+        """Ends a run of `runs` FAILED now, with `reason`, while the others go on."""
+        self._end(run_id, "FAILED", reason)
+        self._ended.add(run_id)
+
+    def _open(
+        self, name: str, tags: dict[str, str] | None, parent_id: str | None, resume_id: str | None
+    ) -> str:
         all_tags = {
             MLFLOW_RUN_NAME: name,
             "dlkit.version": dlkit.__version__,
@@ -321,29 +358,41 @@ class Tracker:
         }
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
-        if resume_id:
-            run_id = resume_id
-            self.client.update_run(run_id, status="RUNNING")
-            if FAILURE_TAG in self.client.get_run(run_id).data.tags:
-                self.client.delete_tag(run_id, FAILURE_TAG)
-            self.set_tags(run_id, all_tags)
-        else:
-            run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
-            run_id = run.info.run_id
+        if not resume_id:
+            return self.client.create_run(
+                self.experiment_id, tags=all_tags, run_name=name
+            ).info.run_id
+        self.client.update_run(resume_id, status="RUNNING")
+        if FAILURE_TAG in self.client.get_run(resume_id).data.tags:
+            self.client.delete_tag(resume_id, FAILURE_TAG)
+        self.set_tags(resume_id, all_tags)
+        return resume_id
+
+    @contextlib.contextmanager
+    def _ending(self, run_ids: list[str]) -> Iterator[None]:
+        """Ends `run_ids` (those not ended already) by how the block exits."""
+
+        def end(status: str, reason: str | None = None) -> None:
+            for run_id in [r for r in run_ids if r not in self._ended]:
+                if reason is None:
+                    self._end(run_id, status)
+                else:
+                    self._end_quietly(run_id, status, reason)
+
         try:
-            yield run_id
+            yield
         except KeyboardInterrupt as interrupt:
-            self._end_quietly(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
+            end("KILLED", f"interrupted ({_signal_name(interrupt)})")
             raise
         except BaseException as error:
             if signals.received() is not None:  # e.g. TensorFlow re-raised it as its own error
                 interrupt = signals.Interrupted(signals.received())
-                self._end_quietly(run_id, "KILLED", f"interrupted ({_signal_name(interrupt)})")
+                end("KILLED", f"interrupted ({_signal_name(interrupt)})")
                 raise interrupt from error
-            self._end_quietly(run_id, "FAILED", f"{type(error).__name__}: {error}")
+            end("FAILED", f"{type(error).__name__}: {error}")
             raise
         else:
-            self._end(run_id, "FINISHED")
+            end("FINISHED")
 
     def runs_page(self, run_id: str | None = None, *, address: str | None = None) -> str:
         """Returns the UI address of this experiment's runs table, or of one run's page.

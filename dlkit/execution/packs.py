@@ -1,0 +1,75 @@
+"""Which of a comparison's children train together: packs of members of one network shape."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from dlkit.execution.runs import ChildSpec
+from dlkit.recipes.packing import pack_shape, packable
+from dlkit.recipes.recipe import BYTES_PER_PARAM, Recipe, physical_memory
+
+MAX_PACK = 32  # members per pack when memory allows: past about 16 a member costs no less
+MEMORY_SHARE = 4  # a pack may take a quarter of this machine's memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """Children that train together: one pack, or one child alone with Keras's `fit`.
+
+    Attributes:
+        specs: The children, in the comparison's order.
+        packed: Whether they train as one pack (`run_pack`); otherwise the one
+            child trains alone (`run_child`).
+    """
+
+    specs: tuple[ChildSpec, ...]
+    packed: bool
+
+
+def units(specs: Sequence[ChildSpec], size: int, input_dim: int, num_classes: int) -> list[Unit]:
+    """Groups children into packs of at most `size` members (0: as many as memory allows).
+
+    Children pack when their recipes share a `pack_shape` and their runs a
+    parent. One trains alone, with Keras's own `fit`, when `size` is 1, its
+    recipe is not `packable`, it logs gradient norms (a Keras callback), or
+    it trains on several devices.
+    """
+    groups: dict[object, list[ChildSpec]] = {}
+    for i, spec in enumerate(specs):
+        recipe = Recipe(**spec.recipe)
+        alone = size == 1 or not packable(recipe) or spec.gradient_norms
+        key = (
+            ("alone", i)
+            if alone or spec.devices not in (1, "1")
+            else (
+                pack_shape(recipe),
+                spec.parent_id,
+            )
+        )
+        groups.setdefault(key, []).append(spec)
+    found = []
+    for key, members in groups.items():
+        if key[0] == "alone":
+            found.append(Unit(tuple(members), packed=False))
+            continue
+        cap = size or auto_size(key[0], input_dim, num_classes)
+        found += [
+            Unit(tuple(members[i : i + cap]), packed=True) for i in range(0, len(members), cap)
+        ]
+    return found
+
+
+def auto_size(recipe: Recipe, input_dim: int, num_classes: int) -> int:
+    """Members per pack: `MAX_PACK`, fewer where a pack would take more than its memory share.
+
+    Each member holds its weights, gradients and optimizer slots
+    (`BYTES_PER_PARAM` a parameter) and a batch's activations.
+    """
+    widths = recipe.hidden_layers(input_dim, num_classes)
+    activations = recipe.batch_size * (input_dim + sum(widths) + num_classes) * 4 * 4
+    member = recipe.param_count(input_dim, num_classes) * BYTES_PER_PARAM + activations
+    memory = physical_memory()
+    if not memory:
+        return MAX_PACK
+    return max(1, min(MAX_PACK, memory // MEMORY_SHARE // member))

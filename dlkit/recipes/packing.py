@@ -1,0 +1,41 @@
+"""Which recipes train together in one pack: the fields a member may have of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dlkit.recipes.precision import resolve_precision
+from dlkit.recipes.recipe import Recipe
+
+# Fields the members of one pack may differ in: each acts on the member's own
+# weights element by element, or on when the member stops.
+PER_MEMBER = (
+    "name",
+    "learning_rate",
+    "lr_decay",
+    "lr_decay_epochs",
+    "weight_decay",
+    "dropout",
+    "input_dropout",
+    "max_norm",
+    "epochs",
+    "early_stopping",
+    "monitor",
+    "patience",
+    "restore_best_weights",
+)
+_SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in PER_MEMBER}
+
+
+def pack_shape(recipe: Recipe) -> Recipe:
+    """Returns what the members of a pack share: the recipe less its per-member fields."""
+    return recipe.replace(**_SHARED_DEFAULTS, precision=resolve_precision(recipe.precision))
+
+
+def packable(recipe: Recipe) -> bool:
+    """Whether `recipe` trains in a pack.
+
+    `mixed_float16` needs a loss scale that one step shares, so such a recipe
+    trains alone, as Keras trains it.
+    """
+    return resolve_precision(recipe.precision) != "mixed_float16"
