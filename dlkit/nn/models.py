@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -11,6 +12,9 @@ from dlkit.nn.layers import Maxout
 from dlkit.nn.optimizers import fused_adam
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
+
+if TYPE_CHECKING:
+    from dlkit.data.dataset import Dataset
 
 
 def build_model(
@@ -113,6 +117,19 @@ def build_model(
         )
     )
     return keras.Sequential(layers, name=recipe.name.replace("-", "_"))
+
+
+def build_for(recipe: Recipe, data: Dataset) -> keras.Sequential:
+    """Builds the network a recipe describes for `data`: its input shape, classes and scaling."""
+    info = data.info
+    return build_model(
+        recipe,
+        info.input_shape,
+        info.num_classes,
+        input_max=info.input_max,
+        input_mean=data.input_mean,
+        input_variance=data.input_variance,
+    )
 
 
 def compile_model(

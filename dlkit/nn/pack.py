@@ -38,7 +38,7 @@ import tensorflow as tf
 from dlkit.data.dataset import Dataset
 from dlkit.errors import DlkitError
 from dlkit.nn.layers import Maxout
-from dlkit.nn.models import build_model, compile_model, make_optimizer
+from dlkit.nn.models import build_for, compile_model, make_optimizer
 from dlkit.recipes.packing import PER_MEMBER, pack_shape, packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
@@ -89,7 +89,7 @@ class Pack:
         self.models, orders = [], []
         for recipe, seed in zip(self.recipes, self.seeds):
             keras.utils.set_random_seed(seed)  # as `fit` seeds the weights and the shuffle
-            self.models.append(_build(recipe, data))
+            self.models.append(build_for(recipe, data))
             orders.append(data.epoch_orders(seed))
         self._orders = iter(tf.data.Dataset.zip(tuple(orders)).map(lambda *o: tf.stack(o)))
         self._stack()
@@ -403,18 +403,6 @@ def _check_members(recipes: Sequence[Recipe], seeds: Sequence[int]) -> None:
             "These recipes differ in more than the fields a member may have of its own, so "
             f"they cannot train in one pack. Those fields: {', '.join(PER_MEMBER)}."
         )
-
-
-def _build(recipe: Recipe, data: Dataset) -> keras.Sequential:
-    info = data.info
-    return build_model(
-        recipe,
-        info.input_shape,
-        info.num_classes,
-        input_max=info.input_max,
-        input_mean=data.input_mean,
-        input_variance=data.input_variance,
-    )
 
 
 def _stacked(variables: list, rows: int | None = None) -> keras.Variable:

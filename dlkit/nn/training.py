@@ -16,7 +16,7 @@ import tensorflow as tf
 from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
-from dlkit.nn.models import build_model, compile_model
+from dlkit.nn.models import build_for, compile_model
 from dlkit.nn.pack import train_pack
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
@@ -197,14 +197,7 @@ def fit(
         steps_per_execution = steps
     keras.utils.set_random_seed(seed)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_model(
-            recipe,
-            info.input_shape,
-            info.num_classes,
-            input_max=info.input_max,
-            input_mean=data.input_mean,
-            input_variance=data.input_variance,
-        )
+        model = build_for(recipe, data)
         reuse = reuse and not strategy
         key = (recipe, steps_per_execution, jit_compile)
         traced = _TRACED.take(key, data, model) if reuse else None
