@@ -102,3 +102,28 @@ def test_more_workers_than_cores_is_a_clear_error_before_anything_runs(tracking_
     with pytest.raises(DlkitError, match="needs a core of its own"):
         compare(parse_experiment(TINY), tracking_uri=tracking_uri, workers=4096, **QUIET)
     assert not children(tracking_uri, "workers")
+
+
+def test_a_worker_that_cannot_load_tensorflow_is_reported_as_that(tmp_path, monkeypatch):
+    # Spawned workers start from this process's sys.path, where a module that fails to
+    # import now shadows TensorFlow (this process has its TensorFlow loaded already).
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tensorflow.py").write_text("raise ImportError('this TensorFlow is broken')\n")
+    monkeypatch.syspath_prepend(str(broken))
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    lines: list[str] = []
+    result = compare(
+        parse_experiment(TINY),
+        tracking_uri=store,
+        workers=2,
+        retries=3,
+        output_dir=None,
+        log=lines.append,
+    )
+    assert result.failed == 4
+    failed = [line for line in lines if "FAILED" in line]
+    assert len(failed) == 4, lines
+    (failure,) = {line.split("FAILED - ")[1] for line in failed}
+    assert "worker process could not start (ImportError: this TensorFlow is broken)" in failure
+    assert "import tensorflow" in failure  # how to check the installation

@@ -22,7 +22,9 @@ import dataclasses
 import gc
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from dlkit import signals
@@ -205,6 +207,13 @@ def _in_processes(
     fork), and ignore Ctrl-C: this process owns the interrupt and stops them with SIGTERM, so
     each running child ends KILLED before its worker exits.
     """
+    with tempfile.TemporaryDirectory(prefix="dlkit-") as folder:
+        yield from _in_pools(specs, resources, Path(folder) / "worker-start-failure")
+
+
+def _in_pools(
+    specs: Sequence[ChildSpec], resources: Resources, start_failure: Path
+) -> Iterator[tuple[ChildSpec, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -216,7 +225,7 @@ def _in_processes(
             resources.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(resources.threads(),),
+            initargs=(resources.threads(), str(start_failure)),
         )
         try:
             futures = {pool.submit(_child_in_process, spec): spec for spec in waiting}
@@ -233,6 +242,14 @@ def _in_processes(
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if waiting and start_failure.exists():  # no worker will start: retrying cannot help
+            failure = (
+                f"its worker process could not start ({start_failure.read_text()}). Check that "
+                "TensorFlow imports in this environment: python -c 'import tensorflow'"
+            )
+            for spec in waiting:
+                yield spec, ChildResult(None, "FAILED", None, 0.0, failure)
+            return
         # What is still waiting was lost with a worker: run it again in a new pool.
         if waiting and restarts >= resources.retries:
             failure = f"its worker died {restarts + 1} times (killed, or out of memory?)"
@@ -242,14 +259,19 @@ def _in_processes(
         restarts += 1
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, start_failure: str) -> None:
     """A pool worker: Ctrl-C is its parent's to handle; TensorFlow loads quietly, on its share
-    of the cores."""
+    of the cores. A worker that cannot load it writes why to `start_failure` for its parent,
+    which would otherwise see only a worker that died."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # At exit, skip the last garbage collection over TensorFlow's objects (seconds; see
     # `dlkit.cli.run`): the pool waits for its workers to exit.
     atexit.register(gc.freeze)
-    _load_tensorflow(threads)
+    try:
+        _load_tensorflow(threads)
+    except Exception as error:
+        Path(start_failure).write_text(f"{type(error).__name__}: {error}")
+        raise
 
 
 def _child_in_process(spec: ChildSpec) -> ChildResult:
