@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from tiny import tiny
 
-from dlkit import compare, load_model, train
+from dlkit import DlkitError, compare, load_model, train
 from dlkit.cli import main
 from dlkit.comparison.experiment import parse_experiment
 from dlkit.execution.packs import MAX_PACK, auto_size, units
@@ -167,3 +167,13 @@ def test_a_model_a_caller_holds_is_never_trained_again_behind_its_back(tracking_
     assert second.model is not first.model
     for before, after in zip(held, first.model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize(
+    "option", [{"pack": -1}, {"pack": 1.5}, {"workers": 0}, {"retries": -1}, {"cpus_per_run": 0}]
+)
+def test_out_of_range_options_from_python_are_refused_before_anything_runs(option, tracking_uri):
+    name, value = next(iter(option.items()))
+    with pytest.raises(DlkitError, match=f"{name}.*Received: .*{value!r}"):
+        compare(["deep-relu"], dataset="digits", tracking_uri=tracking_uri, **option)
+    assert not MlflowClient(tracking_uri).search_experiments(filter_string="name != 'Default'")

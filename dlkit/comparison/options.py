@@ -101,6 +101,26 @@ class Options:
     devices: int | str = 1
     pack: int = 0
 
+    def __post_init__(self) -> None:
+        # The command line checks these ranges itself; Python callers get the same answer.
+        for name, low, kind in (
+            ("workers", 1, int),
+            ("retries", 0, int),
+            ("pack", 0, int),
+            ("gpus_per_run", 0, (int, float)),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+                what = "a whole number" if kind is int else "a number"
+                raise DlkitError(
+                    f"Comparison option {name} must be {what} of at least {low}. "
+                    f"Received: {name}={value!r}"
+                )
+        if self.cpus_per_run is not None and not self.cpus_per_run > 0:
+            raise DlkitError(
+                f"Comparison option cpus_per_run must be above 0. Received: {self.cpus_per_run!r}"
+            )
+
     def replace(self, **fields: Any) -> Options:
         """Returns a copy with `fields` changed; unknown names raise `DlkitError`."""
         names = [f.name for f in dataclasses.fields(self)]
