@@ -131,3 +131,15 @@ def test_recipes_of_another_shape_do_not_pack(digits):
         train_pack([SMALL.replace(precision="mixed_float16")], [0], digits)
     with pytest.raises(DlkitError, match="no Keras callbacks"):
         fit(SMALL, digits, seeds=[0, 1], callbacks=[keras.callbacks.History()])
+
+
+def test_scores_in_chunks_equal_keras_evaluate_of_each_unpacked_model(digits, monkeypatch):
+    from dlkit.nn import pack
+
+    monkeypatch.setattr(pack, "SCORE_CHUNK", 100)  # 3 members: chunks of 33 examples
+    members = fit_pack([SMALL.replace(weight_decay=1e-3)] * 3, digits, [0, 1, 2])
+    x, y = digits.tensors("test")
+    for member in members:
+        loss, accuracy = member.model.evaluate(x, y, verbose=0, batch_size=64)
+        assert member.test_loss == pytest.approx(loss, rel=1e-5)  # the weight penalty too
+        assert member.test_accuracy == pytest.approx(accuracy, abs=1e-6)

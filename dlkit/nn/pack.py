@@ -43,7 +43,7 @@ from dlkit.recipes.packing import PER_MEMBER, pack_shape, packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
-SCORE_CHUNK = 8192  # examples per traced call when scoring a split
+SCORE_CHUNK = 8192  # examples x members per traced call when scoring a split
 _WEIGHTED = (keras.layers.Dense, Maxout)
 
 
@@ -249,10 +249,9 @@ class Pack:
         n = int(x.shape[0])
         loss = np.zeros(self.size)
         predicted = []
-        for start in range(0, n, SCORE_CHUNK):
-            losses, classes = self._score_chunk(
-                x[start : start + SCORE_CHUNK], y[start : start + SCORE_CHUNK]
-            )
+        chunk = max(1, SCORE_CHUNK // self.size)  # each member's activations: the pack's memory
+        for start in range(0, n, chunk):
+            losses, classes = self._score_chunk(x[start : start + chunk], y[start : start + chunk])
             loss += losses.numpy() * int(classes.shape[1])  # chunks weighted by their size
             predicted.append(classes.numpy())
         predicted = np.concatenate(predicted, axis=1)
