@@ -558,10 +558,21 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
     help="Also time each per-step lever (bfloat16, XLA, steps per call, fused Adam, "
     "per-batch metrics) alone and together, and profile one training step.",
 )
+@click.option(
+    "--packs",
+    is_flag=True,
+    help="Also time packs of 1, 4 and 16 members, in float32 and bfloat16, against plain Keras.",
+)
 @click.option("--json", "json_path", default=None, help="Also write the figures to this file.")
 @_handle_errors
 def bench(
-    dataset: str, epochs: int, repeats: int, precision: str, levers: bool, json_path: str | None
+    dataset: str,
+    epochs: int,
+    repeats: int,
+    precision: str,
+    levers: bool,
+    packs: bool,
+    json_path: str | None,
 ) -> None:
     """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
     from dlkit.data.sources import find_source
@@ -576,6 +587,11 @@ def bench(
         dataset, epochs=epochs, repeats=repeats, precision=precision, with_levers=levers
     )
     click.echo(benchmark.format_results(results))
+    if packs:
+        from dlkit.bench.packs import format_packs, run_packs
+
+        results["packs"] = run_packs(dataset, epochs, repeats)
+        click.echo("\n" + format_packs(results["packs"]))
     if json_path is not None:
         benchmark.save(results, json_path)
         click.echo(f"\nFigures written to {json_path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -122,3 +123,21 @@ def test_pytorch_reference_trains_the_same_network_when_torch_is_installed():
     small = Recipe(name="small", depth=1, width=32, batch_size=32)
     figures = torch_reference(small, load_bench_data("digits"), epochs=5, seed=0)
     assert figures["samples_per_second"] > 0 and figures["test_accuracy"] > 0.2
+
+
+def test_packs_are_timed_against_plain_keras_in_the_same_run(digits):
+    from dlkit.bench.packs import format_packs, packed
+
+    recipe = Recipe(name="tiny", depth=1, width=16, batch_size=64, learning_rate=0.01)
+    figures = packed(
+        recipe, digits, 3, sizes=(1, 3), precisions=("float32",), repeats=2, peak_seconds=0.2
+    )
+    assert set(figures) == {"plain", "float32 K=1", "float32 K=3"}
+    for name in ("float32 K=1", "float32 K=3"):
+        pack = figures[name]
+        assert len(pack["speedup_per_repeat"]) == 2
+        assert pack["speedup"] == statistics.median(pack["speedup_per_repeat"])
+        assert 0 < pack["mfu"] < 1
+        assert pack["test_accuracy"] > 0.5  # every member learned: 10 classes, chance is 0.1
+    text = format_packs({"tiny": figures})
+    assert "pack, float32 K=3" in text and "plain Keras fit, float32" in text
