@@ -260,7 +260,7 @@ class Pack:
 
     def weights(self, k: int) -> list[np.ndarray]:
         """Member k's weights, copied out of the pack."""
-        return [np.array(v.numpy()[k]) for v in self.variables]
+        return [v.value[k].numpy() for v in self.variables]
 
     def set_weights(self, k: int, weights: list[np.ndarray]) -> None:
         for variable, value in zip(self.variables, weights):
@@ -272,8 +272,8 @@ class Pack:
         for layer, kernel, bias in zip(
             [la for la in model.layers if isinstance(la, _WEIGHTED)], self.kernels, self.biases
         ):
-            layer.kernel.assign(kernel.numpy()[k])
-            layer.bias.assign(bias.numpy()[k, 0])
+            layer.kernel.assign(kernel.value[k])
+            layer.bias.assign(bias.value[k, 0])
         return compile_model(model, self.recipes[k])
 
 
@@ -422,6 +422,6 @@ def _activation(layer: keras.layers.Layer, z: tf.Tensor) -> tf.Tensor:
 
 
 def _assign_member(variable, k: int, value) -> None:
-    stacked = np.array(variable.numpy())
-    stacked[k] = value
-    variable.assign(stacked)
+    """Sets member k's slice of a stacked variable, copying no other member's."""
+    row = variable.value[k]
+    row.assign(tf.broadcast_to(tf.cast(value, row.dtype), row.shape))
