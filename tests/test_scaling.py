@@ -68,8 +68,8 @@ def test_a_worker_killed_mid_child_is_retried(tmp_path):
     result, victim = kill_a_worker_mid_child(store, TINY, executor="ray")
 
     assert result.failed == 0  # the killed child was trained again
-    assert MlflowClient(store).get_run(victim.info.run_id).info.status == "KILLED"
-    assert victim.info.run_id not in set(result.runs["run_id"])
+    assert MlflowClient(store).get_run(victim.run_id).info.status == "KILLED"
+    assert victim.run_id not in set(result.runs["run_id"])
 
 
 def test_ray_comparison_logs_to_an_mlflow_server(tmp_path):

@@ -8,10 +8,8 @@ complete, reuse every child that had finished, and leave no run RUNNING.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from trials import read_store
 
 from dlkit import compare
 
@@ -118,22 +117,9 @@ _TRAINING = """
 
 
 def training_a_child(folder: Path) -> bool:
-    """Whether the store holds a child in training: RUNNING, its results not logged yet.
-
-    Read with sqlite3, read-only and without waiting on a lock (a busy store is asked
-    again at the next poll): a poll through MLflow's client once blocked for the whole
-    of a short training, and so never saw it.
-    """
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{folder / 'mlflow.db'}?mode=ro", uri=True, timeout=0.05)
-        ) as db:
-            (count,) = db.execute(_TRAINING).fetchone()
-    except sqlite3.OperationalError as error:  # locked, or tables not there yet
-        SEEN.append(str(error))
-        return False
-    SEEN.append(f"{count} training")
-    return count > 0
+    """Whether the store holds a child in training: RUNNING, its results not logged yet."""
+    rows = read_store(f"sqlite:///{folder / 'mlflow.db'}", _TRAINING, seen=SEEN)
+    return bool(rows and rows[0][0] > 0)
 
 
 def rerun_completes_with_nothing_lost(folder: Path, experiment: Path) -> None:

@@ -3,12 +3,14 @@ one's worker."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
 
@@ -39,17 +41,62 @@ def created(store: str) -> str:
     return store
 
 
+class Training(NamedTuple):
+    """A child seen training: its run and the process that trains it."""
+
+    run_id: str
+    pid: int
+
+
+# Children RUNNING in the store with an epoch's loss logged: in training.
+_TRAINING = """
+    SELECT runs.run_uuid, pid.value FROM runs
+    JOIN tags AS role ON role.run_uuid = runs.run_uuid AND role.key = 'dlkit.role'
+    JOIN tags AS pid ON pid.run_uuid = runs.run_uuid AND pid.key = 'dlkit.pid'
+    JOIN experiments ON experiments.experiment_id = runs.experiment_id
+    WHERE runs.status = 'RUNNING' AND role.value = 'child' AND experiments.name = ?
+    AND EXISTS (SELECT 1 FROM latest_metrics AS m
+                WHERE m.run_uuid = runs.run_uuid AND m.key = 'loss')
+"""
+
+
+def read_store(store: str, query: str, *args: Any, seen: list[str]) -> list[tuple] | None:
+    """Rows of `query` on a sqlite store, or None when the store is busy (or its tables are
+    not there yet); `seen` gathers what each read found, for a failure's message.
+
+    Read with sqlite3, read-only and without waiting on a lock (a busy store is asked
+    again at the next poll): a poll through MLflow's client once blocked for the whole of
+    a short training, and so never saw it.
+    """
+    path = store.removeprefix("sqlite:///")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
+        ) as db:
+            rows = db.execute(query, args).fetchall()
+    except sqlite3.OperationalError as error:
+        seen.append(str(error))
+        return None
+    seen.append(f"{len(rows)} rows")
+    return rows
+
+
 def training(
     store: str, name: str, count: int, going: Callable[[], bool], timeout: float = 180
-) -> list:
-    """Waits, while `going()`, until `count` children are training (an epoch logged)."""
-    client = MlflowClient(store)
-    found: list = []
+) -> list[Training]:
+    """Waits, while `going()`, until `count` children of experiment `name` are training
+    (an epoch logged). Fails with what the polls saw if they never were."""
+    found: list[Training] = []
+    seen: list[str] = []
     deadline = time.monotonic() + timeout
     while len(found) < count and time.monotonic() < deadline and going():
         time.sleep(0.2)
-        running = children(store, name, "RUNNING")
-        found = [r for r in running if client.get_metric_history(r.info.run_id, "loss")]
+        rows = read_store(store, _TRAINING, name, seen=seen)
+        found = [Training(run_id, int(pid)) for run_id, pid in rows or []]
+    assert len(found) >= count, (
+        f"{len(found)} of {count} children seen training; "
+        f"{len(seen)} polls of the store, the last: {seen[-5:]}"
+    )
     return found
 
 
@@ -78,8 +125,7 @@ def kill_a_worker_mid_child(
     thread = threading.Thread(target=run)
     thread.start()
     found = training(store, experiment["name"], 1, thread.is_alive)
-    assert found, "no child was seen training"
-    os.kill(int(found[0].data.tags["dlkit.pid"]), signal.SIGKILL)
+    os.kill(found[0].pid, signal.SIGKILL)
     thread.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
     return outcome["result"], found[0]
