@@ -92,6 +92,11 @@ class Verdict:
         seeds_needed: When inconclusive, about how many seeds per variant
             would likely decide it; `None` when more seeds would not (or no
             spread is known yet).
+        p_better: For `a > b` (or `a < b`), the probability that a run of
+            `a` beats one of `b`: the share of seed pairs where it does, a tie
+            counting half (Bouthillier et al. 2021); NaN otherwise.
+        p_low: Lower end of its 95% bootstrap interval (seeds resampled).
+        p_high: Upper end of that interval.
     """
 
     expectation: str
@@ -101,6 +106,9 @@ class Verdict:
     low: float = math.nan
     high: float = math.nan
     seeds_needed: int | None = None
+    p_better: float = math.nan
+    p_low: float = math.nan
+    p_high: float = math.nan
 
     @property
     def held(self) -> bool | None:
@@ -203,6 +211,13 @@ def evaluate(expectation: Expectation, samples: dict[str, Sample]) -> Verdict:
         detail += "; one seed and no per-example results: no interval, so no verdict"
     elif parts["seeds"] is None:
         detail += "; one seed: the interval covers only the test set's sampling error"
+    p = (math.nan,) * 3
+    if e.op != "~" and not isinstance(right, float) and len(a) > 1 and len(b) > 1:
+        p = probability_better(a, b) if e.op == ">" else probability_better(b, a)
+        word = "beats" if e.op == ">" else "is below"
+        detail += (
+            f"; P({e.left} {word} {e.right}) over seed pairs {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
+        )
     if status == "inconclusive" and math.isfinite(low):
         detail += (
             f"; about {seeds} seeds per variant would likely decide it"
@@ -211,7 +226,32 @@ def evaluate(expectation: Expectation, samples: dict[str, Sample]) -> Verdict:
             if parts["seeds"] is not None
             else "; run at least 3 seeds to see the spread"
         )
-    return Verdict(e.text, status, detail, difference, low, high, seeds)
+    return Verdict(e.text, status, detail, difference, low, high, seeds, *p)
+
+
+def probability_better(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000
+) -> tuple[float, float, float]:
+    """Returns P(a run of `a` beats one of `b`) and its 95% bootstrap interval.
+
+    The estimate is the share of (a, b) seed pairs where `a` is higher, a tie
+    counting half. The interval resamples each side's seeds with replacement,
+    from a fixed generator, so a report rebuilt from the same runs says the same.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+
+    def share(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # x: [..., n], y: [..., m] -> the share over all n x m pairs, per leading index
+        diff = x[..., :, None] - y[..., None, :]
+        return ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(-2, -1))
+
+    rng = np.random.default_rng(0)
+    boot = share(
+        a[rng.integers(0, len(a), (resamples, len(a)))],
+        b[rng.integers(0, len(b), (resamples, len(b)))],
+    )
+    low, high = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(share(a, b)), float(low), float(high)
 
 
 def interval(
