@@ -416,6 +416,22 @@ def train(
     default=None,
     help="Log per-layer gradient norms and plot them against the layer index.",
 )
+@click.option(
+    "--tune",
+    "tune",
+    multiple=True,
+    metavar="FIELD[=V,V,...]",
+    help="Tune FIELD for each variant first, on validation, with an equal budget: "
+    "learning_rate=0.001,0.01,0.1, or learning_rate for its optimizer's default grid. "
+    "Repeat for more fields; replaces the file's tune:.",
+)
+@click.option("--no-tune", is_flag=True, help="Train every variant as given, without tuning.")
+@click.option(
+    "--tune-seeds",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Seeds per point of the tuning sweep.  [default: the file's, else 2]",
+)
 @output_option
 @_handle_errors
 def compare(
@@ -446,6 +462,9 @@ def compare(
     ray_address: str | None,
     register_best: str | None,
     gradient_norms: bool | None,
+    tune: Sequence[str],
+    no_tune: bool,
+    tune_seeds: int | None,
     output_dir: str,
 ) -> None:
     """Compare recipes side by side: an experiment file, or recipe names.
@@ -455,10 +474,13 @@ def compare(
     dlkit compare deep-relu wide-relu --dataset digits --seeds 3 --epochs 10
     """
     from dlkit.comparison.experiment import is_experiment_file, resolve_experiment
+    from dlkit.comparison.tuning import parse_tune_option
     from dlkit.data.sources import find_source
 
     if len(targets) > 1 and any(is_experiment_file(t) for t in targets):
         raise DlkitError("Give either one experiment file or recipe names, not both.")
+    if tune and no_tune:
+        raise DlkitError("Give --tune or --no-tune, not both.")
     target = targets[0] if len(targets) == 1 and is_experiment_file(targets[0]) else list(targets)
     options = Options(
         dataset=dataset,
@@ -469,6 +491,8 @@ def compare(
         seeds=seeds,
         overrides=_overrides(assignments, None, precision),
         gradient_norms=gradient_norms or None,
+        tune=False if no_tune else (parse_tune_option(tune) or None),
+        tune_seeds=tune_seeds,
         data_dir=data_dir,
         download=download,
         force=force,

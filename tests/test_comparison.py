@@ -85,7 +85,7 @@ def test_table_matches_the_children_metrics(finished):
     assert verdict.status in ("held", "contradicted", "inconclusive")
     assert verdict.low <= verdict.difference <= verdict.high and "95% interval" in verdict.detail
     text = result.format()
-    assert "relu" in text and "±" in text and "Expectations:" in text
+    assert "relu" in text and "±" in text and "Expectations (variants compared as given):" in text
     assert "published" in text and "0.9500" in text
     # two hidden layers and the output: norms at initialization (epoch 0) and after each epoch
     layers = result.gradients["sigmoid"][0]
@@ -133,7 +133,7 @@ def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
         main, ["report", "tiny", "--tracking-uri", uri, "--output", str(tmp_path)]
     )
     assert cli.exit_code == 0, cli.output
-    assert "relu" in cli.output and "Expectations:" in cli.output
+    assert "relu" in cli.output and "Expectations (" in cli.output
     listed = next(line for line in cli.output.splitlines() if line.startswith("Report files"))
     assert "learning_curves.png" in listed and ".plots-digest" not in listed
     missing = CliRunner().invoke(main, ["report", "nothing", "--tracking-uri", uri])

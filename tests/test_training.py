@@ -37,6 +37,8 @@ def test_result_reports_what_happened(digits):
     assert metrics["test_accuracy"] == result.test_accuracy
     # the last epoch's values are the last points of the per-epoch metrics, not metrics of their own
     assert not [key for key in metrics if key.startswith("final_")]
+    # what a tuning sweep chooses by: the kept weights' validation accuracy, here the last epoch's
+    assert metrics["kept_val_accuracy"] == result.history["val_accuracy"][-1]
 
 
 def test_train_accuracy_is_measured_after_training_with_every_unit_on(digits):
@@ -101,6 +103,9 @@ def test_early_stopping_stops_and_reports_its_epochs(digits):
     assert result.stopped_epoch == result.epochs_run
     best = max(range(result.epochs_run), key=lambda i: result.history["val_accuracy"][i]) + 1
     assert result.best_epoch == best
+    # weights restored to the best epoch: a tuning sweep scores those, not the last epoch's
+    assert result.recipe.restore_best_weights
+    assert result.kept_val_accuracy == max(result.history["val_accuracy"])
 
 
 def test_early_stopping_needs_a_validation_split():

@@ -25,12 +25,14 @@ from dlkit.comparison.experiment import (
 from dlkit.comparison.options import LARGE_COMPARISON, Options
 from dlkit.comparison.progress import Progress
 from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
+from dlkit.comparison.tuning import SCORE, choose, point_label
 from dlkit.errors import DlkitError
 from dlkit.execution.executors import Resources, execute, in_this_process
 from dlkit.execution.executors import check as check_executor
 from dlkit.execution.packs import Unit, units
 from dlkit.execution.runs import ChildSpec
 from dlkit.recipes.precision import resolve_precision
+from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, safe_name
 from dlkit.tracking.tracker import Tracker
 
@@ -125,115 +127,59 @@ def _compare(
         label: recipe.replace(precision=resolve_precision(recipe.precision))
         for label, recipe in experiment.recipes().items()
     }
-    runs = len(experiment.variants) * len(experiment.seeds)
-    if runs > LARGE_COMPARISON and not options.yes:
-        raise DlkitError(
-            f"{experiment.name!r} plans {runs:,} runs ({len(experiment.variants):,} variants x "
-            f"{len(experiment.seeds):,} seeds), more than {LARGE_COMPARISON}. If that is the "
-            "plan, pass --yes (yes=True in Python)."
-        )
+    _check_size(experiment, options)
     folder = _report_folder(options.output_dir, experiment.name)
     # Loaded here once (and cached for the children this process runs), so
     # a broken dataset fails before any run is opened.
     data = experiment.data.load()
+    if experiment.tune and not data.info.validation_size:
+        raise DlkitError(
+            f"{experiment.name!r} tunes on the validation split, and {data.info.name} has "
+            "none. Hold some out (validation_split: 0.1) or compare as given (--no-tune)."
+        )
     input_dim = math.prod(data.info.input_shape)
     for recipe in recipes.values():
         recipe.check_size(input_dim, data.info.num_classes)
     tracker = Tracker(options.tracking_uri, experiment.name)
-    resources = Resources(
-        workers=options.workers,
-        cpus_per_run=options.cpus_per_run,
-        gpus_per_run=options.gpus_per_run,
-        retries=options.retries,
-        address=options.ray_address,
-    )
-    check_executor(options.executor, resources, tracker.tracking_uri)
-    plan = [
-        {
-            "variant": variant.label,
-            "recipe": variant.recipe,
-            "seed": seed,
-            "config_hash": config_hash(
-                recipes[variant.label], experiment.data, seed, devices=options.devices
-            ),
-        }
-        for variant in experiment.variants
-        for seed in experiment.seeds
-    ]
+    shape = (input_dim, data.info.num_classes)
+    run = _Run(experiment, options, tracker, callbacks, log, progress, _resources(options), shape)
+    check_executor(options.executor, run.resources, tracker.tracking_uri)
     resume_id = None if options.force else tracker.latest_parent()
     orphans = tracker.close_orphans(resume_id) if resume_id else 0
-    finished = (
-        {
-            run.tags["dlkit.config_hash"]: run.run_id
-            for run in tracker.children(resume_id, status="FINISHED")
-            if "dlkit.config_hash" in run.tags
-        }
-        if resume_id
-        else {}
-    )
+    finished = _finished(tracker, resume_id) if resume_id else {}
 
     log(
         f"Comparison {experiment.name!r}: {plural(len(experiment.variants), 'variant')} x "
         f"{plural(len(experiment.seeds), 'seed')} on {data!r}"
     )
-    if resume_id:
-        log(
-            f"Resuming parent run {resume_id}; {sum(p['config_hash'] in finished for p in plan)} "
-            f"of {len(plan)} runs already finished (use --force to retrain them)."
-        )
     if orphans:
         log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
-
     parent_tags = {
         "dlkit.role": "parent",
         "dlkit.question": experiment.question,
         "dlkit.dataset": data.info.name,
+        "dlkit.tuned": "yes" if experiment.tune else "no",
     }
     with tracker.run(experiment.name, tags=parent_tags, resume_id=resume_id) as parent_id:
-        _log_plan(tracker, parent_id, experiment, plan, _context(experiment, recipes, data))
         tracker.log_dataset(parent_id, data)
+        tuning = None
+        if experiment.tune:
+            recipes, tuning = _tune(run, recipes, parent_id, finished.get("tuning", {}))
+        plan = _plan(experiment, recipes, options)
+        done = finished.get("child", {})
+        if resume_id:
+            log(
+                f"Resuming parent run {resume_id}; {sum(p['config_hash'] in done for p in plan)} "
+                f"of {len(plan)} runs already finished (use --force to retrain them)."
+            )
+        context = _context(experiment, recipes, data)
+        _log_plan(tracker, parent_id, experiment, plan, context, tuning)
         specs = [
-            ChildSpec.of(
-                recipes[entry["variant"]],
-                experiment.data,
-                entry["seed"],
-                tracker,
-                run_name=f"{entry['variant']}/seed{entry['seed']}",
-                parent_id=parent_id,
-                tags={
-                    "dlkit.variant": entry["variant"],
-                    "dlkit.seed": str(entry["seed"]),
-                    "dlkit.config_hash": entry["config_hash"],
-                    "dlkit.role": "child",
-                },
-                params={"variant": entry["variant"]},
-                gradient_norms=experiment.gradient_norms,
-                verbose=options.verbose,
-                devices=options.devices,
-            )
+            _spec(run, recipes[entry["variant"]], entry, parent_id)
             for entry in plan
-            if entry["config_hash"] not in finished
+            if entry["config_hash"] not in done
         ]
-        here = in_this_process(options.executor, resources)
-        # Keras callbacks reach a child that trains alone, with Keras's fit.
-        work = units(specs, 1 if callbacks else options.pack, input_dim, data.info.num_classes)
-        with Progress(len(specs), log, bar=progress) as shown:
-            alone = any(not unit.packed for unit in work)
-            children = execute(
-                work,
-                options.executor,
-                resources,
-                # Built only when a child trains alone in this process: they load TensorFlow.
-                callbacks=[*callbacks, _epoch_callback(shown)] if alone and here else (),
-                started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
-                on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
-            )
-            for spec, result in children:
-                signals.check()
-                if result.status == "FINISHED":
-                    shown.finish(f"test accuracy {result.test_accuracy:.4f}", label=_label(spec))
-                else:
-                    shown.finish(f"FAILED - {result.failure}", label=_label(spec), failed=True)
+        run.execute(specs)
         tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
 
         signals.check()
@@ -251,6 +197,200 @@ def _compare(
             f"{experiment.question}",
         )
     return comparison
+
+
+@dataclasses.dataclass
+class _Run:
+    """One comparison as it runs: what it trains with, where it logs, what it shows."""
+
+    experiment: Experiment
+    options: Options
+    tracker: Tracker
+    callbacks: Sequence[Any]
+    log: Callable[[str], None]
+    progress: bool
+    resources: Resources
+    shape: tuple[int, int]  # inputs and classes of the data
+
+    def execute(self, specs: list[ChildSpec], *, lines: bool = True) -> None:
+        """Trains `specs`, packed where they can be; `lines=False` shows them in the bar
+        only, never a line per run (a sweep's runs)."""
+        options = self.options
+        here = in_this_process(options.executor, self.resources)
+        # Keras callbacks reach a child that trains alone, with Keras's fit.
+        work = units(specs, 1 if self.callbacks else options.pack, *self.shape)
+        with Progress(len(specs), self.log, bar=self.progress, lines=lines) as shown:
+            alone = any(not unit.packed for unit in work)
+            children = execute(
+                work,
+                options.executor,
+                self.resources,
+                # Built only when a child trains alone in this process: they load TensorFlow.
+                callbacks=[*self.callbacks, _epoch_callback(shown)] if alone and here else (),
+                started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
+                on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
+            )
+            for spec, result in children:
+                signals.check()
+                if result.status == "FINISHED":
+                    shown.finish(f"test accuracy {result.test_accuracy:.4f}", label=_label(spec))
+                else:
+                    shown.finish(f"FAILED - {result.failure}", label=_label(spec), failed=True)
+
+
+def _resources(options: Options) -> Resources:
+    return Resources(
+        workers=options.workers,
+        cpus_per_run=options.cpus_per_run,
+        gpus_per_run=options.gpus_per_run,
+        retries=options.retries,
+        address=options.ray_address,
+    )
+
+
+def _check_size(experiment: Experiment, options: Options) -> None:
+    tune = experiment.tune
+    recipes = experiment.recipes().values()
+    sweep = sum(len(tune.points(r)) * tune.seeds for r in recipes) if tune else 0
+    runs = len(experiment.variants) * len(experiment.seeds) + sweep
+    if runs > LARGE_COMPARISON and not options.yes:
+        swept = f", {sweep:,} of them tuning" if sweep else ""
+        raise DlkitError(
+            f"{experiment.name!r} plans {runs:,} runs ({len(experiment.variants):,} variants x "
+            f"{len(experiment.seeds):,} seeds{swept}), more than {LARGE_COMPARISON}. If that "
+            "is the plan, pass --yes (yes=True in Python)."
+        )
+
+
+def _finished(tracker: Tracker, parent_id: str) -> dict[str, dict[str, str]]:
+    """The parent's finished runs by role (`child`, `tuning`), then by config hash."""
+    found: dict[str, dict[str, str]] = {}
+    for run in tracker.children(parent_id, status="FINISHED"):
+        if "dlkit.config_hash" in run.tags:
+            role = run.tags.get("dlkit.role", "child")
+            found.setdefault(role, {})[run.tags["dlkit.config_hash"]] = run.run_id
+    return found
+
+
+def _plan(experiment: Experiment, recipes: dict[str, Recipe], options: Options) -> list[dict]:
+    return [
+        {
+            "variant": variant.label,
+            "recipe": variant.recipe,
+            "seed": seed,
+            "config_hash": config_hash(
+                recipes[variant.label], experiment.data, seed, devices=options.devices
+            ),
+        }
+        for variant in experiment.variants
+        for seed in experiment.seeds
+    ]
+
+
+def _spec(
+    run: _Run, recipe: Recipe, entry: dict, parent_id: str, role: str = "child", **fields: Any
+) -> ChildSpec:
+    setting = f"/{entry['setting']}" if "setting" in entry else ""
+    return ChildSpec.of(
+        recipe,
+        run.experiment.data,
+        entry["seed"],
+        run.tracker,
+        run_name=f"{entry['variant']}{setting}/seed{entry['seed']}",
+        parent_id=parent_id,
+        tags={
+            "dlkit.variant": entry["variant"],
+            "dlkit.seed": str(entry["seed"]),
+            "dlkit.config_hash": entry["config_hash"],
+            "dlkit.role": role,
+            **({"dlkit.setting": entry["setting"]} if setting else {}),
+        },
+        params={"variant": entry["variant"]},
+        gradient_norms=run.experiment.gradient_norms and role == "child",
+        verbose=run.options.verbose,
+        devices=run.options.devices,
+        **fields,
+    )
+
+
+def _tune(
+    run: _Run, recipes: dict[str, Recipe], parent_id: str, done: dict[str, str]
+) -> tuple[dict[str, Recipe], dict[str, Any]]:
+    """Sweeps every variant over the experiment's grid and returns each recipe at its best
+    point, chosen on validation, with the sweep's record for the plan and the report."""
+    tune, data = run.experiment.tune, run.experiment.data
+    sweep = {
+        label: [
+            {
+                "variant": label,
+                "setting": point_label(point),
+                "point": point,
+                "seed": seed,
+                "config_hash": config_hash(
+                    recipe.replace(**point), data, seed, devices=run.options.devices
+                ),
+            }
+            for point in tune.points(recipe)
+            for seed in tune.seed_list
+        ]
+        for label, recipe in recipes.items()
+    }
+    specs = [
+        _spec(
+            run,
+            recipes[e["variant"]].replace(**e["point"]),
+            e,
+            parent_id,
+            "tuning",
+            log_model=False,
+        )
+        for entries in sweep.values()
+        for e in entries
+        if e["config_hash"] not in done
+    ]
+    total = sum(map(len, sweep.values()))
+    run.log(
+        f"Tuning {tune.describe()}: {plural(total, 'run')} "
+        f"({total - len(specs)} already finished), chosen on validation accuracy."
+    )
+    run.execute(specs, lines=False)
+    scores = _sweep_scores(run.tracker, parent_id)
+    chosen, record = {}, {"grid": {}, "seeds": list(tune.seed_list), "variants": {}}
+    for label, recipe in recipes.items():
+        points = tune.points(recipe)
+        values = tune.values(recipe)
+        per_point = [
+            [scores.get(e["config_hash"]) for e in sweep[label] if e["setting"] == point_label(p)]
+            for p in points
+        ]
+        choice = choose(points, per_point, values)
+        chosen[label] = recipe.replace(**choice.point)
+        record["grid"][label] = {field: list(v) for field, v in values.items()}
+        record["variants"][label] = dataclasses.asdict(choice)
+        failed = f"; {choice.failed} sweep runs failed" if choice.failed else ""
+        run.log(
+            f"  {label}: {point_label(choice.point)} (validation accuracy "
+            f"{choice.score:.4f}, mean of {tune.seeds} seeds{failed})"
+        )
+        warning = choice.warning(label, values)
+        if warning:
+            run.log(warning)
+    return chosen, record
+
+
+def _sweep_scores(tracker: Tracker, parent_id: str) -> dict[str, float | None]:
+    """Each sweep run's validation accuracy by config hash; `None` for one that did not
+    finish (a finished run wins over a failed try of the same configuration)."""
+    scores: dict[str, float | None] = {}
+    for run in tracker.children(parent_id):
+        if run.tags.get("dlkit.role") != "tuning" or "dlkit.config_hash" not in run.tags:
+            continue
+        key = run.tags["dlkit.config_hash"]
+        if run.status == "FINISHED":
+            scores[key] = run.metrics.get(SCORE)
+        else:
+            scores.setdefault(key, None)
+    return scores
 
 
 def report(
@@ -334,6 +474,7 @@ def _log_plan(
     experiment: Experiment,
     plan: list[dict],
     context: dict[str, Any],
+    tuning: dict[str, Any] | None = None,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
         content = {
@@ -344,6 +485,7 @@ def _log_plan(
             "published": experiment.published,
             "context": context,
             "runs": plan,
+            "tuning": tuning,
         }
         Path(tmp, PLAN_ARTIFACT).write_text(json.dumps(content, indent=2) + "\n")
         tracker.log_artifact(parent_id, Path(tmp, PLAN_ARTIFACT))

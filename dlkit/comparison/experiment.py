@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from dlkit.comparison.options import MAX_SEED, MAX_SEEDS, Options
+from dlkit.comparison.tuning import Tune, parse_tune
+from dlkit.comparison.tuning import with_options as tune_with_options
 from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
 from dlkit.errors import DlkitError, closest
 from dlkit.recipes.recipe import Recipe, coerce_overrides, get_recipe
@@ -35,6 +37,7 @@ TOP_KEYS = (
     "expect",
     "gradient_norms",
     "published",
+    "tune",
 )
 DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
@@ -70,6 +73,8 @@ class Experiment:
             the layer index. Defaults to `False`.
         published: Published test accuracy per variant label, shown beside
             the measured one in the report.
+        tune: What to tune for each variant before its seeds train (see
+            `dlkit.comparison.tuning`); `None` trains each as given.
         path: The file it was read from, if any.
     """
 
@@ -82,6 +87,7 @@ class Experiment:
     expect: tuple[str, ...] = ()
     gradient_norms: bool = False
     published: dict[str, float] = dataclasses.field(default_factory=dict)
+    tune: Tune | None = None
     path: str | None = None
 
     def recipes(self) -> dict[str, Recipe]:
@@ -138,6 +144,7 @@ class Experiment:
             gradient_norms=(
                 self.gradient_norms if options.gradient_norms is None else options.gradient_norms
             ),
+            tune=tune_with_options(self.tune, options.tune, options.tune_seeds),
         )
         experiment.recipes()  # validate the result before anything trains
         return experiment
@@ -291,6 +298,7 @@ def parse_experiment(
         expect=tuple(expect),
         gradient_norms=gradient_norms,
         published={str(k): float(v) for k, v in published.items()},
+        tune=parse_tune(raw.get("tune")),
         path=path,
     )
     experiment.recipes()

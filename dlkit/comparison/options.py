@@ -18,7 +18,7 @@ LARGE_COMPARISON = 500  # runs (variants x seeds) a comparison starts only with 
 class Options:
     """How to run a comparison: the command line, `dlkit.compare()` and files resolve into this.
 
-    The first eight fields change the experiment, and beat its file; `None`
+    The first ten fields change the experiment, and beat its file; `None`
     keeps the file's value. The rest say where data comes from, where runs
     and reports go, and how much the terminal shows.
 
@@ -32,6 +32,12 @@ class Options:
         overrides: Recipe fields set on every variant; they win over the file.
             Defaults to `{}`.
         gradient_norms: Log per-layer gradient norms. Defaults to `None`.
+        tune: Fields to tune per variant before its seeds train, each with its
+            values (`None` for the field's default grid), e.g.
+            `{"learning_rate": [0.001, 0.01, 0.1]}`; they replace the file's
+            `tune:`. `False` trains every variant as given. Defaults to `None`.
+        tune_seeds: Seeds per point of the sweep. Defaults to `None` (the
+            file's, else 2).
         data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`).
         download: Let TFDS download data. Defaults to `True`.
         force: Retrain everything in a new parent run. Defaults to `False`.
@@ -83,6 +89,8 @@ class Options:
     seeds: int | Sequence[int] | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     gradient_norms: bool | None = None
+    tune: Mapping[str, Sequence[float] | None] | bool | None = None
+    tune_seeds: int | None = None
     data_dir: str | None = None
     download: bool = True
     force: bool = False

@@ -118,3 +118,44 @@ def plot_gradient_norms(gradients: dict[str, Sequence[dict[int, dict[int, float]
     figure.legend(handles, labels, loc="lower center", ncol=min(5, max(1, len(labels))), fontsize=8)
     figure.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 5), 1, 1))
     return figure
+
+
+def plot_tuning(tuning: dict) -> plt.Figure:
+    """Draws each variant's sweep: mean validation accuracy at every point, the chosen one
+    ringed.
+
+    Args:
+        tuning: The sweep's record, as a comparison's plan keeps it: per variant,
+            its `scores` (one row per point, in grid order) and its chosen `point`.
+
+    Returns:
+        A figure with one line per variant. With one tuned field the x axis is its
+        value (logarithmic for the learning rate); with several, the points in order.
+    """
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    fields = list(next(iter(tuning["variants"].values()))["point"])
+    one = len(fields) == 1
+    for label, choice in tuning["variants"].items():
+        rows = choice["scores"]
+        x = [row[fields[0]] for row in rows] if one else list(range(len(rows)))
+        y = [row["val_accuracy"] for row in rows]
+        (line,) = ax.plot(x, y, "o-", label=label)
+        best = [row["setting"] for row in rows].index(
+            ",".join(f"{f}={choice['point'][f]:g}" for f in fields)
+        )
+        ax.plot(x[best], y[best], "o", ms=14, mfc="none", mec=line.get_color(), mew=2)
+    if one:
+        ax.set_xlabel(fields[0])
+        if fields[0] == "learning_rate":
+            ax.set_xscale("log")
+    else:
+        ax.set_xlabel("point of the sweep")
+        settings = [row["setting"] for row in next(iter(tuning["variants"].values()))["scores"]]
+        ax.set_xticks(range(len(settings)), settings, rotation=60, ha="right", fontsize=7)
+    seeds = len(tuning.get("seeds", []))
+    ax.set_ylabel(f"validation accuracy (mean of {seeds} seeds)")
+    ax.set_title("Tuning: each variant's sweep, its chosen point ringed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -22,10 +22,15 @@ class Progress:
         total: Runs to train (skipped runs do not count).
         log: Where lines go.
         bar: Draw a progress bar on standard error instead of a line per run.
+        lines: Without a bar, a line per run as it starts and ends; `False`
+            shows nothing per run (a tuning sweep's). Defaults to `True`.
     """
 
-    def __init__(self, total: int, log: Callable[[str], None], *, bar: bool = False):
+    def __init__(
+        self, total: int, log: Callable[[str], None], *, bar: bool = False, lines: bool = True
+    ):
         self.total = total
+        self._lines = lines
         self.done = 0
         self._log = log
         self._began = time.perf_counter()
@@ -55,7 +60,7 @@ class Progress:
         self._label, self._epochs = label, epochs
         if self._bar is not None:
             self._bar.set_description_str(f"{label}: starting", refresh=True)
-        else:
+        elif self._lines:
             self._log(f"[{self.done + 1}/{self.total}] {label}: training{self._eta()}")
 
     def epoch(self, metrics: dict[str, float], step: int) -> None:
@@ -71,9 +76,10 @@ class Progress:
         self.done += 1
         text = f"[{self.done}/{self.total}] {label or self._label}: {result}"
         if self._bar is None:
-            self._log(text)
+            if self._lines:
+                self._log(text)
         else:
-            if failed:
+            if failed and self._lines:
                 self.line(text)
             self._bar.update(1)
 

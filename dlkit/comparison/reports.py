@@ -13,6 +13,7 @@ import pandas as pd
 
 import dlkit
 from dlkit.comparison.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
+from dlkit.comparison.tuning import point_label
 from dlkit.errors import DlkitError
 from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
 from dlkit.text import plural, text_table
@@ -65,6 +66,7 @@ class Comparison:
         published: dict[str, float] | None = None,
         correct: dict[str, list[np.ndarray]] | None = None,
         context: dict | None = None,
+        tuning: dict | None = None,
     ):
         self.name = name
         self.question = question
@@ -76,7 +78,11 @@ class Comparison:
         self.context = context or {}  # what was run: dataset, sizes, seeds, epochs, versions
         self.replication: Comparison | None = None  # the rerun on a second slice, if any
         self.registered: str | None = None  # `models:/NAME/VERSION` when the best was registered
+        self.tuning = tuning  # the sweep's grid, seeds and each variant's choice, if tuned
         self.table = summarize(runs)
+        if tuning:
+            chosen = {v: point_label(c["point"]) for v, c in tuning["variants"].items()}
+            self.table["tuned"] = self.table["variant"].map(chosen)
         self.published = published or {}
         if self.published:
             self.table["published_accuracy"] = self.table["variant"].map(self.published)
@@ -118,6 +124,12 @@ class Comparison:
 
         return plot_test_accuracy(self.table)
 
+    def plot_tuning(self):
+        """Returns each variant's tuning sweep: validation accuracy at every point."""
+        from dlkit.comparison.plots import plot_tuning
+
+        return plot_tuning(self.tuning)
+
     def plot_gradient_norms(self):
         """Returns gradient norm against layer index, at initialization and after training."""
         from dlkit.comparison.plots import plot_gradient_norms
@@ -138,7 +150,7 @@ class Comparison:
                 lines.append(f"  {row.variant} seed {row.seed}: {row.status} - {row.failure}")
         if self.expectations:
             lines.append("")
-            lines.append("Expectations:")
+            lines.append(f"Expectations ({self.how_compared()}):")
             for verdict in self.expectations:
                 mark = verdict.status.upper()
                 lines.append(f"  [{mark}] {verdict.expectation}  ({verdict.detail})")
@@ -172,7 +184,7 @@ class Comparison:
                 for row in failed.itertuples()
             ]
         if self.expectations:
-            lines += ["", "Expectations:", ""]
+            lines += ["", f"Expectations ({self.how_compared()}):", ""]
             for verdict in self.expectations:
                 mark = {"contradicted": "**contradicted**"}.get(verdict.status, verdict.status)
                 lines.append(f"- `{verdict.expectation}`: {mark} ({verdict.detail})")
@@ -184,8 +196,22 @@ class Comparison:
         plots = ["learning_curves.png", "test_accuracy.png"]
         if any(self.gradients.values()):
             plots.append("gradient_norms.png")
+        if self.tuning:
+            plots.append("tuning.png")
         lines += ["", *(f"![{name.removesuffix('.png')}]({name})" for name in plots)]
         return "\n".join(lines) + "\n"
+
+    def how_compared(self) -> str:
+        """Whether the variants were compared tuned (and how) or as given."""
+        if not self.tuning:
+            return "variants compared as given"
+        grid = next(iter(self.tuning["grid"].values()))
+        sizes = " x ".join(f"{len(values)} {field}" for field, values in grid.items())
+        seeds = len(self.tuning.get("seeds", []))
+        return (
+            f"variants compared tuned: each at its best of {sizes} on validation accuracy, "
+            f"{seeds} seed{'s' if seeds != 1 else ''} per point"
+        )
 
     def what_was_run(self) -> str:
         """Returns one line: dataset and split sizes, seeds, epochs, precision, versions."""
@@ -239,6 +265,8 @@ class Comparison:
         ]
         if any(self.gradients.values()):
             plots.append(("gradient_norms.png", self.plot_gradient_norms))
+        if self.tuning:
+            plots.append(("tuning.png", self.plot_tuning))
         names = [name for name, _ in plots]
         digest_file = folder / ".plots-digest"
         digest = hashlib.sha256(
@@ -273,6 +301,7 @@ class Comparison:
             rows.append(
                 {
                     "variant": row["variant"] + (" *" if row["best"] else ""),
+                    **({"tuned": row["tuned"]} if self.tuning else {}),
                     "params": _int(row["params"]),
                     "seeds": f"{row['finished']}/{row['planned']}",
                     "test acc": _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
@@ -385,12 +414,15 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
     text = tracker.read_artifact(parent_run_id, PLAN_ARTIFACT)
     if text is None:
         raise DlkitError(
-            f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison."
+            f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison, or "
+            "it stopped while tuning, before its plan was set. Rerun `dlkit compare`."
         )
     plan = json.loads(text)
 
     by_hash: dict[str | None, RunRecord] = {}
     for child in tracker.children(parent_run_id):  # newest first: keep the newest finished
+        if child.tags.get("dlkit.role", "child") != "child":
+            continue  # a tuning sweep's run: the report reads the sweep from the plan
         key = child.tags.get("dlkit.config_hash")
         current = by_hash.get(key)
         if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
@@ -435,6 +467,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         published=plan.get("published"),
         correct={variant: runs for variant, runs in correct.items() if runs},
         context=plan.get("context"),
+        tuning=plan.get("tuning"),
     )
 
 

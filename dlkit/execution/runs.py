@@ -204,6 +204,7 @@ def _fit_in_run(
     gradient_norms: bool,
     devices: int | str = 1,
     reuse: bool = False,
+    log_model: bool = True,
 ) -> TrainResult:
     from dlkit.nn.callbacks import EpochLogger
     from dlkit.nn.training import fit
@@ -226,7 +227,7 @@ def _fit_in_run(
         epochs.flush()  # an interrupted run keeps the curves it had
     for probe in probes:
         tracker.log_metrics(run_id, probe.initial, step=0)
-    _log_end(tracker, run_id, result, data)
+    _log_end(tracker, run_id, result, data, log_model=log_model)
     return result
 
 
@@ -238,9 +239,12 @@ def _log_start(tracker, run_id, recipe, data, seed, params) -> Recipe:
     return recipe
 
 
-def _log_end(tracker: Tracker, run_id: str, result: TrainResult, data: Dataset) -> None:
+def _log_end(
+    tracker: Tracker, run_id: str, result: TrainResult, data: Dataset, *, log_model: bool = True
+) -> None:
     tracker.log_params(run_id, {"replicas": result.replicas})
-    tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
+    example = data.arrays("test")[0][:2] if log_model else None  # no example, no model
+    tracker.log_result(run_id, result, input_example=example)
 
 
 def _gradient_probe(data: Dataset):
@@ -301,6 +305,8 @@ class ChildSpec:
         gradient_norms: Log per-layer gradient norms. Defaults to `False`.
         verbose: Keras progress output (0, 1 or 2). Defaults to `0`.
         devices: Devices the child trains on at once. Defaults to `1`.
+        log_model: Log the trained model (a tuning sweep's runs do not).
+            Defaults to `True`.
     """
 
     recipe: dict[str, Any]
@@ -315,6 +321,7 @@ class ChildSpec:
     gradient_norms: bool = False
     verbose: int | str = 0
     devices: int | str = 1
+    log_model: bool = True
 
     @classmethod
     def of(
@@ -387,6 +394,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 callbacks=callbacks,
                 gradient_norms=spec.gradient_norms,
                 devices=spec.devices,
+                log_model=spec.log_model,
                 # Another seed of the variant trains the model this process traced: only a
                 # child may, since no caller holds the model it hands back.
                 reuse=True,
@@ -432,6 +440,7 @@ def run_pack(
         params=[spec.params for spec in specs],
         parent_id=first.parent_id,
         on_epoch=on_epoch,
+        log_models=[spec.log_model for spec in specs],
     )
     seconds = time.perf_counter() - start
     return [
@@ -453,6 +462,7 @@ def tracked_pack(
     params: Sequence[dict[str, Any]],
     parent_id: str | None = None,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+    log_models: Sequence[bool] | None = None,
 ) -> list[tuple[str, TrainResult | Exception]]:
     """Runs `fit_pack` with each member inside its own MLflow run of `tracker`.
 
@@ -484,17 +494,21 @@ def tracked_pack(
         finally:
             for sink in sinks:
                 sink.flush()  # an interrupted run keeps the curves it had
-        ended = [_end_member(tracker, run_id, o, data) for run_id, o in zip(run_ids, outcomes)]
+        logged_models = log_models or [True] * len(run_ids)
+        ended = [
+            _end_member(tracker, run_id, outcome, data, log_model=log_model)
+            for run_id, outcome, log_model in zip(run_ids, outcomes, logged_models)
+        ]
     return list(zip(run_ids, ended))
 
 
-def _end_member(tracker: Tracker, run_id: str, outcome, data: Dataset):
+def _end_member(tracker: Tracker, run_id: str, outcome, data: Dataset, *, log_model: bool):
     """Logs a member's results and ends its run, before the next member's; returns its outcome."""
     from dlkit import signals
 
     if not isinstance(outcome, Exception):
         try:
-            _log_end(tracker, run_id, outcome, data)
+            _log_end(tracker, run_id, outcome, data, log_model=log_model)
         except Exception as error:
             signals.check()  # an interrupt turned into another error stops them all
             outcome = error

@@ -100,6 +100,15 @@ class TrainResult:
     registered: str | None = None
     replicas: int = 1
 
+    @property
+    def kept_val_accuracy(self) -> float:
+        """Validation accuracy of the weights training kept: the best epoch's when early
+        stopping restored them, else the last epoch's (what a tuning sweep chooses by)."""
+        values = self.history.get("val_accuracy") or [math.nan]
+        recipe = self.recipe
+        restored = recipe.early_stopping and recipe.restore_best_weights and self.best_epoch
+        return float(values[self.best_epoch - 1] if restored else values[-1])
+
     def summary_metrics(self) -> dict[str, float]:
         """Returns the final figures, as logged to MLflow.
 
@@ -117,6 +126,7 @@ class TrainResult:
         }
         if "val_accuracy" in self.history:
             metrics["best_val_accuracy"] = float(np.nanmax(self.history["val_accuracy"]))
+            metrics["kept_val_accuracy"] = self.kept_val_accuracy
         if self.best_epoch is not None:
             metrics["best_epoch"] = float(self.best_epoch)
         if self.stopped_epoch is not None:

@@ -1,0 +1,220 @@
+"""Tuned comparisons: each variant at its own best setting, chosen on validation only."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from tiny import tiny
+
+from dlkit import DlkitError, compare, report
+from dlkit.cli import main
+from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.tuning import (
+    SEED_BASE,
+    Tune,
+    choose,
+    default_grid,
+    parse_tune,
+    parse_tune_option,
+    with_options,
+)
+from dlkit.recipes.recipe import get_recipe
+
+GRID = [0.00001, 0.0001, 0.01]  # on 300 digits and 2 epochs, 0.01 wins: the grid's edge
+TUNED = tiny("tuned", tune={"learning_rate": GRID, "seeds": 1})
+
+
+def test_tune_reads_a_mapping_a_list_or_a_field_name():
+    assert parse_tune({"learning_rate": [0.1, 0.01], "seeds": 3}) == Tune(
+        {"learning_rate": (0.01, 0.1)}, seeds=3
+    )
+    assert parse_tune(["learning_rate"]) == Tune({"learning_rate": None})
+    assert parse_tune("dropout") == Tune({"dropout": None})
+    assert parse_tune(None) is None and parse_tune(False) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"learning_rat": [0.1]}, "'learning_rat' cannot be tuned. Did you mean 'learning_rate'?"),
+        ({"learning_rate": []}, "expected a non-empty list"),
+        ({"learning_rate": [0.1, 0.1]}, "values repeat"),
+        ({"learning_rate": ["fast"]}, "expected numbers"),
+        ({"learning_rate": [-0.1]}, "learning_rate"),
+        ({"dropout": [1.5]}, "dropout"),
+        ({"learning_rate": None, "seeds": 0}, "tune.seeds: expected seeds per point"),
+        ({"seeds": 2}, "name a field to tune"),
+        (42, "expected a mapping"),
+    ],
+)
+def test_a_bad_tune_names_what_is_wrong(raw, message):
+    with pytest.raises(DlkitError, match="^tune") as error:
+        parse_tune(raw)
+    assert message in str(error.value)
+
+
+def test_command_line_tune_replaces_the_files_and_no_tune_turns_it_off():
+    file = Tune({"learning_rate": (0.1,)}, seeds=3)
+    given = parse_tune_option(["learning_rate=0.01,0.001", "dropout"])
+    assert given == {"learning_rate": (0.001, 0.01), "dropout": None}
+    assert with_options(file, given, None) == Tune(given, seeds=3)  # the file's seeds stay
+    assert with_options(file, None, 5) == Tune({"learning_rate": (0.1,)}, seeds=5)
+    assert with_options(file, False, None) is None
+    assert with_options(None, True, None) == Tune({"learning_rate": None})
+    with pytest.raises(DlkitError, match="expected numbers separated by commas"):
+        parse_tune_option(["learning_rate=fast"])
+    with pytest.raises(DlkitError, match="tuned twice"):
+        parse_tune_option(["learning_rate=0.1", "learning_rate=0.2"])
+
+
+def test_default_learning_rates_follow_the_optimizer():
+    adam = default_grid("learning_rate", get_recipe("deep-relu"))
+    sgd = default_grid("learning_rate", get_recipe("deep-relu", optimizer="sgd"))
+    assert len(adam) == len(sgd) == 6  # an equal budget, whatever the optimizer
+    assert 0.001 in adam and max(sgd) > max(adam)
+
+
+def test_choice_is_the_best_mean_and_a_failed_run_counts_zero():
+    points = [{"learning_rate": v} for v in (0.001, 0.01, 0.1)]
+    values = {"learning_rate": (0.001, 0.01, 0.1)}
+    # 0.1 has the best seed but diverged on the other: its mean is 0.49
+    choice = choose(points, [[0.80, 0.82], [0.90, 0.88], [0.98, None]], values)
+    assert choice.point == {"learning_rate": 0.01}
+    assert choice.score == pytest.approx(0.89) and choice.failed == 1
+    assert choice.edges == () and choice.warning("relu", values) is None
+    assert [row["val_accuracy"] for row in choice.scores] == pytest.approx([0.81, 0.89, 0.49])
+
+    tie = choose(points, [[0.9], [0.9], [0.5]], values)
+    assert tie.point == {"learning_rate": 0.001}  # ties go to the earlier point
+    assert tie.edges == ("learning_rate",)
+    assert "0.001 is the smallest tried" in tie.warning("relu", values)
+
+
+def test_a_choice_at_a_bound_the_field_cannot_pass_is_no_edge():
+    points = [{"dropout": v} for v in (0.0, 0.2, 0.5)]
+    choice = choose(points, [[0.9], [0.8], [0.7]], {"dropout": (0.0, 0.2, 0.5)})
+    assert choice.point == {"dropout": 0.0} and choice.edges == ()
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """One real tuned comparison: 2 variants x 3 learning rates x 1 sweep seed, then 2 seeds."""
+    folder = tmp_path_factory.mktemp("tuned")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    lines: list[str] = []
+    result = compare(
+        parse_experiment(TUNED),
+        tracking_uri=uri,
+        output_dir=folder / "reports",
+        verbose=0,
+        log=lines.append,
+    )
+    return result, uri, folder, lines
+
+
+def sweep_runs(uri: str, parent_id: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tuned")
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}' and tags.`dlkit.role` = 'tuning'",
+    )
+
+
+def test_each_variant_trains_at_the_point_with_the_best_validation_accuracy(tuned):
+    result, uri, _, _ = tuned
+    sweep = sweep_runs(uri, result.parent_run_id)
+    assert len(sweep) == 2 * len(GRID)
+    assert {r.data.params["seed"] for r in sweep} == {str(SEED_BASE)}  # not a measuring seed
+    assert all(r.info.status == "FINISHED" and not r.outputs.model_outputs for r in sweep)
+    client = MlflowClient(uri)
+    for variant in ("relu", "sigmoid"):
+        mine = [r for r in sweep if r.data.tags["dlkit.variant"] == variant]
+        # chosen by the sweep's validation accuracy as the store holds it, never by test
+        best = max(mine, key=lambda r: r.data.metrics["kept_val_accuracy"])
+        chosen = float(best.data.params["learning_rate"])
+        assert result.tuning["variants"][variant]["point"] == {"learning_rate": chosen}
+        assert result.table.set_index("variant").loc[variant, "tuned"] == (
+            f"learning_rate={chosen:g}"
+        )
+        for run_id in result.runs[result.runs["variant"] == variant]["run_id"]:
+            run = client.get_run(run_id)
+            assert float(run.data.params["learning_rate"]) == chosen
+            assert run.data.tags["dlkit.role"] == "child" and run.outputs.model_outputs
+    assert sorted(result.runs["seed"]) == [0, 0, 1, 1]  # the table holds the measuring runs
+
+
+def test_a_choice_on_the_grids_edge_is_flagged_and_the_report_says_tuned(tuned):
+    result, _, folder, lines = tuned
+    assert any(line.startswith("Tuning learning_rate (3 values), 1 seed") for line in lines)
+    assert not any("1000" in line for line in lines)  # no line per sweep run
+    assert any("learning_rate 0.01 is the largest tried" in line for line in lines)
+    assert "variants compared tuned: each at its best of 3 learning_rate" in result.format()
+    saved = folder / "reports" / "tuned"
+    assert (saved / "tuning.png").stat().st_size > 10_000
+    assert "![tuning](tuning.png)" in (saved / "table.md").read_text()
+    scores = result.tuning["variants"]["relu"]["scores"]
+    assert [row["learning_rate"] for row in scores] == GRID
+    assert all(0 <= row["val_accuracy"] <= 1 for row in scores)
+
+
+def test_a_rerun_resumes_the_sweep_and_the_runs_and_report_rebuilds_it(tuned):
+    result, uri, folder, _ = tuned
+    lines: list[str] = []
+    again = compare(
+        parse_experiment(TUNED), tracking_uri=uri, output_dir=None, verbose=0, log=lines.append
+    )
+    assert again.parent_run_id == result.parent_run_id
+    assert any("6 already finished" in line for line in lines)
+    assert any("4 of 4 runs already finished" in line for line in lines)
+    assert not any("training" in line for line in lines)
+    assert again.tuning == result.tuning
+    rebuilt = report("tuned", tracking_uri=uri, output_dir=None)
+    assert rebuilt.tuning == result.tuning
+    assert list(rebuilt.table["tuned"]) == list(result.table["tuned"])
+    assert len(sweep_runs(uri, result.parent_run_id)) == 2 * len(GRID)  # none trained twice
+
+
+def test_no_tune_compares_as_given(tmp_path):
+    lines: list[str] = []
+    result = compare(
+        parse_experiment(TUNED),
+        tune=False,
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        output_dir=None,
+        log=lines.append,
+    )
+    assert result.tuning is None and "tuned" not in result.table
+    assert "variants compared as given" in result.format()
+    assert not any(line.startswith("Tuning") for line in lines)
+    assert not sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", result.parent_run_id)
+
+
+def test_tuning_without_a_validation_split_is_refused(tmp_path):
+    experiment = dict(TUNED, dataset={"source": "digits", "validation_split": 0})
+    with pytest.raises(DlkitError, match="tunes on the validation split"):
+        compare(parse_experiment(experiment), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    assert not (tmp_path / "m.db").exists()  # refused before the store is opened
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("learning_rate=fast", "expected numbers separated by commas"),
+        ("batch_size=32,64", "'batch_size' cannot be tuned"),
+    ],
+)
+def test_a_bad_tune_option_is_one_clear_line(tmp_path, option, message):
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(TUNED))
+    outcome = CliRunner().invoke(main, ["compare", str(path), "--tune", option])
+    assert outcome.exit_code != 0
+    assert message in outcome.output and "Traceback" not in outcome.output
+
+
+def test_sweep_size_counts_toward_the_large_comparison_guard(tmp_path):
+    big = dict(TUNED, seeds=2, tune={"learning_rate": GRID, "seeds": 100})
+    with pytest.raises(DlkitError, match="600 of them tuning"):
+        compare(parse_experiment(big), tracking_uri=f"sqlite:///{tmp_path}/m.db")
