@@ -58,6 +58,10 @@ def compare(
     is marked FAILED and the others go on; an interrupt ends the running
     child and the parent KILLED, keeping every finished child.
 
+    With a `tune` (the file's `tune:` or `tune=` here), each variant first
+    trains at every point of one grid, and its seeds then train at the point
+    with the best mean validation accuracy (see `dlkit.comparison.tuning`).
+
     Args:
         target: An experiment file, recipe names, or an `Experiment`.
         options: How to run it, as an `Options`. Defaults to `Options()`.
@@ -66,8 +70,8 @@ def compare(
         progress: Draw one progress bar on standard error (for a terminal)
             instead of a line per run. Defaults to `False`.
         **fields: Any `Options` field by name (`dataset`, `epochs`, `seeds`,
-            `overrides`, `force`, `replicate`, `tracking_uri`, `output_dir`,
-            `verbose`...); they beat `options`.
+            `overrides`, `tune`, `force`, `replicate`, `tracking_uri`,
+            `output_dir`, `verbose`...); they beat `options`.
 
     Returns:
         A `Comparison` whose `table` is a pandas DataFrame; its `failed`
