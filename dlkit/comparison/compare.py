@@ -25,7 +25,7 @@ from dlkit.comparison.experiment import (
 from dlkit.comparison.options import LARGE_COMPARISON, Options
 from dlkit.comparison.progress import Progress
 from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
-from dlkit.comparison.tuning import SCORE, choose, point_label
+from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label
 from dlkit.errors import DlkitError
 from dlkit.execution.executors import Resources, execute, in_this_process
 from dlkit.execution.executors import check as check_executor
@@ -216,9 +216,16 @@ class _Run:
     resources: Resources
     shape: tuple[int, int]  # inputs and classes of the data
 
-    def execute(self, specs: list[ChildSpec], *, lines: bool = True) -> None:
+    def execute(
+        self,
+        specs: list[ChildSpec],
+        *,
+        lines: bool = True,
+        ended: Callable[[ChildSpec], list[str]] | None = None,
+    ) -> None:
         """Trains `specs`, packed where they can be; `lines=False` shows them in the bar
-        only, never a line per run (a sweep's runs)."""
+        only, never a line per run (a sweep's runs). `ended` is told of each run as it
+        ends and returns lines to show."""
         options = self.options
         here = in_this_process(options.executor, self.resources)
         # Keras callbacks reach a child that trains alone, with Keras's fit.
@@ -240,6 +247,8 @@ class _Run:
                     shown.finish(f"test accuracy {result.test_accuracy:.4f}", label=_label(spec))
                 else:
                     shown.finish(f"FAILED - {result.failure}", label=_label(spec), failed=True)
+                for line in ended(spec) if ended else ():
+                    shown.line(line)
 
 
 def _resources(options: Options) -> Resources:
@@ -322,8 +331,56 @@ def _tune(
 ) -> tuple[dict[str, Recipe], dict[str, Any]]:
     """Sweeps every variant over the experiment's grid and returns each recipe at its best
     point, chosen on validation, with the sweep's record for the plan and the report."""
+    tune = run.experiment.tune
+    sweep = _sweep(run, recipes)
+    specs = [
+        _spec(
+            run,
+            recipes[e["variant"]].replace(**e["point"]),
+            e,
+            parent_id,
+            "tuning",
+            log_model=False,
+        )  # fmt: skip
+        for entries in sweep.values()
+        for e in entries
+        if e["config_hash"] not in done
+    ]
+    total = sum(map(len, sweep.values()))
+    run.log(
+        f"Tuning {tune.describe()}: {plural(total, 'run')} "
+        f"({total - len(specs)} already finished), chosen on validation accuracy."
+    )
+    choices: dict[str, Choice] = {}
+
+    def settle(label: str) -> list[str]:
+        """Chooses a variant's point once its sweep is whole; returns the lines to show."""
+        scores = _sweep_scores(run.tracker, parent_id)
+        choices[label] = _choose(tune, recipes[label], sweep[label], scores)
+        return _choice_lines(label, choices[label], tune.seeds, tune.values(recipes[label]))
+
+    left = {label: sum(e["config_hash"] not in done for e in sweep[label]) for label in sweep}
+    for label in [label for label, count in left.items() if not count]:
+        for line in settle(label):
+            run.log(line)
+
+    def ended(spec: ChildSpec) -> list[str]:
+        label = spec.tags["dlkit.variant"]
+        left[label] -= 1
+        return settle(label) if not left[label] else []
+
+    run.execute(specs, lines=False, ended=ended)
+    record = {"grid": {}, "seeds": list(tune.seed_list), "variants": {}}
+    for label, recipe in recipes.items():
+        record["grid"][label] = {f: list(v) for f, v in tune.values(recipe).items()}
+        record["variants"][label] = dataclasses.asdict(choices[label])
+    return {label: r.replace(**choices[label].point) for label, r in recipes.items()}, record
+
+
+def _sweep(run: _Run, recipes: dict[str, Recipe]) -> dict[str, list[dict[str, Any]]]:
+    """Each variant's sweep: one entry per point and sweep seed, in grid order."""
     tune, data = run.experiment.tune, run.experiment.data
-    sweep = {
+    return {
         label: [
             {
                 "variant": label,
@@ -339,47 +396,27 @@ def _tune(
         ]
         for label, recipe in recipes.items()
     }
-    specs = [
-        _spec(
-            run,
-            recipes[e["variant"]].replace(**e["point"]),
-            e,
-            parent_id,
-            "tuning",
-            log_model=False,
-        )
-        for entries in sweep.values()
-        for e in entries
-        if e["config_hash"] not in done
+
+
+def _choose(
+    tune: Tune, recipe: Recipe, entries: list[dict], scores: dict[str, float | None]
+) -> Choice:
+    points = tune.points(recipe)
+    per_point = [
+        [scores.get(e["config_hash"]) for e in entries if e["setting"] == point_label(p)]
+        for p in points
     ]
-    total = sum(map(len, sweep.values()))
-    run.log(
-        f"Tuning {tune.describe()}: {plural(total, 'run')} "
-        f"({total - len(specs)} already finished), chosen on validation accuracy."
-    )
-    run.execute(specs, lines=False)
-    scores = _sweep_scores(run.tracker, parent_id)
-    chosen, record = {}, {"grid": {}, "seeds": list(tune.seed_list), "variants": {}}
-    for label, recipe in recipes.items():
-        points = tune.points(recipe)
-        values = tune.values(recipe)
-        per_point = [
-            [scores.get(e["config_hash"]) for e in sweep[label] if e["setting"] == point_label(p)]
-            for p in points
-        ]
-        choice = choose(points, per_point, values)
-        chosen[label] = recipe.replace(**choice.point)
-        record["grid"][label] = {field: list(v) for field, v in values.items()}
-        record["variants"][label] = dataclasses.asdict(choice)
-        failed = f"; {choice.failed} sweep runs failed" if choice.failed else ""
-        run.log(
-            f"  {label}: {point_label(choice.point)} (validation accuracy "
-            f"{choice.score:.4f}, mean of {tune.seeds} seeds{failed})"
-        )
-        warning = choice.warning(label, values)
-        if warning:
-            run.log(warning)
-    return chosen, record
+    return choose(points, per_point, tune.values(recipe))
+
+
+def _choice_lines(label: str, choice: Choice, seeds: int, values: dict) -> list[str]:
+    failed = f"; {choice.failed} sweep runs failed" if choice.failed else ""
+    lines = [
+        f"  {label}: {point_label(choice.point)} (validation accuracy "
+        f"{choice.score:.4f}, mean of {seeds} seeds{failed})"
+    ]
+    warning = choice.warning(label, values)
+    return lines + [warning] if warning else lines
 
 
 def _sweep_scores(tracker: Tracker, parent_id: str) -> dict[str, float | None]:
