@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,14 @@ from dlkit.errors import DlkitError
 from dlkit.execution.executors import Resources, execute, in_this_process
 from dlkit.execution.executors import check as check_executor
 from dlkit.execution.packs import Unit, units
-from dlkit.execution.runs import ChildSpec
+from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, safe_name
+from dlkit.tracking.claims import holders
 from dlkit.tracking.tracker import Tracker
 
+_WAIT = 1.0  # seconds between looks at runs another process trains
 _MAX_PARAM = 500  # longer lists are logged as a count; the full plan is plan.json
 
 
@@ -148,7 +151,16 @@ def _compare(
     shape = (input_dim, data.info.num_classes)
     run = _Run(experiment, options, tracker, callbacks, log, progress, _resources(options), shape)
     check_executor(options.executor, run.resources, tracker.tracking_uri)
+    parent_tags = {
+        "dlkit.role": "parent",
+        "dlkit.question": experiment.question,
+        "dlkit.dataset": data.info.name,
+        "dlkit.tuned": "yes" if experiment.tune else "no",
+    }
     resume_id = None if options.force else tracker.latest_parent()
+    resumed, joined = resume_id is not None, False
+    if not resumed and not options.force:  # another process may be opening one now
+        resume_id, joined = tracker.claim_parent(experiment.name, parent_tags)
     orphans = tracker.close_orphans(resume_id) if resume_id else 0
     finished = _finished(tracker, resume_id) if resume_id else {}
 
@@ -156,14 +168,10 @@ def _compare(
         f"Comparison {experiment.name!r}: {plural(len(experiment.variants), 'variant')} x "
         f"{plural(len(experiment.seeds), 'seed')} on {data!r}"
     )
+    if joined:
+        log(f"Joined parent run {resume_id}, which another process opened at the same time.")
     if orphans:
         log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
-    parent_tags = {
-        "dlkit.role": "parent",
-        "dlkit.question": experiment.question,
-        "dlkit.dataset": data.info.name,
-        "dlkit.tuned": "yes" if experiment.tune else "no",
-    }
     with tracker.run(experiment.name, tags=parent_tags, resume_id=resume_id) as parent_id:
         tracker.log_dataset(parent_id, data)
         tuning = None
@@ -171,7 +179,7 @@ def _compare(
             recipes, tuning = _tune(run, recipes, parent_id, finished.get("tuning", {}))
         plan = _plan(experiment, recipes, options)
         done = finished.get("child", {})
-        if resume_id:
+        if resumed or joined:
             log(
                 f"Resuming parent run {resume_id}; {sum(p['config_hash'] in done for p in plan)} "
                 f"of {len(plan)} runs already finished (use --force to retrain them)."
@@ -225,30 +233,77 @@ class _Run:
     ) -> None:
         """Trains `specs`, packed where they can be; `lines=False` shows them in the bar
         only, never a line per run (a sweep's runs). `ended` is told of each run as it
-        ends and returns lines to show."""
+        ends and returns lines to show. Members another process holds are waited for,
+        and trained here if that process goes before they finish."""
+        with Progress(len(specs), self.log, bar=self.progress, lines=lines) as shown:
+            done = functools.partial(self._done, shown, ended)
+            pending = self._train(specs, shown, done)
+            while pending:
+                pending = self._await(pending, shown, done)
+
+    def _train(self, specs: list[ChildSpec], shown: Progress, done: Callable) -> list[ChildSpec]:
+        """Trains `specs`; returns those left to another process."""
         options = self.options
         here = in_this_process(options.executor, self.resources)
         # Keras callbacks reach a child that trains alone, with Keras's fit.
         work = units(specs, 1 if self.callbacks else options.pack, *self.shape)
-        with Progress(len(specs), self.log, bar=self.progress, lines=lines) as shown:
-            alone = any(not unit.packed for unit in work)
-            children = execute(
-                work,
-                options.executor,
-                self.resources,
-                # Built only when a child trains alone in this process: they load TensorFlow.
-                callbacks=[*self.callbacks, _epoch_callback(shown)] if alone and here else (),
-                started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
-                on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
-            )
-            for spec, result in children:
-                signals.check()
-                if result.status == "FINISHED":
-                    shown.finish(f"test accuracy {result.test_accuracy:.4f}", label=_label(spec))
-                else:
-                    shown.finish(f"FAILED - {result.failure}", label=_label(spec), failed=True)
-                for line in ended(spec) if ended else ():
-                    shown.line(line)
+        alone = any(not unit.packed for unit in work)
+        children = execute(
+            work,
+            options.executor,
+            self.resources,
+            # Built only when a child trains alone in this process: they load TensorFlow.
+            callbacks=[*self.callbacks, _epoch_callback(shown)] if alone and here else (),
+            started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
+            on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
+        )
+        elsewhere = []
+        for spec, result in children:
+            signals.check()
+            if result.status == ELSEWHERE:
+                elsewhere.append(spec)
+            elif result.status == "FINISHED":
+                done(spec, f"test accuracy {result.test_accuracy:.4f}")
+            else:
+                done(spec, f"FAILED - {result.failure}", failed=True)
+        return elsewhere
+
+    def _await(self, pending: list[ChildSpec], shown: Progress, done: Callable) -> list:
+        """Waits until another process ends some of `pending`, or goes; returns those still
+        held, having trained here the ones it left."""
+        parent_id = pending[0].parent_id
+        shown.line(
+            f"{plural(len(pending), 'run')} of this comparison "
+            f"{'is' if len(pending) == 1 else 'are'} training in another process: waiting."
+        )
+        while True:
+            state = holders(self.tracker, parent_id)
+            status = {id(spec): state.get(spec.tags["dlkit.config_hash"]) for spec in pending}
+            for spec in pending:
+                if status[id(spec)] in ("FINISHED", "FAILED"):
+                    done(spec, f"{status[id(spec)]} in another process")
+            free = [spec for spec in pending if status[id(spec)] is None]
+            held = [spec for spec in pending if status[id(spec)] == "LIVE"]
+            if free:  # its process went before it finished: train it here
+                self.tracker.close_orphans(parent_id)
+                return held + self._train(free, shown, done)
+            if not held:
+                return []
+            time.sleep(_WAIT)
+            pending = held
+
+    @staticmethod
+    def _done(
+        shown: Progress,
+        ended: Callable[[ChildSpec], list[str]] | None,
+        spec: ChildSpec,
+        outcome: str,
+        *,
+        failed: bool = False,
+    ) -> None:
+        shown.finish(outcome, label=_label(spec), failed=failed)
+        for line in ended(spec) if ended else ():
+            shown.line(line)
 
 
 def _resources(options: Options) -> Resources:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
+from dlkit.tracking.claims import ClaimedElsewhere, contested
 from dlkit.tracking.tracker import Tracker, portable_uri
 
 if TYPE_CHECKING:
@@ -338,13 +339,17 @@ class ChildSpec:
         )
 
 
+ELSEWHERE = "ELSEWHERE"  # a ChildResult's status when another process holds the member
+
+
 @dataclasses.dataclass(frozen=True)
 class ChildResult:
     """What a child run returns to whoever ran it: small and picklable.
 
     Attributes:
         run_id: The MLflow run, or `None` when none was opened.
-        status: `"FINISHED"` or `"FAILED"`.
+        status: `"FINISHED"`, `"FAILED"`, or `"ELSEWHERE"`: another process
+            holds this member (it trains or trained it), so this one did not.
         test_accuracy: Test accuracy when it finished, else `None`.
         seconds: Wall time of the whole child, data loading and logging included.
         failure: The reason it failed, `""` when it finished.
@@ -383,6 +388,10 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
     run_id = None
     try:
         with tracker.run(spec.run_name, tags=run_tags, parent_id=spec.parent_id) as run_id:
+            # A member another process holds is left to it (see dlkit.tracking.claims).
+            lost = contested(tracker, spec.parent_id, [run_id], running=True)
+            if lost:
+                return _elsewhere(run_id, lost[run_id], start)
             result = _fit_in_run(
                 tracker,
                 run_id,
@@ -399,6 +408,9 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 # child may, since no caller holds the model it hands back.
                 reuse=True,
             )
+            lost = contested(tracker, spec.parent_id, [run_id], running=False)
+            if lost:  # it finished in another process meanwhile
+                return _elsewhere(run_id, lost[run_id], start)
     except Exception as error:  # the run is already FAILED, with the reason as a tag
         return ChildResult(run_id, "FAILED", None, time.perf_counter() - start, _failure(error))
     return ChildResult(run_id, "FINISHED", result.test_accuracy, time.perf_counter() - start)
@@ -444,11 +456,18 @@ def run_pack(
     )
     seconds = time.perf_counter() - start
     return [
-        ChildResult(run_id, "FAILED", None, seconds, _failure(outcome))
+        _elsewhere(run_id, outcome, start)
+        if isinstance(outcome, ClaimedElsewhere)
+        else ChildResult(run_id, "FAILED", None, seconds, _failure(outcome))
         if isinstance(outcome, Exception)
         else ChildResult(run_id, "FINISHED", outcome.test_accuracy, seconds)
         for run_id, outcome in members
     ]
+
+
+def _elsewhere(run_id: str, claim: ClaimedElsewhere, start: float) -> ChildResult:
+    """A member left to the process that holds it: its own run was withdrawn."""
+    return ChildResult(None, ELSEWHERE, None, time.perf_counter() - start, str(claim))
 
 
 def tracked_pack(
@@ -473,40 +492,68 @@ def tracked_pack(
     Returns:
         Each member's run id, with its `TrainResult` or the error that failed it.
     """
-    from dlkit.nn.training import fit_pack
-
     run_tags = [
         {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **extra}
         for recipe, extra in zip(recipes, tags)
     ]
+    models = log_models or [True] * len(recipes)
     with tracker.runs(names, tags=run_tags, parent_id=parent_id) as run_ids:
-        for run_id, recipe, seed, extra in zip(run_ids, recipes, seeds, params):
-            _log_start(tracker, run_id, recipe, data, seed, extra)
-        sinks = [tracker.epoch_metrics(run_id) for run_id in run_ids]
-
-        def logged(k: int, metrics: dict[str, float], epoch: int) -> None:
-            sinks[k](metrics, step=epoch)
-            if on_epoch is not None:
-                on_epoch(k, metrics, epoch)
-
-        try:
-            outcomes = fit_pack(recipes, data, seeds, on_epoch=logged)
-        finally:
-            for sink in sinks:
-                sink.flush()  # an interrupted run keeps the curves it had
-        logged_models = log_models or [True] * len(run_ids)
-        ended = [
-            _end_member(tracker, run_id, outcome, data, log_model=log_model)
-            for run_id, outcome, log_model in zip(run_ids, outcomes, logged_models)
-        ]
-    return list(zip(run_ids, ended))
+        # Members another process holds are left to it (see dlkit.tracking.claims).
+        outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True)
+        mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
+        for k in mine:
+            _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k])
+        trained = _fit_members(
+            tracker,
+            [recipes[k] for k in mine],
+            data,
+            [seeds[k] for k in mine],
+            [run_ids[k] for k in mine],
+            on_epoch,
+        )
+        for k, outcome in zip(mine, trained):
+            end = functools.partial(_end_member, tracker, run_ids[k], data=data)
+            outcomes[run_ids[k]] = end(outcome, parent_id=parent_id, log_model=models[k])
+    return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
-def _end_member(tracker: Tracker, run_id: str, outcome, data: Dataset, *, log_model: bool):
-    """Logs a member's results and ends its run, before the next member's; returns its outcome."""
+def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch) -> list:
+    """`fit_pack` with each member's epochs logged to its run; nothing when no member."""
+    from dlkit.nn.training import fit_pack
+
+    if not recipes:
+        return []
+    sinks = [tracker.epoch_metrics(run_id) for run_id in run_ids]
+
+    def logged(k: int, metrics: dict[str, float], epoch: int) -> None:
+        sinks[k](metrics, step=epoch)
+        if on_epoch is not None:
+            on_epoch(k, metrics, epoch)
+
+    try:
+        return fit_pack(recipes, data, seeds, on_epoch=logged)
+    finally:
+        for sink in sinks:
+            sink.flush()  # an interrupted run keeps the curves it had
+
+
+def _end_member(
+    tracker: Tracker,
+    run_id: str,
+    outcome,
+    *,
+    data: Dataset,
+    parent_id: str | None = None,
+    log_model: bool = True,
+):
+    """Logs a member's results and ends its run, before the next member's; returns its
+    outcome. A member that FINISHED in another process meanwhile withdraws instead."""
     from dlkit import signals
 
     if not isinstance(outcome, Exception):
+        lost = contested(tracker, parent_id, [run_id], running=False)
+        if lost:
+            return lost[run_id]
         try:
             _log_end(tracker, run_id, outcome, data, log_model=log_model)
         except Exception as error:

@@ -93,7 +93,9 @@ def _signal_name(interrupt: BaseException) -> str:
     return "Ctrl-C" if signum in (None, signal.SIGINT) else signal.Signals(signum).name
 
 
-def _process_alive(tags: dict[str, str]) -> bool:
+def process_alive(tags: dict[str, str]) -> bool:
+    """Whether the process a run's `dlkit.host`/`dlkit.pid` tags name still runs (a process
+    on another machine counts as alive: nothing here can tell)."""
     host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
     if host is None or pid is None or not pid.isdigit():
         return False
@@ -105,7 +107,17 @@ def _process_alive(tags: dict[str, str]) -> bool:
         return False
     except PermissionError:  # alive, under another user
         return True
-    return True
+    return not _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has ended but its parent has not reaped it yet (Linux; elsewhere
+    no such process is told apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def create_sqlite_store(tracking_uri: str) -> None:
@@ -341,6 +353,12 @@ class Tracker:
         self._end(run_id, "FINISHED")
         self._ended.add(run_id)
 
+    def withdraw(self, run_id: str) -> None:
+        """Deletes a run of `run` or `runs` that another process's run stands for (see
+        `dlkit.tracking.claims`); the block leaves it alone."""
+        self.client.delete_run(run_id)
+        self._ended.add(run_id)
+
     def fail(self, run_id: str, reason: str) -> None:
         """Ends a run of `runs` FAILED now, with `reason`, while the others go on."""
         self._end(run_id, "FAILED", reason)
@@ -418,7 +436,7 @@ class Tracker:
         """
         ended = 0
         for run in self.children(parent_id, status="RUNNING"):
-            if _process_alive(run.tags):
+            if process_alive(run.tags):
                 continue
             self._end(
                 run.run_id,
@@ -682,6 +700,29 @@ class Tracker:
             max_results=1,
         )
         return found[0].info.run_id if found else None
+
+    def claim_parent(self, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+        """Opens a new comparison parent, or joins the one another process opened first.
+
+        Two processes that start one comparison on a store with no parent yet
+        both open one; each then keeps the earliest RUNNING parent of a live
+        process and deletes its own if that is not it, so their members meet
+        under one parent (see `dlkit.tracking.claims`).
+
+        Returns:
+            The parent's id, and whether it is another process's.
+        """
+        mine = self._open(name, tags, None, None)
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string="tags.`dlkit.role` = 'parent' and attributes.status = 'RUNNING'",
+        )
+        live = [_record(run) for run in found if process_alive(dict(run.data.tags))]
+        first = min(live, key=lambda r: (r.start_time, r.run_id), default=None)
+        if first is None or first.run_id == mine:
+            return mine, False
+        self.client.delete_run(mine)
+        return first.run_id, True
 
     def children(self, parent_id: str, *, status: str | None = None) -> list[RunRecord]:
         """Returns the child runs of `parent_id`, newest first, optionally of one status."""

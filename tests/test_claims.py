@@ -1,0 +1,159 @@
+"""Claims: each member of a comparison finishes once, however many processes run it.
+
+Real `dlkit compare` processes on one fresh sqlite store, started together; one is
+SIGKILLed while the other waits on members it holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from tiny import tiny
+from trials import training
+
+from dlkit.tracking.claims import rival
+from dlkit.tracking.tracker import RunRecord, Tracker
+
+HOST = os.uname().nodename
+
+
+def record(run_id: str, status: str, start: int, pid: int = os.getpid(), key: str = "h"):
+    tags = {"dlkit.config_hash": key, "dlkit.pid": str(pid), "dlkit.host": HOST}
+    return RunRecord(run_id, status, start, tags, {}, {})
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_member_is_held_by_a_finished_run_or_an_earlier_live_claim():
+    mine = record("b", "RUNNING", 2)
+    assert rival(mine, [mine], running=True) is None
+    assert rival(mine, [record("a", "RUNNING", 1)], running=True).run_id == "a"
+    assert rival(mine, [record("c", "RUNNING", 3)], running=True) is None  # opened after mine
+    assert rival(mine, [record("a", "RUNNING", 1, pid=dead_pid())], running=True) is None
+    assert rival(mine, [record("a", "RUNNING", 1, key="other")], running=True) is None
+    assert rival(mine, [record("c", "FINISHED", 3)], running=False).run_id == "c"
+    # before finishing, only a finished run stands in its way: an earlier claim still
+    # training would withdraw when it ends, and one that dies would leave the member untrained
+    assert rival(mine, [record("a", "RUNNING", 1)], running=False) is None
+    assert rival(mine, [record("a", "FAILED", 1)], running=True) is None
+
+
+def test_two_processes_opening_a_parent_at_once_meet_under_the_first(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    first, second = Tracker(store, "race"), Tracker(store, "race")
+    one, joined_one = first.claim_parent("race", {"dlkit.role": "parent"})
+    two, joined_two = second.claim_parent("race", {"dlkit.role": "parent"})
+    assert (one, joined_one) == (one, False) and (two, joined_two) == (one, True)
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("race").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [one]
+
+
+EXPERIMENT = tiny(
+    "claims",
+    seeds=3,
+    dataset={"source": "digits", "train_size": 600},
+    overrides={"epochs": 40, "width": 32, "depth": 2, "batch_size": 32},
+)
+
+
+def start(folder: Path, *options: str) -> subprocess.Popen:
+    path = folder / "claims.yaml"
+    path.write_text(yaml.safe_dump(EXPERIMENT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "dlkit.cli", "compare", str(path), *options]
+        + ["--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--output", "reports"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finished_once(store: str) -> collections.Counter:
+    """FINISHED runs per member (role and config hash); and nothing left RUNNING."""
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("claims").experiment_id
+    runs = client.search_runs([experiment], "tags.`dlkit.role` != 'parent'")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    return collections.Counter(
+        (r.data.tags["dlkit.role"], r.data.tags["dlkit.config_hash"])
+        for r in runs
+        if r.info.status == "FINISHED"
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("pack", ["0", "1"])
+def test_two_processes_on_one_comparison_train_each_member_once(tmp_path, pack):
+    processes = [start(tmp_path, "--pack", pack) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+        assert "Traceback" not in output
+        assert output.count(" 3/3 ") == 2, output  # a whole report: both variants, 3 seeds
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    counts = finished_once(store)
+    assert len(counts) == 6 and set(counts.values()) == {1}, counts
+    assert any("another process" in output for output in outputs), outputs
+
+
+def stop_outside_a_write(process: subprocess.Popen, store_path: Path) -> None:
+    """SIGSTOPs `process` at a moment it holds no write lock on the store, so that the
+    other process's writes go on while it is frozen."""
+    while True:
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            with contextlib.closing(sqlite3.connect(store_path, timeout=0)) as db:
+                db.execute("BEGIN IMMEDIATE")
+                db.rollback()
+            return
+        except sqlite3.OperationalError:  # caught inside a write: let it finish it
+            os.kill(process.pid, signal.SIGCONT)
+            time.sleep(0.05)
+
+
+@pytest.mark.integration
+def test_a_member_held_by_a_process_that_dies_is_trained_by_the_one_waiting(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = start(tmp_path, "--pack", "1")
+    second = None
+    try:
+        held = training(store, "claims", 1, lambda: first.poll() is None)
+        stop_outside_a_write(first, tmp_path / "mlflow.db")  # alive, holding its member
+        second = start(tmp_path, "--pack", "1")
+        output = ""
+        while "waiting" not in output:  # it trained every other member, then waits
+            line = second.stdout.readline()
+            assert line, f"the second process ended without waiting:\n{output}"
+            output += line
+        os.kill(first.pid, signal.SIGKILL)
+        rest, _ = second.communicate(timeout=600)
+        output += rest
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+        first.wait()
+
+    assert second.returncode == 0, output
+    assert "Traceback" not in output
+    assert MlflowClient(store).get_run(held[0].run_id).info.status == "KILLED"
+    counts = finished_once(store)
+    assert len(counts) == 6 and set(counts.values()) == {1}, counts
