@@ -57,6 +57,22 @@ def test_a_worker_killed_mid_child_is_replaced_and_its_child_trained_again(tmp_p
     assert MlflowClient(store).get_run(victim.run_id).info.status == "KILLED"
 
 
+def test_retries_count_per_child_the_deaths_of_its_worker_while_it_trained(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    three = {**TINY, "variants": [*TINY["variants"], {"label": "wide", "recipe": "wide-relu"}]}
+    result, victim = kill_a_worker_mid_child(store, three, workers=2, retries=0)
+
+    # The two children in flight when a worker died (the victim, and the pool's other one,
+    # which went down with the pool) have no retry left: they stay as the runs they were,
+    # KILLED. The third was only queued: it is not charged, and trains in the next pool.
+    assert sorted(result.runs["status"]) == ["FINISHED", "KILLED", "KILLED"]
+    assert victim.run_id in set(result.runs["run_id"])
+    hash_of_victim = MlflowClient(store).get_run(victim.run_id).data.tags["dlkit.config_hash"]
+    assert [r.info.run_id for r in children(store, "workers")
+            if r.data.tags["dlkit.config_hash"] == hash_of_victim] == [victim.run_id]  # fmt: skip
+    assert not children(store, "workers", "RUNNING")
+
+
 def alive(pid: int) -> bool:
     """A process that runs (a zombie, ended but not yet reaped, does not)."""
     try:

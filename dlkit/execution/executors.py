@@ -18,6 +18,7 @@ order of finishing does not matter: runs are matched to the plan by their config
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
 import gc
 import os
@@ -31,6 +32,7 @@ from dlkit import signals
 from dlkit.errors import DlkitError
 from dlkit.execution.packs import Unit
 from dlkit.execution.runs import ChildResult, ChildSpec, run_child, run_pack
+from dlkit.text import plural
 
 EXECUTORS = ("local", "ray")
 DEFAULT_RETRIES = 3  # Ray's own default for tasks whose worker died
@@ -218,8 +220,10 @@ def _in_pools(
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    waiting = list(specs)
-    restarts = 0
+    waiting = dict(enumerate(specs))
+    losses: collections.Counter[int] = collections.Counter()  # deaths in flight, per child
+    idle = 0  # pools that broke before any child started
+    folder = start_failure.parent
     while waiting:
         pool = ProcessPoolExecutor(
             resources.workers,
@@ -228,15 +232,17 @@ def _in_pools(
             initargs=(resources.threads(), str(start_failure)),
         )
         try:
-            futures = {pool.submit(_child_in_process, spec): spec for spec in waiting}
+            futures = {
+                pool.submit(_child_in_process, spec, str(folder / f"{i}.started")): i
+                for i, spec in waiting.items()
+            }
             for future in as_completed(futures):
-                spec = futures[future]
+                i = futures[future]
                 try:
                     result = future.result()
                 except BrokenProcessPool:  # a worker died: its child stays waiting
                     continue
-                waiting.remove(spec)
-                yield spec, result
+                yield waiting.pop(i), result
         except BaseException:  # interrupted, or the caller stopped asking
             _stop_workers(pool)
             raise
@@ -247,16 +253,24 @@ def _in_pools(
                 f"its worker process could not start ({start_failure.read_text()}). Check that "
                 "TensorFlow imports in this environment: python -c 'import tensorflow'"
             )
-            for spec in waiting:
-                yield spec, ChildResult(None, "FAILED", None, 0.0, failure)
+            for i in list(waiting):
+                yield waiting.pop(i), ChildResult(None, "FAILED", None, 0.0, failure)
             return
-        # What is still waiting was lost with a worker: run it again in a new pool.
-        if waiting and restarts >= resources.retries:
-            failure = f"its worker died {restarts + 1} times (killed, or out of memory?)"
-            for spec in waiting:
-                yield spec, ChildResult(None, "FAILED", None, 0.0, failure)
-            return
-        restarts += 1
+        # What is still waiting was lost with a worker: the children that were training
+        # count it against their retries, and the rest run again in a new pool.
+        lost = [i for i in waiting if (folder / f"{i}.started").exists()]
+        for i in lost:
+            losses[i] += 1
+            (folder / f"{i}.started").unlink()
+        idle = 0 if lost else idle + 1
+        for i in list(waiting):
+            if losses[i] > resources.retries or idle > resources.retries:
+                deaths = losses[i] or idle
+                failure = (
+                    f"its worker died {plural(deaths, 'time')} while it "
+                    f"{'trained' if losses[i] else 'waited'} (killed, or out of memory?)"
+                )
+                yield waiting.pop(i), ChildResult(None, "FAILED", None, 0.0, failure)
 
 
 def _start_worker(threads: int, start_failure: str) -> None:
@@ -274,10 +288,12 @@ def _start_worker(threads: int, start_failure: str) -> None:
         raise
 
 
-def _child_in_process(spec: ChildSpec) -> ChildResult:
-    """A child in a pool worker. SIGTERM ends its run KILLED, then the worker itself: a stopped
-    pool must not start the next child it had queued. A second SIGTERM (the pool terminates
-    the workers it has left when one exits) must not cut the first one's clean-up short."""
+def _child_in_process(spec: ChildSpec, started: str) -> ChildResult:
+    """A child in a pool worker; the file `started` tells its parent it began, should the
+    worker die. SIGTERM ends its run KILLED, then the worker itself: a stopped pool must not
+    start the next child it had queued. A second SIGTERM (the pool terminates the workers it
+    has left when one exits) must not cut the first one's clean-up short."""
+    Path(started).touch()
     try:
         with signals.handled(signal.SIGTERM, patient=True):
             return run_child(spec)
