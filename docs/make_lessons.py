@@ -161,11 +161,11 @@ images of the same distribution). Accuracies are test accuracies, mean ± standa
 seeds.
 
 Each expectation gets a three-way verdict, **held**, **contradicted** or **inconclusive**, with the
-estimated difference and its 95% interval (the README's "How verdicts are reached" gives the
-method: seed-to-seed spread and the paired test-set error together). An expectation is never
-changed after its result is seen. Where a lesson's first design did not meet the conditions of
-its published claim, its experiment file says what those conditions are and how the design was
-changed to meet them, before these runs.
+estimated difference and its 95% interval (the method, seed-to-seed spread and the paired
+test-set error together, is in [comparisons.md](comparisons.md#verdicts-that-respect-noise)).
+An expectation is never changed after its result is seen. Where a lesson's first design
+did not meet the conditions of its published claim, its experiment file says what those
+conditions are and how the design was changed to meet them, before these runs.
 
 Regenerate everything{timing}; finished runs are reused from MLflow, so an interrupted
 regeneration picks up where it stopped:
@@ -173,6 +173,11 @@ regeneration picks up where it stopped:
 ```bash
 python docs/make_lessons.py --dataset ../shared/data/mnist   # or omit --dataset to use TFDS mnist
 ```
+
+These runs train every variant at the learning rate its file sets by hand, as the published
+conditions do. [tuned.md](tuned.md) reruns the lessons whose claim is about an architecture, an
+activation, an optimizer or an initialization with each variant at its own best learning rate,
+chosen on validation, and sets each verdict tuned beside the verdict here.
 
 Published numbers these are held against (`../shared/LESSONS.md`): the course's Keras demo
 (sigmoid + MSE 11.35%, sigmoid + cross-entropy ~87%, 10 more sigmoid layers ~10%, ReLU 95.64%;
