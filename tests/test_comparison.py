@@ -136,8 +136,11 @@ def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
     assert "relu" in cli.output and "Expectations (" in cli.output
     listed = next(line for line in cli.output.splitlines() if line.startswith("Report files"))
     assert "learning_curves.png" in listed and ".plots-digest" not in listed
-    missing = CliRunner().invoke(main, ["report", "nothing", "--tracking-uri", uri])
+    missing = CliRunner().invoke(
+        main, ["report", "nothing", "--tracking-uri", uri, "--output", str(tmp_path)]
+    )
     assert missing.exit_code == 1 and "No MLflow experiment named 'nothing'" in missing.output
+    assert not (tmp_path / "nothing").exists()  # no report folder for what is not there
 
 
 def test_a_report_of_unchanged_runs_keeps_its_plots_and_redraws_them_when_runs_change(

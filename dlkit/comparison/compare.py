@@ -504,8 +504,8 @@ def report(
             Defaults to `"reports"`.
     """
     name = load_experiment(experiment).name if is_experiment_file(experiment) else experiment
-    folder = _report_folder(output_dir, name)
     comparison = load_comparison(Tracker(tracking_uri, name, create=False))
+    folder = _report_folder(output_dir, name)  # made only for a comparison that exists
     if folder is not None:
         comparison.save(folder)
         comparison.output_dir = folder
