@@ -53,70 +53,61 @@ def build_model(
     # the input scaling, the softmax output and so the loss stay float32.
     policy = resolve_precision(recipe.precision)
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
-    input_dim = int(np.prod(shape))
     layers: list[keras.layers.Layer] = [keras.Input(shape=shape)]
     if len(shape) > 1:
         layers.append(keras.layers.Flatten())
-    if recipe.normalization == "scale":
-        layers.append(keras.layers.Rescaling(1.0 / input_max, name="scale"))
-    elif recipe.normalization == "standardize":
-        if input_mean is None or input_variance is None:
-            raise ValueError(
-                "normalization='standardize' needs the training split's per-feature "
-                "input_mean and input_variance (load_dataset computes them)."
-            )
-        layers.append(
-            keras.layers.Normalization(
-                mean=np.reshape(input_mean, (-1,)),
-                variance=np.reshape(input_variance, (-1,)),
-                name="standardize",
-            )
-        )
+    layers += _input_layers(recipe, input_max, input_mean, input_variance)
     if recipe.input_dropout:
         layers.append(
             keras.layers.Dropout(recipe.input_dropout, name="input_dropout", dtype=policy)
         )
-
-    for i, units in enumerate(recipe.hidden_layers(input_dim, num_classes), start=1):
+    weights = {  # every layer's kernel: its initializer, penalty and constraint
+        "kernel_initializer": lambda: _initializer(recipe.initializer),
+        "kernel_regularizer": lambda: _regularizer(recipe.weight_decay),
+        "kernel_constraint": lambda: _constraint(recipe.max_norm),
+    }
+    for i, units in enumerate(recipe.hidden_layers(int(np.prod(shape)), num_classes), start=1):
+        kernel = {key: make() for key, make in weights.items()}
+        own = {"name": f"hidden_{i}", "dtype": policy}
         if recipe.activation == "maxout":
-            layers.append(
-                Maxout(
-                    units,
-                    pieces=recipe.maxout_pieces,
-                    kernel_initializer=_initializer(recipe.initializer),
-                    kernel_regularizer=_regularizer(recipe.weight_decay),
-                    kernel_constraint=_constraint(recipe.max_norm),
-                    name=f"hidden_{i}",
-                    dtype=policy,
-                )
-            )
+            hidden = Maxout(units, pieces=recipe.maxout_pieces, **kernel, **own)
         else:
-            layers.append(
-                keras.layers.Dense(
-                    units,
-                    activation=recipe.activation,
-                    kernel_initializer=_initializer(recipe.initializer),
-                    kernel_regularizer=_regularizer(recipe.weight_decay),
-                    kernel_constraint=_constraint(recipe.max_norm),
-                    name=f"hidden_{i}",
-                    dtype=policy,
-                )
-            )
+            hidden = keras.layers.Dense(units, activation=recipe.activation, **kernel, **own)
+        layers.append(hidden)
         if recipe.dropout:
             layers.append(keras.layers.Dropout(recipe.dropout, name=f"dropout_{i}", dtype=policy))
-
+    kernel = {key: make() for key, make in weights.items()}
     layers.append(
         keras.layers.Dense(
-            num_classes,
-            activation="softmax",
-            kernel_initializer=_initializer(recipe.initializer),
-            kernel_regularizer=_regularizer(recipe.weight_decay),
-            kernel_constraint=_constraint(recipe.max_norm),
-            name="output",
-            dtype="float32",
+            num_classes, activation="softmax", **kernel, name="output", dtype="float32"
         )
     )
     return keras.Sequential(layers, name=recipe.name.replace("-", "_"))
+
+
+def _input_layers(
+    recipe: Recipe,
+    input_max: float,
+    input_mean: np.ndarray | None,
+    input_variance: np.ndarray | None,
+) -> list[keras.layers.Layer]:
+    """The input normalization the recipe names, as the model's own first layers."""
+    if recipe.normalization == "scale":
+        return [keras.layers.Rescaling(1.0 / input_max, name="scale")]
+    if recipe.normalization != "standardize":
+        return []
+    if input_mean is None or input_variance is None:
+        raise ValueError(
+            "normalization='standardize' needs the training split's per-feature "
+            "input_mean and input_variance (load_dataset computes them)."
+        )
+    return [
+        keras.layers.Normalization(
+            mean=np.reshape(input_mean, (-1,)),
+            variance=np.reshape(input_variance, (-1,)),
+            name="standardize",
+        )
+    ]
 
 
 def build_for(recipe: Recipe, data: Dataset) -> keras.Sequential:
