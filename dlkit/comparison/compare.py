@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import tempfile
 import time
@@ -144,12 +143,12 @@ def _compare(
             f"{experiment.name!r} tunes on the validation split, and {data.info.name} has "
             "none. Hold some out (validation_split: 0.1) or compare as given (--no-tune)."
         )
-    input_dim = math.prod(data.info.input_shape)
     for recipe in recipes.values():
-        recipe.check_size(input_dim, data.info.num_classes)
+        recipe.check_size(*data.info.dims)
     tracker = Tracker(options.tracking_uri, experiment.name)
-    shape = (input_dim, data.info.num_classes)
-    run = _Run(experiment, options, tracker, callbacks, log, progress, _resources(options), shape)
+    run = _Run(
+        experiment, options, tracker, callbacks, log, progress, _resources(options), data.info.dims
+    )
     check_executor(options.executor, run.resources, tracker.tracking_uri)
     parent_tags = {
         "dlkit.role": "parent",
@@ -222,7 +221,7 @@ class _Run:
     log: Callable[[str], None]
     progress: bool
     resources: Resources
-    shape: tuple[int, int]  # inputs and classes of the data
+    shape: tuple  # inputs, classes and image shape of the data
 
     def execute(
         self,

@@ -166,6 +166,9 @@ def config_hash(recipe: Recipe, data: DataSpec, seed: int, *, devices: int | str
         del fields["precision"]
     if not fields["max_norm"]:  # nor before max_norm
         del fields["max_norm"]
+    if not fields["conv_filters"] and not fields["match_recipe"]:  # nor before convnets
+        for key in ("conv_filters", "kernel_size", "pool_size", "match_recipe"):
+            del fields[key]
     payload = {
         "recipe": fields,
         "data": data.identity(),

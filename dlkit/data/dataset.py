@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,14 @@ class DatasetInfo:
     test_size: int
     input_max: float
     train_offset: int = 0  # where the training examples start in the training pool
+    # Height, width and channels of each example when it is an image (what a convnet
+    # reads); None for flat vectors. `input_shape` is what the model is fed: flat.
+    image_shape: tuple[int, ...] | None = None
+
+    @property
+    def dims(self) -> tuple[int, int, tuple[int, ...] | None]:
+        """(inputs, classes, image shape): what a recipe's sizes depend on."""
+        return math.prod(self.input_shape), self.num_classes, self.image_shape
 
     def to_params(self) -> dict[str, Any]:
         """Returns the fields as MLflow params, prefixed `data.`."""
@@ -309,6 +318,7 @@ def load_dataset(
         name, x_train, y_train, x_test, y_test
     )
     input_max = 255.0 if x_train.dtype == np.uint8 else float(np.abs(x_train).max()) or 1.0
+    image_shape = _image_shape(x_train.shape[1:])
     if flatten:
         x_train = x_train.reshape(len(x_train), -1)
         x_test = x_test.reshape(len(x_test), -1)
@@ -347,8 +357,19 @@ def load_dataset(
         test_size=len(x_test),
         input_max=input_max,
         train_offset=train_offset,
+        image_shape=image_shape,
     )
     return Dataset(info, splits, batch_size=batch_size, seed=seed)
+
+
+def _image_shape(example: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """An example's (height, width, channels) when it is an image: 2-D, or 3-D with at most
+    4 channels last; None for a flat vector."""
+    if len(example) == 2:
+        return (int(example[0]), int(example[1]), 1)
+    if len(example) == 3 and example[2] <= 4:
+        return (int(example[0]), int(example[1]), int(example[2]))
+    return None
 
 
 def check_arrays(

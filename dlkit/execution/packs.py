@@ -27,7 +27,13 @@ class Unit:
     packed: bool
 
 
-def units(specs: Sequence[ChildSpec], size: int, input_dim: int, num_classes: int) -> list[Unit]:
+def units(
+    specs: Sequence[ChildSpec],
+    size: int,
+    input_dim: int,
+    num_classes: int,
+    image_shape: Sequence[int] | None = None,
+) -> list[Unit]:
     """Groups children into packs of at most `size` members (0: as many as memory allows).
 
     Children pack when their recipes share a `pack_shape` and their runs a
@@ -53,22 +59,25 @@ def units(specs: Sequence[ChildSpec], size: int, input_dim: int, num_classes: in
         if key[0] == "alone":
             found.append(Unit(tuple(members), packed=False))
             continue
-        cap = size or auto_size(key[0], input_dim, num_classes)
+        cap = size or auto_size(key[0], input_dim, num_classes, image_shape)
         found += [
             Unit(tuple(members[i : i + cap]), packed=True) for i in range(0, len(members), cap)
         ]
     return found
 
 
-def auto_size(recipe: Recipe, input_dim: int, num_classes: int) -> int:
+def auto_size(
+    recipe: Recipe, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+) -> int:
     """Members per pack: `MAX_PACK`, fewer where a pack would take more than its memory share.
 
     Each member holds its weights, gradients and optimizer slots
     (`BYTES_PER_PARAM` a parameter) and a batch's activations.
     """
-    widths = recipe.hidden_layers(input_dim, num_classes)
+    widths = recipe.hidden_layers(input_dim, num_classes, image_shape)
     activations = recipe.batch_size * (input_dim + sum(widths) + num_classes) * 4 * 4
-    member = recipe.param_count(input_dim, num_classes) * BYTES_PER_PARAM + activations
+    params = recipe.param_count(input_dim, num_classes, image_shape)
+    member = params * BYTES_PER_PARAM + activations
     memory = physical_memory()
     if not memory:
         return MAX_PACK

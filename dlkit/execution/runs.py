@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,11 +34,10 @@ def train_params(recipe: Recipe, info: DatasetInfo, seed: int) -> dict[str, Any]
     data (`hidden_widths`, `param_count`), the data and the seed. The exact
     recipe, every field, is the run's `recipe.json`.
     """
-    input_dim = math.prod(info.input_shape)
     return {
         **recipe.applicable(),
-        "hidden_widths": recipe.hidden_layers(input_dim, info.num_classes) or "none",
-        "param_count": recipe.param_count(input_dim, info.num_classes),
+        "hidden_widths": recipe.hidden_layers(*info.dims) or "none",
+        "param_count": recipe.param_count(*info.dims),
         **info.to_params(),
         "seed": seed,
     }

@@ -25,6 +25,7 @@ def build_model(
     input_max: float = 255.0,
     input_mean: np.ndarray | None = None,
     input_variance: np.ndarray | None = None,
+    image_shape: Sequence[int] | None = None,
 ) -> keras.Sequential:
     """Builds the network a recipe describes, ready for `compile_model`.
 
@@ -39,6 +40,8 @@ def build_model(
             Defaults to `255.0`.
         input_mean: Per-feature training mean, needed by `"standardize"`.
         input_variance: Per-feature training variance, needed by `"standardize"`.
+        image_shape: (height, width, channels) of each example, which a convnet
+            reshapes its (flat) input to. Defaults to `None`.
 
     Returns:
         An uncompiled `keras.Sequential` named after the recipe.
@@ -66,7 +69,10 @@ def build_model(
         "kernel_regularizer": lambda: _regularizer(recipe.weight_decay),
         "kernel_constraint": lambda: _constraint(recipe.max_norm),
     }
-    for i, units in enumerate(recipe.hidden_layers(int(np.prod(shape)), num_classes), start=1):
+    if recipe.convolutional:
+        layers += _conv_blocks(recipe, image_shape, weights, policy)
+    input_dim = int(np.prod(shape))
+    for i, units in enumerate(recipe.hidden_layers(input_dim, num_classes, image_shape), 1):
         kernel = {key: make() for key, make in weights.items()}
         own = {"name": f"hidden_{i}", "dtype": policy}
         if recipe.activation == "maxout":
@@ -83,6 +89,37 @@ def build_model(
         )
     )
     return keras.Sequential(layers, name=recipe.name.replace("-", "_"))
+
+
+def _conv_blocks(
+    recipe: Recipe, image_shape: Sequence[int] | None, weights: dict, policy: str
+) -> list[keras.layers.Layer]:
+    """A convnet's blocks: the flat input back to its image, each block's convolution and
+    pooling, then flat again for the dense layers (dropout after, as Keras's MNIST convnet)."""
+    recipe.feature_shapes(image_shape)  # a clear error for data or sizes that do not fit
+    height, width, *channels = image_shape
+    layers = [keras.layers.Reshape((height, width, channels[0] if channels else 1), name="image")]
+    for i, filters in enumerate(recipe.conv_filters, start=1):
+        kernel = {key: make() for key, make in weights.items() if key != "kernel_constraint"}
+        layers.append(
+            keras.layers.Conv2D(
+                filters,
+                recipe.kernel_size,
+                activation=recipe.activation,
+                kernel_constraint=_constraint(recipe.max_norm, axis=(0, 1, 2)),
+                **kernel,
+                name=f"conv_{i}",
+                dtype=policy,
+            )
+        )
+        if recipe.pool_size > 1:
+            layers.append(
+                keras.layers.MaxPooling2D(recipe.pool_size, name=f"pool_{i}", dtype=policy)
+            )
+    layers.append(keras.layers.Flatten(name="features"))
+    if recipe.dropout:
+        layers.append(keras.layers.Dropout(recipe.dropout, name="dropout_features", dtype=policy))
+    return layers
 
 
 def _input_layers(
@@ -120,6 +157,7 @@ def build_for(recipe: Recipe, data: Dataset) -> keras.Sequential:
         input_max=info.input_max,
         input_mean=data.input_mean,
         input_variance=data.input_variance,
+        image_shape=info.image_shape,
     )
 
 
@@ -207,9 +245,10 @@ def _regularizer(weight_decay: float) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(weight_decay) if weight_decay else None
 
 
-def _constraint(max_norm: float) -> keras.constraints.Constraint | None:
-    # axis=0: the weights into each unit (each maxout piece) are one vector.
-    return keras.constraints.MaxNorm(max_norm, axis=0) if max_norm else None
+def _constraint(max_norm: float, axis: int | tuple = 0) -> keras.constraints.Constraint | None:
+    # axis=0: the weights into each unit (each maxout piece) are one vector; a convolution's
+    # filter is one vector over its kernel's rows, columns and input channels.
+    return keras.constraints.MaxNorm(max_norm, axis=axis) if max_norm else None
 
 
 def load_model(path: str) -> keras.Model:

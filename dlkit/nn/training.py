@@ -278,7 +278,7 @@ def fit(
         history=history,
         test_loss=float(test["loss"]),
         test_accuracy=float(test["accuracy"]),
-        params=recipe.param_count(int(np.prod(info.input_shape)), info.num_classes),
+        params=recipe.param_count(*info.dims),
         epochs_run=epochs_run,
         best_epoch=_best_epoch(history, recipe.monitor),
         stopped_epoch=stopped,
@@ -350,7 +350,7 @@ def _trainable(recipe: Recipe, info: DatasetInfo) -> Recipe:
             f"Early stopping monitors {recipe.monitor!r} but the dataset has no validation "
             "split. Set validation_split above 0 or monitor 'loss'."
         )
-    recipe.check_size(int(np.prod(info.input_shape)), info.num_classes)
+    recipe.check_size(*info.dims)
     return recipe.replace(precision=resolve_precision(recipe.precision))
 
 
@@ -373,7 +373,7 @@ def _member_result(recipe, data, seed, member, wall_time, timed, size) -> TrainR
         history=member.history,
         test_loss=member.test["loss"],
         test_accuracy=member.test["accuracy"],
-        params=recipe.param_count(int(np.prod(info.input_shape)), info.num_classes),
+        params=recipe.param_count(*info.dims),
         epochs_run=epochs_run,
         best_epoch=_best_epoch(member.history, recipe.monitor),
         stopped_epoch=member.stopped_epoch,

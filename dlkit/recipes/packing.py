@@ -36,6 +36,7 @@ def packable(recipe: Recipe) -> bool:
     """Whether `recipe` trains in a pack.
 
     `mixed_float16` needs a loss scale that one step shares, so such a recipe
-    trains alone, as Keras trains it.
+    trains alone, as Keras trains it; so does a convnet (the packed trainer
+    stacks dense kernels only).
     """
-    return resolve_precision(recipe.precision) != "mixed_float16"
+    return resolve_precision(recipe.precision) != "mixed_float16" and not recipe.convolutional

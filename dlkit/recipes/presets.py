@@ -61,3 +61,26 @@ def classic_sigmoid() -> Recipe:
 def classic_relu() -> Recipe:
     """The course's Keras demo with ReLU hidden units (95.64% published)."""
     return Recipe(activation="relu", optimizer="sgd", learning_rate=0.1, batch_size=100, **DEEP)
+
+
+CNN = {"conv_filters": (32, 64), "kernel_size": 3, "pool_size": 2, "depth": 0, "dropout": 0.5}
+
+
+@register_recipe
+def cnn_relu() -> Recipe:
+    """Keras's MNIST convnet: two 3x3 convolutions of 32 and 64 filters, each with 2x2 max
+    pooling, dropout 0.5, then the softmax; Adam, batch 128 (34,826 parameters on MNIST)."""
+    return Recipe(activation="relu", epochs=15, **CNN)
+
+
+@register_recipe
+def cnn_sigmoid() -> Recipe:
+    """Keras's MNIST convnet with sigmoid units."""
+    return Recipe(activation="sigmoid", epochs=15, **CNN)
+
+
+@register_recipe
+def mlp_like_cnn() -> Recipe:
+    """One ReLU hidden layer sized to cnn-relu's parameter count on the data: the fully
+    connected net a convnet is compared with at an equal budget."""
+    return Recipe(depth=1, match_recipe="cnn-relu", dropout=0.5, epochs=15)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dlkit.errors import DlkitError, closest
@@ -65,6 +65,19 @@ class Recipe:
             network has the parameter count of a `match_depth`-layer net of
             `width` units on the same data: the fair "deep vs. wide"
             comparison. Defaults to `0` (use `width` as given).
+        match_recipe: When set, the `depth` hidden layers are resized so the
+            network has the parameter count of this registered recipe on the
+            same data (e.g. a fully connected net the size of `"cnn-relu"`).
+            Defaults to `""`.
+        conv_filters: Filters of each convolution block, in order; each block
+            is a `kernel_size` convolution (no padding) with the recipe's
+            activation, then `pool_size` max pooling. Non-empty makes the
+            network a convnet over the data's image shape, whose blocks feed
+            the `depth` hidden layers (0: straight to the softmax). Defaults
+            to `()` (fully connected).
+        kernel_size: Side of the square convolution kernels. Defaults to `3`.
+        pool_size: Side of the max-pooling window after each convolution;
+            1 is no pooling. Defaults to `2`.
         activation: Hidden activation, one of `ACTIVATIONS`. Defaults to `"relu"`.
         maxout_pieces: Linear pieces per unit when `activation="maxout"`.
             Defaults to `2`.
@@ -117,6 +130,10 @@ class Recipe:
     width: int = 500
     widths: tuple[int, ...] = ()
     match_depth: int = 0
+    match_recipe: str = ""
+    conv_filters: tuple[int, ...] = ()
+    kernel_size: int = 3
+    pool_size: int = 2
     activation: str = "relu"
     maxout_pieces: int = 2
     input_dropout: float = 0.0
@@ -163,6 +180,8 @@ class Recipe:
         _check_range("width", self.width, low=1)
         _check_range("match_depth", self.match_depth, low=0, high=MAX_DEPTH)
         _check_range("maxout_pieces", self.maxout_pieces, low=2)
+        _check_range("kernel_size", self.kernel_size, low=1)
+        _check_range("pool_size", self.pool_size, low=1)
         _check_range("input_dropout", self.input_dropout, low=0.0, high=1.0, high_open=True)
         _check_range("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         _check_range("weight_decay", self.weight_decay, low=0.0)
@@ -184,6 +203,19 @@ class Recipe:
                     "Recipe field `widths` must hold positive whole numbers of units. "
                     f"Received: widths={self.widths!r}"
                 )
+        self._check_conv()
+        if sum(map(bool, (self.widths, self.match_depth, self.match_recipe))) > 1:
+            raise DlkitError(
+                "Recipe fields `widths`, `match_depth` and `match_recipe` cannot be combined: "
+                "each sets the hidden widths. Received: "
+                f"widths={self.widths!r}, match_depth={self.match_depth}, "
+                f"match_recipe={self.match_recipe!r}"
+            )
+        if self.match_recipe and self.depth == 0:
+            raise DlkitError(
+                "Recipe field `match_recipe` needs at least one hidden layer to resize. "
+                f"Received: depth=0, match_recipe={self.match_recipe!r}"
+            )
         if self.widths and self.match_depth:
             raise DlkitError(
                 "Recipe fields `widths` and `match_depth` cannot be combined: explicit "
@@ -217,13 +249,16 @@ class Recipe:
         fields = self.to_dict()
         unused = set()
         if self.widths:
-            unused |= {"depth", "width", "match_depth"}
+            unused |= {"depth", "width", "match_depth", "match_recipe"}
         else:
             unused.add("widths")
-            if not self.match_depth:
-                unused.add("match_depth")
+            unused |= {f for f in ("match_depth", "match_recipe") if not getattr(self, f)}
         if not (self.widths or self.depth):
-            unused |= {"width", "activation", "maxout_pieces", "dropout"}
+            unused |= {"width", "maxout_pieces"}
+            if not self.convolutional:  # a softmax regression
+                unused |= {"activation", "dropout"}
+        if not self.convolutional:
+            unused |= {"conv_filters", "kernel_size", "pool_size"}
         if self.activation != "maxout":
             unused.add("maxout_pieces")
         if self.optimizer not in ("momentum", "nesterov"):
@@ -234,16 +269,89 @@ class Recipe:
             unused |= {"monitor", "patience", "restore_best_weights"}
         return {key: value for key, value in fields.items() if key not in unused}
 
-    def hidden_layers(self, input_dim: int, num_classes: int) -> tuple[int, ...]:
+    def _check_conv(self) -> None:
+        for filters in self.conv_filters:
+            if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+                raise DlkitError(
+                    "Recipe field `conv_filters` must hold positive whole numbers of filters. "
+                    f"Received: conv_filters={self.conv_filters!r}"
+                )
+        if self.conv_filters and self.activation == "maxout":
+            raise DlkitError(
+                "Recipe field `activation` maxout is for fully connected layers; a convnet "
+                "(conv_filters) takes relu, sigmoid, tanh or another elementwise activation."
+            )
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether the network starts with convolution blocks (`conv_filters`)."""
+        return bool(self.conv_filters)
+
+    def feature_shapes(self, image_shape: Sequence[int] | None) -> list[tuple[int, int, int]]:
+        """Returns the shape after each convolution block, on images of `image_shape`.
+
+        Raises:
+            DlkitError: for data without an image shape, a kernel larger than
+                what reaches it, or pooling that leaves less than one pixel.
+        """
+        if image_shape is None:
+            raise DlkitError(
+                f"Recipe {self.name!r} is a convnet (conv_filters), and this data has no image "
+                "shape: its examples are flat vectors. Use image data (digits, MNIST, a TFDS "
+                "image set, or an .npz file whose x arrays are N x height x width)."
+            )
+        height, width = int(image_shape[0]), int(image_shape[1])
+        channels = int(image_shape[2]) if len(image_shape) > 2 else 1
+        shapes = []
+        for i, filters in enumerate(self.conv_filters, start=1):
+            if self.kernel_size > min(height, width):
+                raise DlkitError(
+                    f"Recipe {self.name!r}: convolution block {i} gets {height}x{width} "
+                    f"pixels, smaller than its kernel_size={self.kernel_size}. Use a smaller "
+                    "kernel_size or pool_size, or fewer conv_filters."
+                )
+            height, width = height - self.kernel_size + 1, width - self.kernel_size + 1
+            if self.pool_size > min(height, width):
+                raise DlkitError(
+                    f"Recipe {self.name!r}: pooling after convolution block {i} gets "
+                    f"{height}x{width} pixels, less than its pool_size={self.pool_size}: it "
+                    "would leave less than one pixel. Use a smaller pool_size or kernel_size, "
+                    "or fewer conv_filters."
+                )
+            height, width, channels = height // self.pool_size, width // self.pool_size, filters
+            shapes.append((height, width, channels))
+        return shapes
+
+    def _head(self, input_dim: int, image_shape: Sequence[int] | None) -> tuple[int, int]:
+        """The convolution blocks' parameters, and the size of what they hand the dense
+        layers (the input itself for a fully connected net)."""
+        if not self.convolutional:
+            return 0, input_dim
+        channels = int(image_shape[2]) if image_shape and len(image_shape) > 2 else 1
+        params = 0
+        for shape in self.feature_shapes(image_shape):
+            params += (self.kernel_size**2 * channels + 1) * shape[2]
+            channels = shape[2]
+        return params, math.prod(shape)
+
+    def hidden_layers(
+        self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+    ) -> tuple[int, ...]:
         """Returns the hidden-layer widths for data of this input and output size."""
         if self.widths:
             return self.widths
-        if not self.match_depth:
+        if not (self.match_depth or self.match_recipe):
             return (self.width,) * self.depth
-        target = _count(input_dim, num_classes, (self.width,) * self.match_depth, self._pieces)
+        conv, flat = self._head(input_dim, image_shape)
+        if self.match_recipe:
+            target = get_recipe(self.match_recipe).param_count(input_dim, num_classes, image_shape)
+        else:
+            target = conv + _count(
+                flat, num_classes, (self.width,) * self.match_depth, self._pieces
+            )
 
         def params(units: int) -> int:
-            return _count(input_dim, num_classes, (units,) * self.depth, self._pieces)
+            return conv + _count(flat, num_classes, (units,) * self.depth, self._pieces)
 
         # The count grows with the width, so bisect for the last width at or
         # under the target, then keep whichever neighbour lands closer.
@@ -259,18 +367,25 @@ class Recipe:
         best = min((low, low + 1), key=lambda units: abs(params(units) - target))
         return (best,) * self.depth
 
-    def param_count(self, input_dim: int, num_classes: int) -> int:
-        """Returns the number of trainable parameters for this input and output size."""
-        hidden = self.hidden_layers(input_dim, num_classes)
-        return _count(input_dim, num_classes, hidden, self._pieces)
+    def param_count(
+        self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+    ) -> int:
+        """Returns the number of trainable parameters for this input and output size (and
+        image shape, for a convnet)."""
+        conv, flat = self._head(input_dim, image_shape)
+        hidden = self.hidden_layers(input_dim, num_classes, image_shape)
+        return conv + _count(flat, num_classes, hidden, self._pieces)
 
-    def check_size(self, input_dim: int, num_classes: int) -> None:
-        """Raises `DlkitError` when training this network would not fit in this machine's memory.
+    def check_size(
+        self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+    ) -> None:
+        """Raises `DlkitError` when this network does not fit the data (a convnet on flat
+        data, a kernel larger than the image) or this machine's memory.
 
-        The estimate is `BYTES_PER_PARAM` bytes per parameter, against the
+        The memory estimate is `BYTES_PER_PARAM` bytes per parameter, against the
         physical memory, before anything is allocated.
         """
-        params = self.param_count(input_dim, num_classes)
+        params = self.param_count(input_dim, num_classes, image_shape)
         needed = params * BYTES_PER_PARAM
         memory = physical_memory()
         if memory and needed > memory:
@@ -280,11 +395,21 @@ class Recipe:
                 f"{memory / 2**30:,.1f} GiB. Use a smaller depth or width."
             )
 
-    def describe(self, input_dim: int, num_classes: int) -> dict[str, str]:
+    def describe(
+        self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+    ) -> dict[str, str]:
         """Returns a one-line-per-column summary for listings such as `dlkit recipes`."""
-        hidden = self.hidden_layers(input_dim, num_classes)
-        layers = "-".join(str(n) for n in (input_dim, *hidden, num_classes))
-        activation = self.activation if hidden else "-"
+        if image_shape is None and (self.convolutional or self.match_recipe):
+            side = math.isqrt(input_dim)  # a listing's --input-dim: a square, one channel
+            image_shape = (side, side, 1) if side * side == input_dim else None
+        try:
+            hidden = self.hidden_layers(input_dim, num_classes, image_shape)
+            params = f"{self.param_count(input_dim, num_classes, image_shape):,}"
+        except DlkitError:  # a convnet that does not fit this input
+            hidden, params = (self.width,) * self.depth, "-"
+        conv = [f"conv{f}" for f in self.conv_filters]
+        layers = "-".join(str(n) for n in (input_dim, *conv, *hidden, num_classes))
+        activation = self.activation if hidden or conv else "-"
         if self.activation == "maxout" and hidden:
             activation = f"maxout(k={self.maxout_pieces})"
         regularization = []
@@ -301,7 +426,7 @@ class Recipe:
             "regularization": ", ".join(regularization) or "-",
             "training": f"{self.optimizer} lr {self.learning_rate:g}, {self.loss}, "
             f"batch {self.batch_size}, {self.epochs} epochs",
-            "params": f"{self.param_count(input_dim, num_classes):,}",
+            "params": params,
         }
 
     @property
