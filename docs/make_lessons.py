@@ -43,6 +43,7 @@ LESSONS = [
     "maxout",
     "normalization",
     "initialization",
+    "why_cnn",
 ]  # the page's order
 
 

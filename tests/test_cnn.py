@@ -129,3 +129,18 @@ def test_a_convnet_against_an_equal_budget_mlp_in_a_comparison(tmp_path, tiny_cn
         if run.data.tags["dlkit.variant"] == "cnn":
             assert run.data.params["conv_filters"] == "8"
             assert "8" in run.data.params["data.image_shape"]
+
+
+def test_gradient_norms_cover_a_convnets_convolutions(tmp_path):
+    import dlkit
+
+    data = load_dataset("digits", train_size=200)
+    recipe = get_recipe("cnn-relu", conv_filters=(4, 4), pool_size=1, depth=1, width=8, epochs=2)
+    result = dlkit.train(
+        recipe, data, tracking_uri=f"sqlite:///{tmp_path}/m.db", verbose=0, gradient_norms=True
+    )
+    metrics = MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(result.run_id).data.metrics
+    # conv_1, conv_2, hidden_1 and the output layer, nearest the input first
+    assert sorted(k for k in metrics if k.startswith("grad_norm_")) == [
+        f"grad_norm_{i}" for i in range(1, 5)
+    ]
