@@ -128,13 +128,57 @@ def _compare(
     log: Callable[[str], None],
     progress: bool,
 ) -> Comparison:
+    recipes, data = _checked(experiment, options)
+    folder = _report_folder(options.output_dir, experiment.name)
+    tracker = Tracker(options.tracking_uri, experiment.name)
+    run = _Run(
+        experiment, options, tracker, callbacks, log, progress, _resources(options), data.info.dims
+    )
+    check_executor(options.executor, run.resources, tracker.tracking_uri)
+    parent = _open_parent(run, data)
+    with tracker.run(experiment.name, tags=parent.tags, resume_id=parent.run_id) as parent_id:
+        tracker.log_dataset(parent_id, data)
+        tuning = None
+        if experiment.tune:
+            recipes, tuning = _tune(run, recipes, parent_id, parent.finished.get("tuning", {}))
+        plan = _plan(experiment, recipes, options)
+        done = parent.finished.get("child", {})
+        if parent.resumed or parent.joined:
+            log(
+                f"Resuming parent run {parent_id}; {sum(p['config_hash'] in done for p in plan)} "
+                f"of {len(plan)} runs already finished (use --force to retrain them)."
+            )
+        context = _context(experiment, recipes, data)
+        _log_plan(tracker, parent_id, experiment, plan, context, tuning)
+        run.execute(
+            [
+                _spec(run, recipes[entry["variant"]], entry, parent_id)
+                for entry in plan
+                if entry["config_hash"] not in done
+            ]
+        )
+        tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
+        signals.check()
+        comparison = _report(tracker, parent_id, folder)
+    if options.register_best and comparison.best_run():
+        comparison.registered = tracker.register_model(
+            comparison.best_run(),
+            options.register_best,
+            description=f"{comparison.best} from comparison {experiment.name!r}: "
+            f"{experiment.question}",
+        )
+    return comparison
+
+
+def _checked(experiment: Experiment, options: Options) -> tuple[dict[str, Recipe], Any]:
+    """The variants' recipes and the loaded data, once everything that can be checked
+    before a run opens is: sizes, the data, whether tuning has a validation split."""
     # `auto` precision is resolved here, so the value that runs is the one hashed and logged.
     recipes = {
         label: recipe.replace(precision=resolve_precision(recipe.precision))
         for label, recipe in experiment.recipes().items()
     }
     _check_size(experiment, options)
-    folder = _report_folder(options.output_dir, experiment.name)
     # Loaded here once (and cached for the children this process runs), so
     # a broken dataset fails before any run is opened.
     data = experiment.data.load()
@@ -145,12 +189,25 @@ def _compare(
         )
     for recipe in recipes.values():
         recipe.check_size(*data.info.dims)
-    tracker = Tracker(options.tracking_uri, experiment.name)
-    run = _Run(
-        experiment, options, tracker, callbacks, log, progress, _resources(options), data.info.dims
-    )
-    check_executor(options.executor, run.resources, tracker.tracking_uri)
-    parent_tags = {
+    return recipes, data
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parent:
+    """The parent run a comparison opens, resumes or joins, and what it already holds."""
+
+    run_id: str | None
+    tags: dict[str, str]
+    resumed: bool
+    joined: bool
+    finished: dict[str, dict[str, str]]  # finished runs by role, then config hash
+
+
+def _open_parent(run: _Run, data: Any) -> _Parent:
+    """Finds the parent to resume (the latest), or claims a new one (joining another
+    process's if it opened one at the same time); says so, and ends orphans KILLED."""
+    experiment, options, tracker = run.experiment, run.options, run.tracker
+    tags = {
         "dlkit.role": "parent",
         "dlkit.question": experiment.question,
         "dlkit.dataset": data.info.name,
@@ -159,54 +216,27 @@ def _compare(
     resume_id = None if options.force else tracker.latest_parent()
     resumed, joined = resume_id is not None, False
     if not resumed and not options.force:  # another process may be opening one now
-        resume_id, joined = tracker.claim_parent(experiment.name, parent_tags)
+        resume_id, joined = tracker.claim_parent(experiment.name, tags)
     orphans = tracker.close_orphans(resume_id) if resume_id else 0
-    finished = _finished(tracker, resume_id) if resume_id else {}
-
-    log(
+    run.log(
         f"Comparison {experiment.name!r}: {plural(len(experiment.variants), 'variant')} x "
         f"{plural(len(experiment.seeds), 'seed')} on {data!r}"
     )
     if joined:
-        log(f"Joined parent run {resume_id}, which another process opened at the same time.")
+        run.log(f"Joined parent run {resume_id}, which another process opened at the same time.")
     if orphans:
-        log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
-    with tracker.run(experiment.name, tags=parent_tags, resume_id=resume_id) as parent_id:
-        tracker.log_dataset(parent_id, data)
-        tuning = None
-        if experiment.tune:
-            recipes, tuning = _tune(run, recipes, parent_id, finished.get("tuning", {}))
-        plan = _plan(experiment, recipes, options)
-        done = finished.get("child", {})
-        if resumed or joined:
-            log(
-                f"Resuming parent run {resume_id}; {sum(p['config_hash'] in done for p in plan)} "
-                f"of {len(plan)} runs already finished (use --force to retrain them)."
-            )
-        context = _context(experiment, recipes, data)
-        _log_plan(tracker, parent_id, experiment, plan, context, tuning)
-        specs = [
-            _spec(run, recipes[entry["variant"]], entry, parent_id)
-            for entry in plan
-            if entry["config_hash"] not in done
-        ]
-        run.execute(specs)
-        tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
+        run.log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
+    finished = _finished(tracker, resume_id) if resume_id else {}
+    return _Parent(resume_id, tags, resumed, joined, finished)
 
-        signals.check()
-        comparison = load_comparison(tracker, parent_id)
-        # Render the report once: into the output folder, or a temporary one
-        # when there is none, and log those same files to the parent run.
-        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-            _log_report(tracker, parent_id, comparison, comparison.save(folder or Path(tmp)))
-        comparison.output_dir = folder
-    if options.register_best and comparison.best_run():
-        comparison.registered = tracker.register_model(
-            comparison.best_run(),
-            options.register_best,
-            description=f"{comparison.best} from comparison {experiment.name!r}: "
-            f"{experiment.question}",
-        )
+
+def _report(tracker: Tracker, parent_id: str, folder: Path | None) -> Comparison:
+    """Rebuilds the comparison from the store and renders its report once: into the output
+    folder, or a temporary one when there is none, and logs those same files to the parent."""
+    comparison = load_comparison(tracker, parent_id)
+    with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+        _log_report(tracker, parent_id, comparison, comparison.save(folder or Path(tmp)))
+    comparison.output_dir = folder
     return comparison
 
 
