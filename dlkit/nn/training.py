@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -206,38 +207,10 @@ def fit(
     if repeat:
         steps_per_execution = steps
     keras.utils.set_random_seed(seed)
-    with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_for(recipe, data)
-        reuse = reuse and not strategy
-        key = (recipe, steps_per_execution, jit_compile)
-        traced = _TRACED.take(key, data, model) if reuse else None
-        if traced:
-            model, optimizer_start = traced
-        else:
-            compile_model(
-                model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile
-            )
-            if reuse:  # the optimizer's state before its first step, to start over from
-                model.optimizer.build(model.trainable_variables)
-                optimizer_start = [np.array(v) for v in model.optimizer.variables]
-
-    timer = EpochTimer()
-    own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer, StopOnSignal()]
-    validation = None
-    if info.validation_size and strategy:  # score's traced step runs outside the replicas
-        validation = data.pipeline("validation", recipe.batch_size)
-    elif info.validation_size:  # first: early stopping and the loggers read its metrics
-        own.insert(0, Validation(*data.tensors("validation")))
-    early_stopping = None
-    if recipe.early_stopping:
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor=recipe.monitor,
-            patience=recipe.patience,
-            restore_best_weights=recipe.restore_best_weights,
-        )
-        own.append(early_stopping)
-    if recipe.lr_decay_epochs:
-        own.append(keras.callbacks.LearningRateScheduler(_step_decay(recipe)))
+    reuse = reuse and not strategy
+    key = (recipe, steps_per_execution, jit_compile)
+    model, optimizer_start = _compiled(recipe, data, strategy, key, reuse=reuse)
+    own, validation, early_stopping, timer = _own_callbacks(recipe, data, strategy)
 
     start = time.perf_counter()
     history = model.fit(
@@ -251,21 +224,11 @@ def fit(
     ).history
     wall_time = time.perf_counter() - start
     history = {key: [float(v) for v in values] for key, values in history.items()}
-
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise _diverged(recipe, len(losses))
-
     if reuse:
         _TRACED.keep(key, data, model, optimizer_start)
-    if strategy:
-        test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
-    else:
-        test = score(model, *data.tensors("test"))
-    predicted = _predicted_classes(model, data, "test")
-    y_train = data.arrays("train")[1]
-    train_accuracy = float(np.mean(_predicted_classes(model, data, "train") == y_train))
-    epochs_run = len(losses)
     stopped = (
         early_stopping.stopped_epoch + 1
         if early_stopping and early_stopping.stopped_epoch
@@ -276,20 +239,76 @@ def fit(
         dataset=info,
         seed=seed,
         history=history,
-        test_loss=float(test["loss"]),
-        test_accuracy=float(test["accuracy"]),
         params=recipe.param_count(*info.dims),
-        epochs_run=epochs_run,
+        epochs_run=len(losses),
         best_epoch=_best_epoch(history, recipe.monitor),
         stopped_epoch=stopped,
         wall_time=wall_time,
         samples_per_second=timer.samples_per_second(info.train_size),
         device=device_name(),
-        train_accuracy=train_accuracy,
-        test_correct=predicted == data.arrays("test")[1],
         model=model,
         replicas=strategy.num_replicas_in_sync if strategy else 1,
+        **_scores(model, data, recipe, strategy),
     )
+
+
+def _compiled(recipe: Recipe, data: Dataset, strategy: Any, key: tuple, *, reuse: bool):
+    """The model to train, compiled; with `reuse`, the one this process traced for `key`
+    (with the optimizer's state before its first step, to start over from) when it has one."""
+    optimizer_start = None
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_for(recipe, data)
+        traced = _TRACED.take(key, data, model) if reuse else None
+        if traced:
+            return traced
+        _, steps_per_execution, jit_compile = key
+        compile_model(
+            model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile
+        )
+        if reuse:
+            model.optimizer.build(model.trainable_variables)
+            optimizer_start = [np.array(v) for v in model.optimizer.variables]
+    return model, optimizer_start
+
+
+def _own_callbacks(recipe: Recipe, data: Dataset, strategy: Any) -> tuple:
+    """dlkit's callbacks around a fit: NaN stop, epoch timer, signals, validation scoring,
+    early stopping and the learning-rate schedule; with the validation data Keras scores
+    itself (under a strategy), the early stopping and the timer."""
+    timer = EpochTimer()
+    own: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), timer, StopOnSignal()]
+    validation = None
+    if data.info.validation_size and strategy:  # score's traced step runs outside the replicas
+        validation = data.pipeline("validation", recipe.batch_size)
+    elif data.info.validation_size:  # first: early stopping and the loggers read its metrics
+        own.insert(0, Validation(*data.tensors("validation")))
+    early_stopping = None
+    if recipe.early_stopping:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor=recipe.monitor,
+            patience=recipe.patience,
+            restore_best_weights=recipe.restore_best_weights,
+        )
+        own.append(early_stopping)
+    if recipe.lr_decay_epochs:
+        own.append(keras.callbacks.LearningRateScheduler(_step_decay(recipe)))
+    return own, validation, early_stopping, timer
+
+
+def _scores(model: keras.Model, data: Dataset, recipe: Recipe, strategy: Any) -> dict:
+    """A trained model's test loss and accuracy, which test examples it got right, and its
+    accuracy on the training split with every unit on."""
+    if strategy:
+        test = model.evaluate(data.pipeline("test", recipe.batch_size), verbose=0, return_dict=True)
+    else:
+        test = score(model, *data.tensors("test"))
+    y_train = data.arrays("train")[1]
+    return {
+        "test_loss": float(test["loss"]),
+        "test_accuracy": float(test["accuracy"]),
+        "train_accuracy": float(np.mean(_predicted_classes(model, data, "train") == y_train)),
+        "test_correct": _predicted_classes(model, data, "test") == data.arrays("test")[1],
+    }
 
 
 def fit_pack(
