@@ -157,3 +157,54 @@ def test_a_member_held_by_a_process_that_dies_is_trained_by_the_one_waiting(tmp_
     assert MlflowClient(store).get_run(held[0].run_id).info.status == "KILLED"
     counts = finished_once(store)
     assert len(counts) == 6 and set(counts.values()) == {1}, counts
+
+
+@pytest.mark.integration
+def test_four_processes_and_six_signals_then_reruns_finish_each_member_once(tmp_path):
+    """Four `dlkit compare` processes on one fresh store, two of them on one experiment;
+    six signals at random moments (seeded); then every command rerun to the end."""
+    import random
+
+    rng = random.Random(0)
+    files = {}
+    for name in ("claims", "other", "third"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**EXPERIMENT, "name": name}))
+        files[name] = path
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def launch(name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dlkit.cli", "compare", str(files[name])]
+            + ["--tracking-uri", store, "--output", "reports"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    names = ["claims", "claims", "other", "third"]
+    processes = [launch(name) for name in names]
+    for _ in range(6):
+        time.sleep(rng.uniform(1.0, 6.0))
+        running = [p for p in processes if p.poll() is None]
+        if running:
+            rng.choice(running).send_signal(rng.choice([signal.SIGINT, signal.SIGTERM]))
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode in (0, 130, 143), output
+        assert "Traceback" not in output, output
+    reruns = [launch(name) for name in dict.fromkeys(names)]  # every command, to the end
+    for process in reruns:
+        output = process.communicate(timeout=600)[0]
+        assert process.returncode == 0 and "Traceback" not in output, output
+
+    client = MlflowClient(store)
+    for name in dict.fromkeys(names):
+        experiment = client.get_experiment_by_name(name).experiment_id
+        runs = client.search_runs([experiment], "tags.`dlkit.role` != 'parent'")
+        assert not [r for r in runs if r.info.status == "RUNNING"], name
+        done = collections.Counter(
+            r.data.tags["dlkit.config_hash"] for r in runs if r.info.status == "FINISHED"
+        )
+        assert len(done) == 6 and set(done.values()) == {1}, (name, done)
