@@ -509,9 +509,14 @@ def tracked_pack(
             [run_ids[k] for k in mine],
             on_epoch,
         )
+        # One look for all of them: a member that FINISHED in another process meanwhile
+        # withdraws instead of finishing a second time.
+        done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
+        outcomes.update(contested(tracker, parent_id, done, running=False))
         for k, outcome in zip(mine, trained):
-            end = functools.partial(_end_member, tracker, run_ids[k], data=data)
-            outcomes[run_ids[k]] = end(outcome, parent_id=parent_id, log_model=models[k])
+            if run_ids[k] not in outcomes:
+                end = functools.partial(_end_member, tracker, run_ids[k], data=data)
+                outcomes[run_ids[k]] = end(outcome, log_model=models[k])
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
@@ -535,23 +540,12 @@ def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch) -> list:
             sink.flush()  # an interrupted run keeps the curves it had
 
 
-def _end_member(
-    tracker: Tracker,
-    run_id: str,
-    outcome,
-    *,
-    data: Dataset,
-    parent_id: str | None = None,
-    log_model: bool = True,
-):
+def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, log_model: bool):
     """Logs a member's results and ends its run, before the next member's; returns its
-    outcome. A member that FINISHED in another process meanwhile withdraws instead."""
+    outcome."""
     from dlkit import signals
 
     if not isinstance(outcome, Exception):
-        lost = contested(tracker, parent_id, [run_id], running=False)
-        if lost:
-            return lost[run_id]
         try:
             _log_end(tracker, run_id, outcome, data, log_model=log_model)
         except Exception as error:
