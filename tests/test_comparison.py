@@ -356,3 +356,13 @@ def test_replicate_needs_a_slice_that_fits(tracking_uri):
     big = {**TINY, "dataset": {"source": "digits", "train_size": 1000}}
     with pytest.raises(DlkitError, match="train_offset=1000"):
         compare(parse_experiment(big), tracking_uri=tracking_uri, replicate=True, output_dir=None)
+
+
+def test_in_a_notebook_a_comparison_displays_as_its_report(finished):
+    result, _, _ = finished
+    page = result._repr_html_()
+    assert page.count("<tr>") == 1 + 2  # the header and one row per variant
+    assert "relu" in page and "sigmoid" in page and "±" in page
+    assert "Expectations (variants compared as given)" in page
+    assert "<code>relu &gt; sigmoid</code>" in page  # escaped, as HTML must be
+    assert page.count('<img src="data:image/png;base64,') == 2  # curves and test accuracy

@@ -23,7 +23,7 @@ from dlkit.comparison.experiment import (
     resolve_experiment,
 )
 from dlkit.comparison.options import LARGE_COMPARISON, Options
-from dlkit.comparison.progress import Progress
+from dlkit.comparison.progress import Progress, in_notebook
 from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label
 from dlkit.errors import DlkitError
@@ -47,7 +47,7 @@ def compare(
     *,
     callbacks: Sequence[Any] = (),
     log: Callable[[str], None] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     **fields: Any,
 ) -> Comparison:
     """Trains every variant with every seed and reports them side by side.
@@ -69,8 +69,9 @@ def compare(
         options: How to run it, as an `Options`. Defaults to `Options()`.
         callbacks: Extra Keras callbacks for every training.
         log: Where progress lines go. Defaults to printing them at once (flushed).
-        progress: Draw one progress bar on standard error (for a terminal)
-            instead of a line per run. Defaults to `False`.
+        progress: Draw one progress bar (on standard error in a terminal) instead
+            of a line per run. Defaults to `None`: a bar in a notebook that can draw
+            one (Jupyter with ipywidgets), lines elsewhere.
         **fields: Any `Options` field by name (`dataset`, `epochs`, `seeds`,
             `overrides`, `tune`, `force`, `replicate`, `tracking_uri`,
             `output_dir`, `verbose`...); they beat `options`.
@@ -85,6 +86,7 @@ def compare(
     >>> result.table[["variant", "test_accuracy_mean", "test_accuracy_std"]]
     """
     options = (options or Options()).replace(**fields)
+    progress = in_notebook() if progress is None else progress
     experiment = resolve_experiment(target, options)
     log = log or functools.partial(print, flush=True)
     if not options.replicate:

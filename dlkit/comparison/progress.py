@@ -38,7 +38,7 @@ class Progress:
         self._epochs = 0
         self._bar = None
         if bar and total:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a notebook's own bar there
 
             self._bar = tqdm(
                 total=total,
@@ -102,3 +102,15 @@ class Progress:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (Jupyter, Colab) that can draw tqdm's notebook
+    bar (ipywidgets installed)."""
+    import importlib.util
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is None or "IPKernelApp" not in getattr(shell, "config", {}):
+        return False
+    return importlib.util.find_spec("ipywidgets") is not None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
+import io
 import json
 import math
 from pathlib import Path
@@ -212,6 +215,34 @@ class Comparison:
             f"variants compared tuned: each at its best of {sizes} on validation accuracy, "
             f"{seeds} seed{'s' if seeds != 1 else ''} per point"
         )
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook (Jupyter, Colab): the table, the verdicts, the plots."""
+        rows = self._display_rows()
+        head = "".join(f"<th>{html.escape(column)}</th>" for column in rows[0])
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(value))}</td>" for value in row.values())
+            for row in rows
+        )
+        parts = [f"<h3>{html.escape(self.name)}</h3>"]
+        if self.question:
+            parts.append(f"<p>{html.escape(self.question)}</p>")
+        if self.context:
+            parts.append(f"<p><small>{html.escape(self.what_was_run())}</small></p>")
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        parts.append(f"<p><small>{html.escape(self._footnote())}</small></p>")
+        if self.expectations:
+            items = "".join(
+                f"<li><b>{verdict.status}</b> <code>{html.escape(verdict.expectation)}</code>: "
+                f"{html.escape(verdict.detail)}</li>"
+                for verdict in self.expectations
+            )
+            parts.append(
+                f"<p>Expectations ({html.escape(self.how_compared())}):</p><ul>{items}</ul>"
+            )
+        for draw in (self.plot_learning_curves, self.plot_test_accuracy):
+            parts.append(f'<img src="data:image/png;base64,{_png(draw())}"/>')
+        return "\n".join(parts)
 
     def what_was_run(self) -> str:
         """Returns one line: dataset and split sizes, seeds, epochs, precision, versions."""
@@ -469,6 +500,16 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         context=plan.get("context"),
         tuning=plan.get("tuning"),
     )
+
+
+def _png(figure) -> str:
+    """A matplotlib figure as base64 PNG text, closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _history(tracker: Tracker, run_id: str) -> dict[str, list[float]]:
