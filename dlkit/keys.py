@@ -1,6 +1,20 @@
-"""Names shared by what logs runs and what reads them back: metric prefixes and tags."""
+"""Names shared by what logs runs and what reads them back: metric prefixes, artifacts, tags."""
 
 from __future__ import annotations
 
 GRAD_PREFIX = "grad_norm_"  # grad_norm_1 (nearest the input) ... grad_norm_<L> (the output)
 CORRECT_ARTIFACT = "test_correct.npy"  # per test example: did the trained model get it right
+
+# Tags, on every run dlkit opens or on a comparison's runs.
+ROLE = "dlkit.role"  # parent, child (a measuring run) or tuning (a sweep's run)
+CONFIG_HASH = "dlkit.config_hash"  # what a run trained: resume, claims and reports match on it
+VARIANT = "dlkit.variant"
+SEED = "dlkit.seed"
+SETTING = "dlkit.setting"  # a sweep run's point, e.g. learning_rate=0.01
+RECIPE = "dlkit.recipe"
+DATASET = "dlkit.dataset"
+QUESTION = "dlkit.question"
+TUNED = "dlkit.tuned"  # on a parent: yes when its variants were tuned
+HOST = "dlkit.host"  # the process that holds a run, so a later one can tell it is gone
+PID = "dlkit.pid"
+FAILURE = "dlkit.failure"  # why a run ended FAILED or KILLED

@@ -9,10 +9,10 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dlkit import Recipe
+from dlkit import Recipe, keys
 from dlkit.data.dataset import DataSpec
 from dlkit.execution.runs import ChildResult, ChildSpec, run_child
-from dlkit.tracking.tracker import FAILURE_TAG, Tracker
+from dlkit.tracking.tracker import Tracker
 
 DATA = DataSpec(source="digits", train_size=200)
 RECIPE = Recipe(name="tiny", depth=1, width=16, epochs=2, batch_size=50)
@@ -67,4 +67,4 @@ def test_a_failing_child_comes_back_failed_with_its_run_ended(tracking_uri):
     assert result.status == "FAILED" and result.test_accuracy is None
     assert result.failure.startswith("TrainingDiverged")
     run = MlflowClient(tracking_uri).get_run(result.run_id)
-    assert run.info.status == "FAILED" and "diverged" in run.data.tags[FAILURE_TAG]
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags[keys.FAILURE]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dlkit import DlkitError, Recipe, get_recipe, load_model, signals, train
+from dlkit import DlkitError, Recipe, get_recipe, keys, load_model, signals, train
 from dlkit.nn.training import TrainingDiverged
-from dlkit.tracking.tracker import FAILURE_TAG, HOST_TAG, PID_TAG, Tracker, create_sqlite_store
+from dlkit.tracking.tracker import Tracker, create_sqlite_store
 
 RECIPE = Recipe(
     name="small-es",
@@ -93,7 +93,7 @@ def test_diverged_training_ends_its_run_failed_with_the_reason(digits, tracking_
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
     assert run.info.status == "FAILED"
-    assert "diverged" in run.data.tags[FAILURE_TAG]
+    assert "diverged" in run.data.tags[keys.FAILURE]
 
 
 def test_interrupted_run_ends_killed(tracking_uri):
@@ -102,7 +102,7 @@ def test_interrupted_run_ends_killed(tracking_uri):
         with tracker.run("x") as run_id:
             raise KeyboardInterrupt
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "KILLED" and "interrupted" in run.data.tags[FAILURE_TAG]
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags[keys.FAILURE]
 
 
 def test_default_store_is_sqlite_mlflow_db_in_the_working_directory(tmp_path):
@@ -143,7 +143,7 @@ def test_an_error_raised_while_interrupted_ends_the_run_killed_not_failed(tracki
                 # what TensorFlow once made of a Ctrl-C inside its own code
                 raise ValueError("Failed to convert elements of (None,) to Tensor")
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "KILLED" and "Ctrl-C" in run.data.tags[FAILURE_TAG]
+    assert run.info.status == "KILLED" and "Ctrl-C" in run.data.tags[keys.FAILURE]
 
 
 def test_a_pool_error_made_of_an_interrupt_is_not_shown_and_a_real_one_is(tracking_uri, caplog):
@@ -182,10 +182,10 @@ def test_runs_left_running_by_a_dead_process_are_closed_and_live_ones_kept(track
         capture_output=True,
         check=True,
     ).stdout.strip()
-    tags = {"mlflow.parentRunId": parent, HOST_TAG: socket.gethostname()}
-    orphan = tracker.client.create_run(tracker.experiment_id, tags={**tags, PID_TAG: dead})
+    tags = {"mlflow.parentRunId": parent, keys.HOST: socket.gethostname()}
+    orphan = tracker.client.create_run(tracker.experiment_id, tags={**tags, keys.PID: dead})
     alive = tracker.client.create_run(
-        tracker.experiment_id, tags={**tags, PID_TAG: str(os.getpid())}
+        tracker.experiment_id, tags={**tags, keys.PID: str(os.getpid())}
     )
     assert tracker.close_orphans(parent) == 1
     assert tracker.client.get_run(orphan.info.run_id).info.status == "KILLED"
@@ -281,7 +281,7 @@ def test_a_signal_inside_a_store_call_lands_after_it_and_the_run_ends_killed(
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.data.metrics == {"loss": 0.5}  # the interrupted call's write is whole
     assert run.info.status == "KILLED"
-    assert run.data.tags[FAILURE_TAG].startswith("interrupted")
+    assert run.data.tags[keys.FAILURE].startswith("interrupted")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

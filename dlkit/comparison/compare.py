@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dlkit import signals
+from dlkit import keys, signals
 from dlkit.comparison.experiment import (
     Experiment,
     config_hash,
@@ -210,10 +210,10 @@ def _open_parent(run: _Run, data: Any) -> _Parent:
     process's if it opened one at the same time); says so, and ends orphans KILLED."""
     experiment, options, tracker = run.experiment, run.options, run.tracker
     tags = {
-        "dlkit.role": "parent",
-        "dlkit.question": experiment.question,
-        "dlkit.dataset": data.info.name,
-        "dlkit.tuned": "yes" if experiment.tune else "no",
+        keys.ROLE: "parent",
+        keys.QUESTION: experiment.question,
+        keys.DATASET: data.info.name,
+        keys.TUNED: "yes" if experiment.tune else "no",
     }
     resume_id = None if options.force else tracker.latest_parent()
     resumed, joined = resume_id is not None, False
@@ -309,7 +309,7 @@ class _Run:
         )
         while True:
             state = holders(self.tracker, parent_id)
-            status = {id(spec): state.get(spec.tags["dlkit.config_hash"]) for spec in pending}
+            status = {id(spec): state.get(spec.tags[keys.CONFIG_HASH]) for spec in pending}
             for spec in pending:
                 if status[id(spec)] in ("FINISHED", "FAILED"):
                     done(spec, f"{status[id(spec)]} in another process")
@@ -365,9 +365,9 @@ def _finished(tracker: Tracker, parent_id: str) -> dict[str, dict[str, str]]:
     """The parent's finished runs by role (`child`, `tuning`), then by config hash."""
     found: dict[str, dict[str, str]] = {}
     for run in tracker.children(parent_id, status="FINISHED"):
-        if "dlkit.config_hash" in run.tags:
-            role = run.tags.get("dlkit.role", "child")
-            found.setdefault(role, {})[run.tags["dlkit.config_hash"]] = run.run_id
+        if keys.CONFIG_HASH in run.tags:
+            role = run.tags.get(keys.ROLE, "child")
+            found.setdefault(role, {})[run.tags[keys.CONFIG_HASH]] = run.run_id
     return found
 
 
@@ -398,11 +398,11 @@ def _spec(
         run_name=f"{entry['variant']}{setting}/seed{entry['seed']}",
         parent_id=parent_id,
         tags={
-            "dlkit.variant": entry["variant"],
-            "dlkit.seed": str(entry["seed"]),
-            "dlkit.config_hash": entry["config_hash"],
-            "dlkit.role": role,
-            **({"dlkit.setting": entry["setting"]} if setting else {}),
+            keys.VARIANT: entry["variant"],
+            keys.SEED: str(entry["seed"]),
+            keys.CONFIG_HASH: entry["config_hash"],
+            keys.ROLE: role,
+            **({keys.SETTING: entry["setting"]} if setting else {}),
         },
         params={"variant": entry["variant"]},
         gradient_norms=run.experiment.gradient_norms and role == "child",
@@ -451,7 +451,7 @@ def _tune(
             run.log(line)
 
     def ended(spec: ChildSpec) -> list[str]:
-        label = spec.tags["dlkit.variant"]
+        label = spec.tags[keys.VARIANT]
         left[label] -= 1
         return settle(label) if not left[label] else []
 
@@ -510,9 +510,9 @@ def _sweep_scores(tracker: Tracker, parent_id: str) -> dict[str, float | None]:
     finish (a finished run wins over a failed try of the same configuration)."""
     scores: dict[str, float | None] = {}
     for run in tracker.children(parent_id):
-        if run.tags.get("dlkit.role") != "tuning" or "dlkit.config_hash" not in run.tags:
+        if run.tags.get(keys.ROLE) != "tuning" or keys.CONFIG_HASH not in run.tags:
             continue
-        key = run.tags["dlkit.config_hash"]
+        key = run.tags[keys.CONFIG_HASH]
         if run.status == "FINISHED":
             scores[key] = run.metrics.get(SCORE)
         else:
@@ -691,7 +691,7 @@ def _unit_label(unit: Unit) -> str:
     """What trains: `deep-relu seed 0`, or a pack's `deep-relu seeds 0, 1, 2`."""
     if len(unit.specs) == 1:
         return _label(unit.specs[0])
-    variants = list(dict.fromkeys(spec.tags["dlkit.variant"] for spec in unit.specs))
+    variants = list(dict.fromkeys(spec.tags[keys.VARIANT] for spec in unit.specs))
     seeds = list(dict.fromkeys(str(spec.seed) for spec in unit.specs))
     return f"{', '.join(variants)} seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import dlkit
+from dlkit import keys
 from dlkit.comparison.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
 from dlkit.comparison.tuning import point_label
 from dlkit.errors import DlkitError
@@ -452,9 +453,9 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
 
     by_hash: dict[str | None, RunRecord] = {}
     for child in tracker.children(parent_run_id):  # newest first: keep the newest finished
-        if child.tags.get("dlkit.role", "child") != "child":
+        if child.tags.get(keys.ROLE, "child") != "child":
             continue  # a tuning sweep's run: the report reads the sweep from the plan
-        key = child.tags.get("dlkit.config_hash")
+        key = child.tags.get(keys.CONFIG_HASH)
         current = by_hash.get(key)
         if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
             by_hash[key] = child
@@ -469,7 +470,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
             "config_hash": entry["config_hash"],
             "run_id": child.run_id if child else None,
             "status": child.status if child else "NOT RUN",
-            "failure": child.tags.get("dlkit.failure", "") if child else "not run yet",
+            "failure": child.tags.get(keys.FAILURE, "") if child else "not run yet",
         }
         for metric in RUN_METRICS:
             row[metric] = child.metrics.get(metric, math.nan) if child else math.nan

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dlkit import keys
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
@@ -173,7 +174,7 @@ def tracked_fit(
     training examples are logged at step 0 (initialization) and every epoch.
     The run ends FINISHED, FAILED (the exception propagates) or KILLED.
     """
-    run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **(tags or {})}
+    run_tags = {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **(tags or {})}
     with tracker.run(run_name, tags=run_tags, parent_id=parent_id) as run_id:
         result = _fit_in_run(
             tracker,
@@ -382,7 +383,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
     recipe = Recipe(**spec.recipe)
     data = DataSpec(**spec.data).load()
     tracker = _tracker(spec.tracking_uri, spec.experiment)
-    run_tags = {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **spec.tags}
+    run_tags = {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **spec.tags}
     run_id = None
     try:
         with tracker.run(spec.run_name, tags=run_tags, parent_id=spec.parent_id) as run_id:
@@ -491,7 +492,7 @@ def tracked_pack(
         Each member's run id, with its `TrainResult` or the error that failed it.
     """
     run_tags = [
-        {"dlkit.recipe": recipe.name, "dlkit.dataset": data.info.name, **extra}
+        {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **extra}
         for recipe, extra in zip(recipes, tags)
     ]
     models = log_models or [True] * len(recipes)

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dlkit import keys
 from dlkit.tracking.tracker import RunRecord, Tracker, process_alive
-
-HASH_TAG = "dlkit.config_hash"
 
 
 class ClaimedElsewhere(Exception):
     """A member another run holds: it trains (or trained) in another process."""
 
     def __init__(self, rival: RunRecord):
-        host, pid = rival.tags.get("dlkit.host", "?"), rival.tags.get("dlkit.pid", "?")
+        host, pid = rival.tags.get(keys.HOST, "?"), rival.tags.get(keys.PID, "?")
         where = "finished" if rival.status == "FINISHED" else f"training in pid {pid} on {host}"
         super().__init__(f"claimed by run {rival.run_id} ({where})")
         self.rival = rival
@@ -35,7 +34,9 @@ def rival(mine: RunRecord, others: Sequence[RunRecord], *, running: bool) -> Run
     """The run that holds `mine`'s member instead of it, if any: one that FINISHED, or
     (with `running`) one RUNNING in a live process and opened before it."""
     for other in others:
-        if other.run_id == mine.run_id or other.tags.get(HASH_TAG) != mine.tags.get(HASH_TAG):
+        if other.run_id == mine.run_id or other.tags.get(keys.CONFIG_HASH) != mine.tags.get(
+            keys.CONFIG_HASH
+        ):
             continue
         if other.status == "FINISHED":
             return other
@@ -60,7 +61,7 @@ def contested(
     mine = {run.run_id: run for run in runs if run.run_id in run_ids}
     lost = {}
     for run_id, run in mine.items():
-        if HASH_TAG not in run.tags:
+        if keys.CONFIG_HASH not in run.tags:
             continue
         other = rival(run, runs, running=running)
         if other is not None:
@@ -75,7 +76,7 @@ def holders(tracker: Tracker, parent_id: str) -> dict[str, str]:
     state: dict[str, str] = {}
     rank = {"FINISHED": 3, "FAILED": 2, "LIVE": 1}
     for run in tracker.children(parent_id):
-        key = run.tags.get(HASH_TAG)
+        key = run.tags.get(keys.CONFIG_HASH)
         status = "LIVE" if run.status == "RUNNING" and process_alive(run.tags) else run.status
         if key and status in rank and rank[status] > rank.get(state.get(key, ""), 0):
             state[key] = status

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import dlkit
-from dlkit import signals
+from dlkit import keys, signals
 from dlkit.errors import DlkitError
 from dlkit.keys import CORRECT_ARTIFACT
 from dlkit.text import safe_name
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_UI_PORT = 5000
-FAILURE_TAG = "dlkit.failure"
-HOST_TAG = "dlkit.host"
-PID_TAG = "dlkit.pid"
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
 _METRIC_BATCH = 1000  # and at most 1,000 metrics
 # How long the write that ends a run rides out a store another process keeps locked, in
@@ -96,7 +93,7 @@ def _signal_name(interrupt: BaseException) -> str:
 def process_alive(tags: dict[str, str]) -> bool:
     """Whether the process a run's `dlkit.host`/`dlkit.pid` tags name still runs (a process
     on another machine counts as alive: nothing here can tell)."""
-    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    host, pid = tags.get(keys.HOST), tags.get(keys.PID)
     if host is None or pid is None or not pid.isdigit():
         return False
     if host != socket.gethostname():
@@ -370,8 +367,8 @@ class Tracker:
         all_tags = {
             MLFLOW_RUN_NAME: name,
             "dlkit.version": dlkit.__version__,
-            HOST_TAG: socket.gethostname(),
-            PID_TAG: str(os.getpid()),
+            keys.HOST: socket.gethostname(),
+            keys.PID: str(os.getpid()),
             **(tags or {}),
         }
         if parent_id:
@@ -381,8 +378,8 @@ class Tracker:
                 self.experiment_id, tags=all_tags, run_name=name
             ).info.run_id
         self.client.update_run(resume_id, status="RUNNING")
-        if FAILURE_TAG in self.client.get_run(resume_id).data.tags:
-            self.client.delete_tag(resume_id, FAILURE_TAG)
+        if keys.FAILURE in self.client.get_run(resume_id).data.tags:
+            self.client.delete_tag(resume_id, keys.FAILURE)
         self.set_tags(resume_id, all_tags)
         return resume_id
 
@@ -463,7 +460,7 @@ class Tracker:
         while True:
             try:
                 if reason is not None:
-                    self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+                    self.client.set_tag(run_id, keys.FAILURE, reason[:5000])
                 self.client.set_terminated(run_id, status)
                 return
             except Exception as error:
@@ -695,7 +692,7 @@ class Tracker:
         """Returns the id of the experiment's most recent comparison parent run, if any."""
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string="tags.`dlkit.role` = 'parent'",
+            filter_string=f"tags.`{keys.ROLE}` = 'parent'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -715,7 +712,7 @@ class Tracker:
         mine = self._open(name, tags, None, None)
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string="tags.`dlkit.role` = 'parent' and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`{keys.ROLE}` = 'parent' and attributes.status = 'RUNNING'",
         )
         live = [_record(run) for run in found if process_alive(dict(run.data.tags))]
         first = min(live, key=lambda r: (r.start_time, r.run_id), default=None)
