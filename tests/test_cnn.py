@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+import dlkit
 from dlkit import DlkitError, compare, get_recipe
 from dlkit.comparison.experiment import config_hash, parse_experiment
 from dlkit.data.dataset import DataSpec, load_dataset
@@ -129,11 +130,12 @@ def test_a_convnet_against_an_equal_budget_mlp_in_a_comparison(tmp_path, tiny_cn
         if run.data.tags["dlkit.variant"] == "cnn":
             assert run.data.params["conv_filters"] == "8"
             assert "8" in run.data.params["data.image_shape"]
+            model = dlkit.load_model(run_id, tracking_uri=store)  # from the logged model
+            x = load_dataset("digits").arrays("test")[0][:3]
+            assert model.predict(x, verbose=0).shape == (3, 10)
 
 
 def test_gradient_norms_cover_a_convnets_convolutions(tmp_path):
-    import dlkit
-
     data = load_dataset("digits", train_size=200)
     recipe = get_recipe("cnn-relu", conv_filters=(4, 4), pool_size=1, depth=1, width=8, epochs=2)
     result = dlkit.train(
