@@ -130,6 +130,8 @@ def test_each_variant_trains_at_the_point_with_the_best_validation_accuracy(tune
     assert {r.data.params["seed"] for r in sweep} == {str(SEED_BASE)}  # not a measuring seed
     assert all(r.info.status == "FINISHED" and not r.outputs.model_outputs for r in sweep)
     client = MlflowClient(uri)
+    # a sweep run is params and metrics: its data is the parent's, its model is not kept
+    assert not any(client.list_artifacts(r.info.run_id) or r.inputs.dataset_inputs for r in sweep)
     for variant in ("relu", "sigmoid"):
         mine = [r for r in sweep if r.data.tags["dlkit.variant"] == variant]
         # chosen by the sweep's validation accuracy as the store holds it, never by test

@@ -426,7 +426,7 @@ def _tune(
             e,
             parent_id,
             "tuning",
-            log_model=False,
+            sweep=True,
         )  # fmt: skip
         for entries in sweep.values()
         for e in entries

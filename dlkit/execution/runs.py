@@ -204,12 +204,12 @@ def _fit_in_run(
     gradient_norms: bool,
     devices: int | str = 1,
     reuse: bool = False,
-    log_model: bool = True,
+    sweep: bool = False,
 ) -> TrainResult:
     from dlkit.nn.callbacks import EpochLogger
     from dlkit.nn.training import fit
 
-    recipe = _log_start(tracker, run_id, recipe, data, seed, params)
+    recipe = _log_start(tracker, run_id, recipe, data, seed, params, sweep=sweep)
     # Gradient norms go first so their values are in the logs MLflow receives.
     probes = [_gradient_probe(data)] if gradient_norms else []
     epochs = tracker.epoch_metrics(run_id)
@@ -227,24 +227,29 @@ def _fit_in_run(
         epochs.flush()  # an interrupted run keeps the curves it had
     for probe in probes:
         tracker.log_metrics(run_id, probe.initial, step=0)
-    _log_end(tracker, run_id, result, data, log_model=log_model)
+    _log_end(tracker, run_id, result, data, sweep=sweep)
     return result
 
 
-def _log_start(tracker, run_id, recipe, data, seed, params) -> Recipe:
-    """Logs what a training is before it starts; returns the recipe as it runs."""
+def _log_start(tracker, run_id, recipe, data, seed, params, *, sweep: bool = False) -> Recipe:
+    """Logs what a training is before it starts; returns the recipe as it runs. A sweep's
+    run logs no dataset inputs: its parent has them."""
     recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
     tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
-    tracker.log_dataset(run_id, data)
+    if not sweep:
+        tracker.log_dataset(run_id, data)
     return recipe
 
 
 def _log_end(
-    tracker: Tracker, run_id: str, result: TrainResult, data: Dataset, *, log_model: bool = True
+    tracker: Tracker, run_id: str, result: TrainResult, data: Dataset, *, sweep: bool = False
 ) -> None:
+    """Logs a finished training; a sweep's run logs its metrics only (no model, no files)."""
     tracker.log_params(run_id, {"replicas": result.replicas})
-    example = data.arrays("test")[0][:2] if log_model else None  # no example, no model
-    tracker.log_result(run_id, result, input_example=example)
+    if sweep:
+        tracker.log_metrics(run_id, result.summary_metrics(), step=result.epochs_run)
+        return
+    tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
 
 
 def _gradient_probe(data: Dataset):
@@ -305,8 +310,8 @@ class ChildSpec:
         gradient_norms: Log per-layer gradient norms. Defaults to `False`.
         verbose: Keras progress output (0, 1 or 2). Defaults to `0`.
         devices: Devices the child trains on at once. Defaults to `1`.
-        log_model: Log the trained model (a tuning sweep's runs do not).
-            Defaults to `True`.
+        sweep: A tuning sweep's run: params and metrics only, without the
+            model, the artifacts or the dataset inputs. Defaults to `False`.
     """
 
     recipe: dict[str, Any]
@@ -321,7 +326,7 @@ class ChildSpec:
     gradient_norms: bool = False
     verbose: int | str = 0
     devices: int | str = 1
-    log_model: bool = True
+    sweep: bool = False
 
     @classmethod
     def of(
@@ -402,7 +407,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 callbacks=callbacks,
                 gradient_norms=spec.gradient_norms,
                 devices=spec.devices,
-                log_model=spec.log_model,
+                sweep=spec.sweep,
                 # Another seed of the variant trains the model this process traced: only a
                 # child may, since no caller holds the model it hands back.
                 reuse=True,
@@ -451,7 +456,7 @@ def run_pack(
         params=[spec.params for spec in specs],
         parent_id=first.parent_id,
         on_epoch=on_epoch,
-        log_models=[spec.log_model for spec in specs],
+        sweeps=[spec.sweep for spec in specs],
     )
     seconds = time.perf_counter() - start
     return [
@@ -480,7 +485,7 @@ def tracked_pack(
     params: Sequence[dict[str, Any]],
     parent_id: str | None = None,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
-    log_models: Sequence[bool] | None = None,
+    sweeps: Sequence[bool] | None = None,
 ) -> list[tuple[str, TrainResult | Exception]]:
     """Runs `fit_pack` with each member inside its own MLflow run of `tracker`.
 
@@ -495,13 +500,13 @@ def tracked_pack(
         {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **extra}
         for recipe, extra in zip(recipes, tags)
     ]
-    models = log_models or [True] * len(recipes)
+    sweeps = sweeps or [False] * len(recipes)
     with tracker.runs(names, tags=run_tags, parent_id=parent_id) as run_ids:
         # Members another process holds are left to it (see dlkit.tracking.claims).
         outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True)
         mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
         for k in mine:
-            _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k])
+            _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k], sweep=sweeps[k])
         trained = _fit_members(
             tracker,
             [recipes[k] for k in mine],
@@ -517,7 +522,7 @@ def tracked_pack(
         for k, outcome in zip(mine, trained):
             if run_ids[k] not in outcomes:
                 end = functools.partial(_end_member, tracker, run_ids[k], data=data)
-                outcomes[run_ids[k]] = end(outcome, log_model=models[k])
+                outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k])
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
@@ -541,14 +546,14 @@ def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch) -> list:
             sink.flush()  # an interrupted run keeps the curves it had
 
 
-def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, log_model: bool):
+def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, sweep: bool):
     """Logs a member's results and ends its run, before the next member's; returns its
     outcome."""
     from dlkit import signals
 
     if not isinstance(outcome, Exception):
         try:
-            _log_end(tracker, run_id, outcome, data, log_model=log_model)
+            _log_end(tracker, run_id, outcome, data, sweep=sweep)
         except Exception as error:
             signals.check()  # an interrupt turned into another error stops them all
             outcome = error
