@@ -71,6 +71,11 @@ def lesson_arguments(doc: str) -> argparse.Namespace:
         help="run one slice only, and write nothing (default: both, then write)",
     )
     parser.add_argument("--write", action="store_true", help="write the page; train nothing")
+    parser.add_argument(
+        "--tuned-tracking-uri",
+        default=None,
+        help="the store of docs/make_tuned.py's runs: adds each verdict tuned to the summary",
+    )
     return parser.parse_args()
 
 
@@ -95,6 +100,20 @@ def stored(name: str, args: argparse.Namespace, out: Path = OUT) -> dlkit.Compar
 
 def summary_cell(verdict) -> str:
     return "not run" if verdict is None else verdict_cell(verdict, digits=3)
+
+
+def tuned_verdicts(name: str, args: argparse.Namespace) -> dict[str, str]:
+    """Each expectation's verdict tuned (first slice), from make_tuned.py's store, if any."""
+    uri = getattr(args, "tuned_tracking_uri", None)
+    if not uri:
+        return {}
+    try:
+        tuned = dlkit.report(name, tracking_uri=uri, output_dir=None)
+    except DlkitError:
+        return {}
+    if tuned.tuning is None:
+        return {}
+    return {v.expectation: summary_cell(v) for v in tuned.expectations}
 
 
 def section(stem: str, args: argparse.Namespace, summary: list[str]) -> str | None:
@@ -122,12 +141,29 @@ def section(stem: str, args: argparse.Namespace, summary: list[str]) -> str | No
         body = re.sub(r"\]\((\w+\.png)\)", rf"]({folder}/\1)", body)
         lines += [f"### {label}", "", body]
     two = second.expectations if second else [None] * len(first.expectations)
+    tuned = tuned_verdicts(experiment.name, args)
     for i, (one, other) in enumerate(zip(first.expectations, two)):
         lesson = f"[{experiment.name}](#{_anchor(experiment.question)})" if i == 0 else ""
         summary.append(
-            f"| {lesson} | `{one.expectation}` | {summary_cell(one)} | {summary_cell(other)} |"
+            f"| {lesson} | `{one.expectation}` | {summary_cell(one)} | {summary_cell(other)} | "
+            f"{tuned.get(one.expectation, '-')} |"
         )
     return "\n".join(lines)
+
+
+def _survivors(summary: list[str]) -> str:
+    """`N of M expectations rerun tuned keep their verdict`, from the summary's rows."""
+    pairs = []
+    for row in summary:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) == 5 and cells[4] != "-":
+            pairs.append(cells[2].split(" ")[0] == cells[4].split(" ")[0])
+    if not pairs:
+        return ""
+    return (
+        f" **{sum(pairs)} of {len(pairs)} expectations rerun tuned keep their first-slice "
+        "verdict.**"
+    )
 
 
 def _anchor(heading: str) -> str:
@@ -152,6 +188,7 @@ def write(args: argparse.Namespace, minutes: float | None = None) -> None:
             "`python docs/make_lessons.py --only <name>` with the same `--tracking-uri`."
         )
     timing = f" (this regeneration took {minutes:.0f} minutes)" if minutes else ""
+    survivors = _survivors(summary)
     intro = f"""# The lessons, measured
 
 Every table below comes from actually running the lesson's experiment file with dlkit
@@ -189,10 +226,12 @@ with far longer training than these lessons use, so they are an upper bound, not
 
 ## Summary
 
-Verdict, difference (left minus right, or minus the threshold) and 95% interval, per slice.
+Verdict, difference (left minus right, or minus the threshold) and 95% interval, per slice;
+the last column is the first slice again with each variant at its own tuned learning rate
+([tuned.md](tuned.md); `-` where that lesson was not rerun tuned).{survivors}
 
-| lesson | expectation | first slice | second slice |
-|---|---|---|---|
+| lesson | expectation | first slice | second slice | tuned (first slice) |
+|---|---|---|---|---|
 """
     if missing:
         summary.append(f"\nNot rerun yet: {', '.join(missing)} ([below](#not-rerun-yet)).")
