@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from tiny import tiny
-from trials import training
+from trials import read_store, training
 
 from dlkit.tracking.claims import rival
 from dlkit.tracking.tracker import RunRecord, Tracker
@@ -129,14 +129,41 @@ def stop_outside_a_write(process: subprocess.Popen, store_path: Path) -> None:
             time.sleep(0.05)
 
 
+# The process's children RUNNING in the store: what it holds.
+_HELD = """
+    SELECT runs.run_uuid FROM runs
+    JOIN tags AS pid ON pid.run_uuid = runs.run_uuid AND pid.key = 'dlkit.pid'
+    JOIN tags AS role ON role.run_uuid = runs.run_uuid AND role.key = 'dlkit.role'
+    WHERE runs.status = 'RUNNING' AND role.value = 'child' AND pid.value = ?
+"""
+
+
+def freeze_holding_a_member(process: subprocess.Popen, store: str, store_path: Path) -> str:
+    """Freezes `process` (SIGSTOP) while it trains a member; returns that member's run.
+
+    A child seen training may have finished by the time the signal lands (a loaded machine),
+    so the run is read from the store once the process is frozen, and it is let go and
+    frozen again until it holds one.
+    """
+    seen: list[str] = []
+    for _ in range(20):
+        training(store, "claims", 1, lambda: process.poll() is None)
+        stop_outside_a_write(process, store_path)
+        rows = read_store(store, _HELD, str(process.pid), seen=seen)
+        if rows:
+            return rows[0][0]
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.2)
+    raise AssertionError(f"never froze it while it held a member: {seen[-5:]}")
+
+
 @pytest.mark.integration
 def test_a_member_held_by_a_process_that_dies_is_trained_by_the_one_waiting(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = start(tmp_path, "--pack", "1")
     second = None
     try:
-        held = training(store, "claims", 1, lambda: first.poll() is None)
-        stop_outside_a_write(first, tmp_path / "mlflow.db")  # alive, holding its member
+        held = freeze_holding_a_member(first, store, tmp_path / "mlflow.db")
         second = start(tmp_path, "--pack", "1")
         output = ""
         while "waiting" not in output:  # it trained every other member, then waits
@@ -154,7 +181,7 @@ def test_a_member_held_by_a_process_that_dies_is_trained_by_the_one_waiting(tmp_
 
     assert second.returncode == 0, output
     assert "Traceback" not in output
-    assert MlflowClient(store).get_run(held[0].run_id).info.status == "KILLED"
+    assert MlflowClient(store).get_run(held).info.status == "KILLED"
     counts = finished_once(store)
     assert len(counts) == 6 and set(counts.values()) == {1}, counts
 
