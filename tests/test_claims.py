@@ -115,16 +115,17 @@ def test_two_processes_on_one_comparison_train_each_member_once(tmp_path, pack):
 
 
 def stop_outside_a_write(process: subprocess.Popen, store_path: Path) -> None:
-    """SIGSTOPs `process` at a moment it holds no write lock on the store, so that the
-    other process's writes go on while it is frozen."""
+    """SIGSTOPs `process` at a moment it holds no lock on the store, so that the other
+    process's writes go on while it is frozen. Not even a read's: SQLite commits a write
+    only once every reader is done, so a reader frozen mid-query blocks every writer."""
     while True:
         os.kill(process.pid, signal.SIGSTOP)
         try:
             with contextlib.closing(sqlite3.connect(store_path, timeout=0)) as db:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN EXCLUSIVE")  # refused while anyone holds any lock
                 db.rollback()
             return
-        except sqlite3.OperationalError:  # caught inside a write: let it finish it
+        except sqlite3.OperationalError:  # caught inside a query: let it finish it
             os.kill(process.pid, signal.SIGCONT)
             time.sleep(0.05)
 
