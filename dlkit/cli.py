@@ -393,7 +393,7 @@ def train(
 @click.option(
     "--retries",
     type=click.IntRange(0, 100),
-    default=3,
+    default=Options.retries,
     show_default=True,
     help="Times a child whose worker died is started again (a failed training is not).",
 )
@@ -436,36 +436,14 @@ def train(
 @_handle_errors
 def compare(
     targets: Sequence[str],
-    dataset: str | None,
-    train_size: int | None,
-    train_offset: int | None,
-    validation_split: float | None,
-    data_dir: str | None,
-    download: bool,
-    epochs: int | None,
     assignments: Sequence[str],
     precision: str | None,
-    devices: int | str,
-    tracking_uri: str | None,
     verbose: bool,
     quiet: bool,
-    seeds: int | None,
-    yes: bool,
-    replicate: bool,
-    force: bool,
-    executor: str,
-    workers: int,
-    cpus_per_run: float | None,
-    gpus_per_run: float,
-    pack: int,
-    retries: int,
-    ray_address: str | None,
-    register_best: str | None,
     gradient_norms: bool | None,
     tune: Sequence[str],
     no_tune: bool,
-    tune_seeds: int | None,
-    output_dir: str,
+    **fields: Any,
 ) -> None:
     """Compare recipes side by side: an experiment file, or recipe names.
 
@@ -482,34 +460,13 @@ def compare(
     if tune and no_tune:
         raise DlkitError("Give --tune or --no-tune, not both.")
     target = targets[0] if len(targets) == 1 and is_experiment_file(targets[0]) else list(targets)
+    # Every other option is an `Options` field of the same name.
     options = Options(
-        dataset=dataset,
-        train_size=train_size,
-        train_offset=train_offset,
-        validation_split=validation_split,
-        epochs=epochs,
-        seeds=seeds,
+        **fields,
         overrides=_overrides(assignments, None, precision),
         gradient_norms=gradient_norms or None,
         tune=False if no_tune else (parse_tune_option(tune) or None),
-        tune_seeds=tune_seeds,
-        data_dir=data_dir,
-        download=download,
-        force=force,
-        tracking_uri=tracking_uri,
-        output_dir=output_dir,
         verbose=2 if verbose else 0,
-        yes=yes,
-        replicate=replicate,
-        register_best=register_best,
-        executor=executor,
-        workers=workers,
-        cpus_per_run=cpus_per_run,
-        gpus_per_run=gpus_per_run,
-        retries=retries,
-        ray_address=ray_address,
-        devices=devices,
-        pack=pack,
     )
     # Everything that can be checked without TensorFlow fails here, before it loads.
     experiment = resolve_experiment(target, options)
@@ -524,7 +481,7 @@ def compare(
         log=(lambda line: None) if quiet else click.echo,
         progress=not quiet and not verbose and sys.stderr.isatty(),
     )
-    _print_report(comparison, tracking_uri)
+    _print_report(comparison, options.tracking_uri)
     for part in (comparison, comparison.replication):
         if part is not None and part.failed:
             first = part.runs[part.runs["status"] != "FINISHED"].iloc[0]

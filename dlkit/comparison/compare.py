@@ -27,8 +27,8 @@ from dlkit.comparison.progress import Progress, in_notebook
 from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
 from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label
 from dlkit.errors import DlkitError
-from dlkit.execution.executors import Resources, execute, in_this_process
 from dlkit.execution.executors import check as check_executor
+from dlkit.execution.executors import execute, in_this_process
 from dlkit.execution.packs import Unit, units
 from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.precision import resolve_precision
@@ -133,10 +133,8 @@ def _compare(
     recipes, data = _checked(experiment, options)
     folder = _report_folder(options.output_dir, experiment.name)
     tracker = Tracker(options.tracking_uri, experiment.name)
-    run = _Run(
-        experiment, options, tracker, callbacks, log, progress, _resources(options), data.info.dims
-    )
-    check_executor(options.executor, run.resources, tracker.tracking_uri)
+    run = _Run(experiment, options, tracker, callbacks, log, progress, data.info.dims)
+    check_executor(options.executor, options, tracker.tracking_uri)
     parent = _open_parent(run, data)
     with tracker.run(experiment.name, tags=parent.tags, resume_id=parent.run_id) as parent_id:
         tracker.log_dataset(parent_id, data)
@@ -252,7 +250,6 @@ class _Run:
     callbacks: Sequence[Any]
     log: Callable[[str], None]
     progress: bool
-    resources: Resources
     shape: tuple  # inputs, classes and image shape of the data
 
     def execute(
@@ -275,14 +272,14 @@ class _Run:
     def _train(self, specs: list[ChildSpec], shown: Progress, done: Callable) -> list[ChildSpec]:
         """Trains `specs`; returns those left to another process."""
         options = self.options
-        here = in_this_process(options.executor, self.resources)
+        here = in_this_process(options.executor, options)
         # Keras callbacks reach a child that trains alone, with Keras's fit.
         work = units(specs, 1 if self.callbacks else options.pack, *self.shape)
         alone = any(not unit.packed for unit in work)
         children = execute(
             work,
             options.executor,
-            self.resources,
+            self.options,
             # Built only when a child trains alone in this process: they load TensorFlow.
             callbacks=[*self.callbacks, _epoch_callback(shown)] if alone and here else (),
             started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
@@ -335,16 +332,6 @@ class _Run:
         shown.finish(outcome, label=_label(spec), failed=failed)
         for line in ended(spec) if ended else ():
             shown.line(line)
-
-
-def _resources(options: Options) -> Resources:
-    return Resources(
-        workers=options.workers,
-        cpus_per_run=options.cpus_per_run,
-        gpus_per_run=options.gpus_per_run,
-        retries=options.retries,
-        address=options.ray_address,
-    )
 
 
 def _check_size(experiment: Experiment, options: Options) -> None:

@@ -104,7 +104,7 @@ class Options:
     workers: int = 1
     cpus_per_run: float | None = None
     gpus_per_run: float = 0.0
-    retries: int = 3
+    retries: int = 3  # Ray's own default for tasks whose worker died
     ray_address: str | None = None
     devices: int | str = 1
     pack: int = 0

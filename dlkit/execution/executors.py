@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import atexit
 import collections
-import dataclasses
 import gc
 import os
 import signal
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dlkit import signals
 from dlkit.errors import DlkitError
@@ -35,32 +34,31 @@ from dlkit.execution.runs import ChildResult, ChildSpec, run_child, run_pack
 from dlkit.text import plural
 
 EXECUTORS = ("local", "ray")
-DEFAULT_RETRIES = 3  # Ray's own default for tasks whose worker died
 
 
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """How many children run at once and what each gets.
+class Resources(Protocol):
+    """How many children run at once and what each gets: `dlkit.Options` holds these.
 
-    Args:
-        workers: Children at once. Defaults to `1`.
-        cpus_per_run: CPUs Ray reserves for each child. Defaults to the
+    Attributes:
+        workers: Children at once.
+        cpus_per_run: CPUs Ray reserves for each child; `None` is the
             machine's cores divided by `workers`.
         gpus_per_run: GPUs (or a fraction, e.g. 0.25 packs four children on
-            one) Ray reserves for each child. Defaults to `0`.
-        retries: Times a child whose worker died is started again. Defaults to `3`.
-        address: The Ray cluster to join; `None` starts a local instance.
+            one) Ray reserves for each child.
+        retries: Times a child whose worker died is started again.
+        ray_address: The Ray cluster to join; `None` starts a local instance.
     """
 
-    workers: int = 1
-    cpus_per_run: float | None = None
-    gpus_per_run: float = 0
-    retries: int = DEFAULT_RETRIES
-    address: str | None = None
+    workers: int
+    cpus_per_run: float | None
+    gpus_per_run: float
+    retries: int
+    ray_address: str | None
 
-    def threads(self) -> int:
-        """TensorFlow threads per child: this machine's cores shared among the workers."""
-        return max(1, (os.cpu_count() or 1) // self.workers)
+
+def threads_per_child(resources: Resources) -> int:
+    """TensorFlow threads per child: this machine's cores shared among the workers."""
+    return max(1, (os.cpu_count() or 1) // resources.workers)
 
 
 def execute(
@@ -122,9 +120,9 @@ def check(executor: str, resources: Resources, tracking_uri: str) -> None:
         raise DlkitError(
             "--executor ray needs Ray: pip install 'ray>=2.9' (or pip install -e '.[ray]')."
         ) from None
-    if _remote(resources.address) and not tracking_uri.startswith(("http://", "https://")):
+    if _remote(resources.ray_address) and not tracking_uri.startswith(("http://", "https://")):
         raise DlkitError(
-            f"The Ray cluster at {resources.address} runs children on other machines, which "
+            f"The Ray cluster at {resources.ray_address} runs children on other machines, which "
             f"cannot write to the local store {tracking_uri}. Start an MLflow server they can "
             "reach (mlflow server --host <this machine> --port 5000 --backend-store-uri "
             "sqlite:///mlflow.db --artifacts-destination ./mlartifacts, or Postgres and an "
@@ -149,10 +147,10 @@ def _on_ray(specs: Sequence[ChildSpec], resources: Resources) -> Iterator[tuple[
             "log_to_driver": False,  # children's Keras and TensorFlow output stays in Ray's logs
             "configure_logging": False,
         }
-        if resources.address in (None, "", "local"):
+        if resources.ray_address in (None, "", "local"):
             options["num_cpus"] = os.cpu_count() or 1
         else:
-            options["address"] = resources.address
+            options["address"] = resources.ray_address
         ray.init(**options)
     try:
         task = ray.remote(_child_task).options(
@@ -161,7 +159,7 @@ def _on_ray(specs: Sequence[ChildSpec], resources: Resources) -> Iterator[tuple[
             max_retries=resources.retries,
             retry_exceptions=False,  # a failed training is an answer, not a crash
         )
-        threads = resources.threads()
+        threads = threads_per_child(resources)
         waiting = list(specs)
         running: dict[Any, ChildSpec] = {}
         while waiting or running:
@@ -229,7 +227,7 @@ def _in_pools(
             resources.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(resources.threads(), str(start_failure)),
+            initargs=(threads_per_child(resources), str(start_failure)),
         )
         try:
             futures = {
@@ -303,7 +301,9 @@ def _child_in_process(spec: ChildSpec, started: str) -> ChildResult:
 
 def _stop_workers(pool: Any) -> None:
     """Sends SIGTERM to the pool's workers and waits for their running children to end KILLED."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
+    # A private reach, the only way: ProcessPoolExecutor has no public handle on its workers,
+    # and shutdown() waits for running children instead of stopping them.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
         if process.is_alive():
             process.terminate()
