@@ -30,6 +30,8 @@ def fused_adam(learning_rate: float = 0.001, **kwargs) -> keras.optimizers.Adam:
     optimizer = keras.optimizers.Adam(learning_rate, **kwargs)
     if optimizer.amsgrad:
         raise ValueError("fused_adam does not implement amsgrad; use keras.optimizers.Adam.")
+    # Keras has no public hook for a built-in optimizer's update rule: the method is replaced
+    # on this one instance, so the saved model still names a plain Adam.
     optimizer.update_step = types.MethodType(_fused_update_step, optimizer)
     return optimizer
 

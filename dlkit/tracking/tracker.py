@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import filelock
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -123,7 +124,7 @@ def create_sqlite_store(tracking_uri: str) -> None:
     MLflow builds a new store's tables in place, which takes seconds, so a
     signal meanwhile, or two processes starting together, can leave a file
     that never opens again. Here the store is made in a temporary file beside
-    it and moved into place in one step, under a lock on the folder, so a
+    it and moved into place in one step, under a lock file beside it, so a
     second process waits and then opens the finished store. The tables are
     built once per machine and MLflow version into a template in
     `$XDG_CACHE_HOME/dlkit` (default `~/.cache/dlkit`), which every new store
@@ -178,9 +179,10 @@ def _store_template() -> Path | None:
 def _create_whole(path: Path, make: Callable[[Path], None]) -> None:
     """Has `make` write a temporary file beside `path`, then moves it into place in one step.
 
-    Under a lock on the folder: a process that waited finds `path` made and does nothing.
+    Under a lock file beside it (`.<name>.lock`): a process that waited finds `path` made
+    and does nothing.
     """
-    with _folder_lock(path.parent):
+    with filelock.FileLock(path.with_name(f".{path.name}.lock")):
         if path.exists():
             return
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -197,22 +199,9 @@ def _build_store(path: Path, artifacts: Path) -> None:
     uri = f"sqlite:///{path}"
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     SqlAlchemyStore(uri, artifacts.as_uri())
+    # A private reach, the only way: MLflow caches one engine per URI on the class, with no
+    # public close, and the file is moved into place next, so its engine must be let go.
     SqlAlchemyStore._engine_map.pop(uri).dispose()
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): the temporary file still keeps it whole
-        yield
-        return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)  # closing releases the lock
 
 
 def _sqlite_path(tracking_uri: str) -> Path:
@@ -255,15 +244,12 @@ class Tracker:
         create: bool = True,
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        for name in _INTERRUPTIBLE_LOGGERS:
-            logging.getLogger(name).addFilter(_REPORTED_BY_DLKIT)
-        # MLflow draws a progress bar for every artifact download; reports fetch several.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
-            create_sqlite_store(self.tracking_uri)
-            self.client = StoreCalls(MlflowClient(tracking_uri=self.tracking_uri))
-            found = self.client.get_experiment_by_name(experiment) if experiment else None
+            # Alembic logs a line per migration (INFO) while MLflow builds or checks tables.
+            with _quiet_logger("alembic", logging.WARNING):
+                create_sqlite_store(self.tracking_uri)
+                self.client = StoreCalls(MlflowClient(tracking_uri=self.tracking_uri))
+                found = self.client.get_experiment_by_name(experiment) if experiment else None
         except DlkitError:
             raise
         except Exception as error:
@@ -541,6 +527,8 @@ class Tracker:
                 name=data.info.name,
                 digest=data.digest(split),
             )
+            # A private reach, the only way: MlflowClient.log_inputs takes entities, and the
+            # public mlflow.log_input logs to the fluent active run only, not to a run by id.
             inputs.append(
                 DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, split)])
             )
@@ -629,7 +617,8 @@ class Tracker:
 
         try:
             location = self._model_location(model_uri)
-            local = Path(download_artifacts(artifact_uri=location, dst_path=str(folder)))
+            with _no_progress_bar():
+                local = Path(download_artifacts(artifact_uri=location, dst_path=str(folder)))
         except DlkitError:
             raise
         except Exception as error:
@@ -751,7 +740,7 @@ class Tracker:
         return self._read(run_id, path, lambda local: Path(local).read_text())
 
     def _read(self, run_id: str, path: str, load: Callable[[str], Any]) -> Any:
-        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp, _no_progress_bar():
             try:
                 local = self.client.download_artifacts(run_id, path, tmp)
             except Exception:  # MLflow raises several kinds for a missing artifact
@@ -889,15 +878,36 @@ _INTERRUPTIBLE_LOGGERS = (
 )
 
 
+# Installed once, on import: the filter drops only what dlkit reports itself (see above).
+for _name in _INTERRUPTIBLE_LOGGERS:
+    logging.getLogger(_name).addFilter(_REPORTED_BY_DLKIT)
+
+
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a progress bar for every artifact download; a report fetches several.
+
+    Set for the download only, and only when the user has not chosen."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
     try:
         yield
     finally:
-        logger.setLevel(level)
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _dataset_source(source: str) -> Any:
