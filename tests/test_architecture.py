@@ -118,3 +118,32 @@ def test_reading_a_comparison_does_not_load_tensorflow():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+MAX_FUNCTION_LINES = 60  # lines of code in a body: blank lines, comments and docstrings not counted
+
+
+def _code_lines(path: Path, node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    lines = path.read_text().splitlines()[node.lineno - 1 : node.end_lineno]
+    body = node.body
+    docstring = (
+        body[0].end_lineno - body[0].lineno + 1
+        if isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+        else 0
+    )
+    code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
+    return len(code) - docstring
+
+
+def test_no_function_is_longer_than_sixty_lines_of_code():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (n := _code_lines(path, node)) > MAX_FUNCTION_LINES:
+                    long.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({n})"
+                    )
+    assert not long, "split these functions: " + ", ".join(long)

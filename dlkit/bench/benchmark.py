@@ -368,6 +368,57 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
+def _machine() -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "tensorflow": tf.__version__,
+    }
+
+
+def _throughput(
+    recipe: Recipe, data: Any, epochs: int, repeats: int, precision: str
+) -> dict[str, Any]:
+    """Times plain Keras, dlkit and (when installed) PyTorch on `recipe`, alternating."""
+    # Alternate the paths, so that load from elsewhere on a shared machine falls
+    # on all alike; repeat i of each uses seed i.
+    plain_runs, our_runs, torch_runs = [], [], []
+    for seed in range(repeats):
+        plain_runs.append(plain_keras(recipe, data, epochs, seed))
+        our_runs.append(dlkit_path(recipe, data, epochs, seed))
+        torch_runs.append(torch_reference(recipe, data, epochs, seed, bf16=precision != "float32"))
+    plain_accuracy = _mean_std([r["test_accuracy"] for r in plain_runs])
+    our_accuracy = _mean_std([r["test_accuracy"] for r in our_runs])
+    # Each repeat's two runs ran back to back, so their ratio cancels the load
+    # of that moment; the median of those ratios is the speed-up.
+    ratios = [
+        o["samples_per_second"] / p["samples_per_second"] for o, p in zip(our_runs, plain_runs)
+    ]
+    figures = {
+        "plain_keras_samples_per_second": _median_run(plain_runs)["samples_per_second"],
+        "dlkit_samples_per_second": _median_run(our_runs)["samples_per_second"],
+        "speedup": statistics.median(ratios),
+        "speedup_per_repeat": ratios,
+        "plain_test_accuracy": plain_accuracy[0],
+        "plain_test_accuracy_std": plain_accuracy[1],
+        "dlkit_test_accuracy": our_accuracy[0],
+        "dlkit_test_accuracy_std": our_accuracy[1],
+    }
+    if all(torch_runs):  # PyTorch eager, when it is installed: a reference line
+        reference = _mean_std([r["test_accuracy"] for r in torch_runs])
+        figures["torch_samples_per_second"] = _median_run(torch_runs)["samples_per_second"]
+        figures["speedup_over_torch"] = statistics.median(
+            o["samples_per_second"] / t["samples_per_second"] for o, t in zip(our_runs, torch_runs)
+        )
+        figures["torch_test_accuracy"] = reference[0]
+        figures["torch_test_accuracy_std"] = reference[1]
+    return figures
+
+
 def run(
     dataset: str = "synthetic",
     *,
@@ -409,8 +460,6 @@ def run(
     Returns:
         A dict of figures, as `format_results` prints and `save` writes them.
     """
-    import tensorflow as tf
-
     from dlkit.recipes.precision import resolve_precision
 
     resolved = resolve_precision(precision)
@@ -419,60 +468,15 @@ def run(
     )
     data = load_bench_data(dataset)
     results: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-            "gpus": len(tf.config.list_physical_devices("GPU")),
-            "tensorflow": tf.__version__,
-        },
+        "machine": _machine(),
         "dataset": data.info.name,
         "epochs": epochs,
         "repeats": repeats,
         "precision": resolved,
-        "throughput": {},
+        "throughput": {
+            recipe.name: _throughput(recipe, data, epochs, repeats, resolved) for recipe in recipes
+        },
     }
-    for recipe in recipes:
-        # Alternate the two paths, so that load from elsewhere on a shared
-        # machine falls on both alike; repeat i of each uses seed i.
-        plain_runs, our_runs, torch_runs = [], [], []
-        for seed in range(repeats):
-            plain_runs.append(plain_keras(recipe, data, epochs, seed))
-            our_runs.append(dlkit_path(recipe, data, epochs, seed))
-            torch_runs.append(
-                torch_reference(recipe, data, epochs, seed, bf16=resolved != "float32")
-            )
-        plain, ours = _median_run(plain_runs), _median_run(our_runs)
-        plain_accuracy = _mean_std([r["test_accuracy"] for r in plain_runs])
-        our_accuracy = _mean_std([r["test_accuracy"] for r in our_runs])
-        # Each repeat's two runs ran back to back, so their ratio cancels the load
-        # of that moment; the median of those ratios is the speed-up.
-        ratios = [
-            o["samples_per_second"] / p["samples_per_second"] for o, p in zip(our_runs, plain_runs)
-        ]
-        results["throughput"][recipe.name] = {
-            "plain_keras_samples_per_second": plain["samples_per_second"],
-            "dlkit_samples_per_second": ours["samples_per_second"],
-            "speedup": statistics.median(ratios),
-            "speedup_per_repeat": ratios,
-            "plain_test_accuracy": plain_accuracy[0],
-            "plain_test_accuracy_std": plain_accuracy[1],
-            "dlkit_test_accuracy": our_accuracy[0],
-            "dlkit_test_accuracy_std": our_accuracy[1],
-        }
-        if all(torch_runs):  # PyTorch eager, when it is installed: a reference line
-            reference = _mean_std([r["test_accuracy"] for r in torch_runs])
-            results["throughput"][recipe.name].update(
-                {
-                    "torch_samples_per_second": _median_run(torch_runs)["samples_per_second"],
-                    "speedup_over_torch": statistics.median(
-                        o["samples_per_second"] / t["samples_per_second"]
-                        for o, t in zip(our_runs, torch_runs)
-                    ),
-                    "torch_test_accuracy": reference[0],
-                    "torch_test_accuracy_std": reference[1],
-                }
-            )
     peaks = {
         dtype: matmul_peak(peak_size, peak_seconds, dtype)
         for dtype in sorted({"float32", PEAK_DTYPE[resolved]})
@@ -508,105 +512,88 @@ def save(results: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _row(measure: str, precision: str, value: str, target: str = "") -> dict[str, str]:
+    return {"measure": measure, "precision": precision, "value": value, "target": target}
+
+
+def _throughput_rows(name: str, t: dict[str, Any], ours: str) -> list[dict[str, str]]:
+    target = name == TARGET.name
+    repeats = ", ".join(f"{r:.2f}" for r in t.get("speedup_per_repeat", []))
+    rows = [
+        _row(
+            f"{name}: plain Keras fit (samples/s)",
+            "float32",
+            f"{t['plain_keras_samples_per_second']:,.0f}",
+        ),
+        _row(
+            f"{name}: dlkit train path (samples/s)", ours, f"{t['dlkit_samples_per_second']:,.0f}"
+        ),
+        _row(
+            f"{name}: speed-up over plain Keras (median; each repeat)",
+            "",
+            f"{t['speedup']:.2f}x ({repeats})",
+            ">= 2.5x" if target else "",
+        ),
+    ]
+    if "torch_samples_per_second" in t:
+        rows.append(
+            _row(
+                f"{name}: PyTorch eager reference (samples/s; dlkit / torch)",
+                "bfloat16 autocast" if ours != "float32" else "float32",
+                f"{t['torch_samples_per_second']:,.0f}; {t['speedup_over_torch']:.2f}x",
+            )
+        )
+    return rows + [
+        _row(
+            f"{name}: model-FLOP utilization (dlkit / plain)",
+            "",
+            f"{t['mfu_dlkit']:.0%} / {t['mfu_plain']:.0%}",
+        ),
+        _row(
+            f"{name}: test accuracy, mean ± std over seeds (dlkit / plain)",
+            "",
+            f"{_pm(t, 'dlkit_test_accuracy')} / {_pm(t, 'plain_test_accuracy')}",
+            "within 0.5 points" if target else "",
+        ),
+    ]
+
+
+def _overhead_rows(results: dict[str, Any], ours: str) -> list[dict[str, str]]:
+    tracking, comparison, cli = results["tracking"], results["comparison"], results["cli"]
+    seconds = tracking.get("training_seconds", math.nan)
+    return [
+        _row(
+            f"MLflow tracking cost (% of a {seconds:.1f}-s training)",
+            ours,
+            f"{tracking['overhead_percent']:.1f}%",
+            "<= 2%",
+        ),
+        _row(
+            "MLflow tracking, first run in a process (s)",
+            ours,
+            f"{tracking.get('first_run_tracking_seconds', math.nan):.2f}",
+        ),
+        _row(
+            "comparison overhead per child run (s)",
+            "float32",
+            f"{comparison['overhead_per_child_seconds']:.2f}",
+        ),
+        _row("`dlkit --help` wall time (s)", "", f"{cli['help_seconds']:.2f}", "<= 1.0"),
+        _row("`dlkit recipes` wall time (s)", "", f"{cli['recipes_seconds']:.2f}", "<= 1.5"),
+    ]
+
+
 def format_results(results: dict[str, Any]) -> str:
     """Returns the figures as a plain-text table, with precision and targets beside them."""
     from dlkit.text import text_table
 
     ours = results.get("precision", "float32")
-    peaks = results["matmul_peak_gflops"]
-    rows = []
-    for name, t in results["throughput"].items():
-        target = name == TARGET.name
-        rows += [
-            {
-                "measure": f"{name}: plain Keras fit (samples/s)",
-                "precision": "float32",
-                "value": f"{t['plain_keras_samples_per_second']:,.0f}",
-                "target": "",
-            },
-            {
-                "measure": f"{name}: dlkit train path (samples/s)",
-                "precision": ours,
-                "value": f"{t['dlkit_samples_per_second']:,.0f}",
-                "target": "",
-            },
-            {
-                "measure": f"{name}: speed-up over plain Keras (median; each repeat)",
-                "precision": "",
-                "value": f"{t['speedup']:.2f}x ("
-                + ", ".join(f"{r:.2f}" for r in t.get("speedup_per_repeat", []))
-                + ")",
-                "target": ">= 2.5x" if target else "",
-            },
-            *(
-                [
-                    {
-                        "measure": f"{name}: PyTorch eager reference (samples/s; dlkit / torch)",
-                        "precision": "bfloat16 autocast" if ours != "float32" else "float32",
-                        "value": f"{t['torch_samples_per_second']:,.0f}; "
-                        f"{t['speedup_over_torch']:.2f}x",
-                        "target": "",
-                    }
-                ]
-                if "torch_samples_per_second" in t
-                else []
-            ),
-            {
-                "measure": f"{name}: model-FLOP utilization (dlkit / plain)",
-                "precision": "",
-                "value": f"{t['mfu_dlkit']:.0%} / {t['mfu_plain']:.0%}",
-                "target": "",
-            },
-            {
-                "measure": f"{name}: test accuracy, mean ± std over seeds (dlkit / plain)",
-                "precision": "",
-                "value": f"{_pm(t, 'dlkit_test_accuracy')} / {_pm(t, 'plain_test_accuracy')}",
-                "target": "within 0.5 points" if target else "",
-            },
-        ]
-    tracking, comparison, cli = results["tracking"], results["comparison"], results["cli"]
+    rows = [r for name, t in results["throughput"].items() for r in _throughput_rows(name, t, ours)]
     rows += [
-        {
-            "measure": f"matmul peak, {dtype} (GFLOP/s)",
-            "precision": dtype,
-            "value": f"{gflops:.1f}",
-            "target": "",
-        }
-        for dtype, gflops in peaks.items()
+        _row(f"matmul peak, {dtype} (GFLOP/s)", dtype, f"{gflops:.1f}")
+        for dtype, gflops in results["matmul_peak_gflops"].items()
     ]
-    rows += [
-        {
-            "measure": "MLflow tracking cost (% of a "
-            f"{tracking.get('training_seconds', math.nan):.1f}-s training)",
-            "precision": ours,
-            "value": f"{tracking['overhead_percent']:.1f}%",
-            "target": "<= 2%",
-        },
-        {
-            "measure": "MLflow tracking, first run in a process (s)",
-            "precision": ours,
-            "value": f"{tracking.get('first_run_tracking_seconds', math.nan):.2f}",
-            "target": "",
-        },
-        {
-            "measure": "comparison overhead per child run (s)",
-            "precision": "float32",
-            "value": f"{comparison['overhead_per_child_seconds']:.2f}",
-            "target": "",
-        },
-        {
-            "measure": "`dlkit --help` wall time (s)",
-            "precision": "",
-            "value": f"{cli['help_seconds']:.2f}",
-            "target": "<= 1.0",
-        },
-        {
-            "measure": "`dlkit recipes` wall time (s)",
-            "precision": "",
-            "value": f"{cli['recipes_seconds']:.2f}",
-            "target": "<= 1.5",
-        },
-    ]
+    rows += _overhead_rows(results, ours)
     machine = results["machine"]
     repeats = results.get("repeats", 1)
     header = (

@@ -255,6 +255,39 @@ def parse_experiment(
     seeds = _seeds(raw.get("seeds", 1), "seeds")
     overrides = _overrides(raw.get("overrides", {}), "overrides")
 
+    variants = _variants(raw)
+    labels = [v.label for v in variants]
+    expect = _expect(raw.get("expect", []))
+    gradient_norms = raw.get("gradient_norms", False)
+    if not isinstance(gradient_norms, bool):
+        raise DlkitError(f"gradient_norms: expected true or false. Received: {gradient_norms!r}")
+    published = _published(raw.get("published", {}), labels)
+    experiment = Experiment(
+        name=name,
+        question=question,
+        data=data,
+        variants=tuple(variants),
+        seeds=seeds,
+        overrides=overrides,
+        expect=tuple(expect),
+        gradient_norms=gradient_norms,
+        published=published,
+        tune=parse_tune(raw.get("tune")),
+        path=path,
+    )
+    experiment.recipes()
+    from dlkit.comparison.expectations import parse_expectation
+
+    for i, text in enumerate(experiment.expect):
+        try:
+            parse_expectation(text, labels)
+        except DlkitError as error:
+            raise DlkitError(f"expect[{i}]: {error}") from None
+    return experiment
+
+
+def _variants(raw: dict[str, Any]) -> list[Variant]:
+    """The `variants:` list and the `grid:` expansion, with unique labels."""
     variants = [
         _variant(item, f"variants[{i}]") for i, item in enumerate(raw.get("variants") or [])
     ]
@@ -268,17 +301,19 @@ def parse_experiment(
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise DlkitError(f"variants: labels must be unique; repeated: {', '.join(duplicates)}.")
+    return variants
 
-    expect = raw.get("expect", [])
+
+def _expect(expect: Any) -> list[str]:
     if isinstance(expect, str):
         expect = [expect]
     if not isinstance(expect, list) or not all(isinstance(e, str) for e in expect):
         raise DlkitError("expect: expected a list of expectations such as 'a > b'.")
+    return expect
 
-    gradient_norms = raw.get("gradient_norms", False)
-    if not isinstance(gradient_norms, bool):
-        raise DlkitError(f"gradient_norms: expected true or false. Received: {gradient_norms!r}")
-    published = raw.get("published", {})
+
+def _published(published: Any, labels: list[str]) -> dict[str, float]:
+    """`published:`: a test accuracy in [0, 1] per variant label."""
     if not isinstance(published, dict):
         raise DlkitError("published: expected a mapping of variant labels to test accuracies.")
     for label, value in published.items():
@@ -291,28 +326,7 @@ def parse_experiment(
             raise DlkitError(
                 f"published.{label}: expected a test accuracy in [0, 1]. Received: {value!r}"
             )
-    experiment = Experiment(
-        name=name,
-        question=question,
-        data=data,
-        variants=tuple(variants),
-        seeds=seeds,
-        overrides=overrides,
-        expect=tuple(expect),
-        gradient_norms=gradient_norms,
-        published={str(k): float(v) for k, v in published.items()},
-        tune=parse_tune(raw.get("tune")),
-        path=path,
-    )
-    experiment.recipes()
-    from dlkit.comparison.expectations import parse_expectation
-
-    for i, text in enumerate(experiment.expect):
-        try:
-            parse_expectation(text, labels)
-        except DlkitError as error:
-            raise DlkitError(f"expect[{i}]: {error}") from None
-    return experiment
+    return {str(k): float(v) for k, v in published.items()}
 
 
 def experiment_from_recipes(

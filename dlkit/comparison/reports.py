@@ -9,7 +9,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -451,29 +451,11 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         )
     plan = json.loads(text)
 
-    by_hash: dict[str | None, RunRecord] = {}
-    for child in tracker.children(parent_run_id):  # newest first: keep the newest finished
-        if child.tags.get(keys.ROLE, "child") != "child":
-            continue  # a tuning sweep's run: the report reads the sweep from the plan
-        key = child.tags.get(keys.CONFIG_HASH)
-        current = by_hash.get(key)
-        if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
-            by_hash[key] = child
-
+    by_hash = _child_by_hash(tracker, parent_run_id)
     rows, histories, gradients, correct = [], {}, {}, {}
     for entry in plan["runs"]:
         child = by_hash.get(entry["config_hash"])
-        row = {
-            "variant": entry["variant"],
-            "recipe": entry["recipe"],
-            "seed": entry["seed"],
-            "config_hash": entry["config_hash"],
-            "run_id": child.run_id if child else None,
-            "status": child.status if child else "NOT RUN",
-            "failure": child.tags.get(keys.FAILURE, "") if child else "not run yet",
-        }
-        for metric in RUN_METRICS:
-            row[metric] = child.metrics.get(metric, math.nan) if child else math.nan
+        row = _row(entry, child)
         histories.setdefault(entry["variant"], [])
         gradients.setdefault(entry["variant"], [])
         correct.setdefault(entry["variant"], [])
@@ -501,6 +483,35 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         context=plan.get("context"),
         tuning=plan.get("tuning"),
     )
+
+
+def _child_by_hash(tracker: Tracker, parent_run_id: str) -> dict[str | None, RunRecord]:
+    """The child run behind each config hash: the newest finished, else the newest."""
+    by_hash: dict[str | None, RunRecord] = {}
+    for child in tracker.children(parent_run_id):  # newest first
+        if child.tags.get(keys.ROLE, "child") != "child":
+            continue  # a tuning sweep's run: the report reads the sweep from the plan
+        key = child.tags.get(keys.CONFIG_HASH)
+        current = by_hash.get(key)
+        if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
+            by_hash[key] = child
+    return by_hash
+
+
+def _row(entry: dict[str, Any], child: RunRecord | None) -> dict[str, Any]:
+    """A planned run's row of the runs table: its run's status, failure and metrics."""
+    row = {
+        "variant": entry["variant"],
+        "recipe": entry["recipe"],
+        "seed": entry["seed"],
+        "config_hash": entry["config_hash"],
+        "run_id": child.run_id if child else None,
+        "status": child.status if child else "NOT RUN",
+        "failure": child.tags.get(keys.FAILURE, "") if child else "not run yet",
+    }
+    for metric in RUN_METRICS:
+        row[metric] = child.metrics.get(metric, math.nan) if child else math.nan
+    return row
 
 
 def _png(figure) -> str:

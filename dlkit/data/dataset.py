@@ -301,16 +301,7 @@ def load_dataset(
     >>> data.info.input_shape, data.info.train_size
     ((64,), 500)
     """
-    if not 0.0 <= validation_split < 1.0:
-        raise DlkitError(
-            "validation_split must be at least 0 and below 1. "
-            f"Received: validation_split={validation_split}"
-        )
-    if train_size is not None and train_size < 1:
-        raise DlkitError(f"train_size must be a positive number. Received: train_size={train_size}")
-    if train_offset < 0:
-        raise DlkitError(f"train_offset must be 0 or more. Received: train_offset={train_offset}")
-
+    _check_split_options(validation_split, train_size, train_offset)
     reader = find_source(source)
     name = reader.dataset_name(source)
     x_train, y_train, x_test, y_test = reader.read(source, data_dir=data_dir, download=download)
@@ -326,21 +317,7 @@ def load_dataset(
 
     n_val = int(round(len(x_train) * validation_split))
     pool = len(x_train) - n_val
-    available = pool - train_offset
-    if train_size is not None and train_size > available:
-        start = f" from train_offset={train_offset}" if train_offset else ""
-        raise DlkitError(
-            f"train_size={train_size}{start} is more than the {available} training examples "
-            f"of {name!r} left after holding out {n_val} for validation"
-            f"{f' and skipping {train_offset}' if train_offset else ''}. Use a smaller "
-            f"train_size{', train_offset' if train_offset else ''} or validation_split."
-        )
-    n_train = available if train_size is None else train_size
-    if n_train < 1:
-        raise DlkitError(
-            f"{name!r} has no training examples left after the validation split"
-            + (f" and train_offset={train_offset}." if train_offset else ".")
-        )
+    n_train = _train_count(name, pool, n_val, train_size, train_offset)
     start = train_offset
     splits = {
         "train": (x_train[start : start + n_train], y_train[start : start + n_train]),
@@ -360,6 +337,42 @@ def load_dataset(
         image_shape=image_shape,
     )
     return Dataset(info, splits, batch_size=batch_size, seed=seed)
+
+
+def _check_split_options(
+    validation_split: float, train_size: int | None, train_offset: int
+) -> None:
+    if not 0.0 <= validation_split < 1.0:
+        raise DlkitError(
+            "validation_split must be at least 0 and below 1. "
+            f"Received: validation_split={validation_split}"
+        )
+    if train_size is not None and train_size < 1:
+        raise DlkitError(f"train_size must be a positive number. Received: train_size={train_size}")
+    if train_offset < 0:
+        raise DlkitError(f"train_offset must be 0 or more. Received: train_offset={train_offset}")
+
+
+def _train_count(
+    name: str, pool: int, n_val: int, train_size: int | None, train_offset: int
+) -> int:
+    """How many training examples `train_size` and `train_offset` leave of a pool of `pool`."""
+    available = pool - train_offset
+    if train_size is not None and train_size > available:
+        start = f" from train_offset={train_offset}" if train_offset else ""
+        raise DlkitError(
+            f"train_size={train_size}{start} is more than the {available} training examples "
+            f"of {name!r} left after holding out {n_val} for validation"
+            f"{f' and skipping {train_offset}' if train_offset else ''}. Use a smaller "
+            f"train_size{', train_offset' if train_offset else ''} or validation_split."
+        )
+    n_train = available if train_size is None else train_size
+    if n_train < 1:
+        raise DlkitError(
+            f"{name!r} has no training examples left after the validation split"
+            + (f" and train_offset={train_offset}." if train_offset else ".")
+        )
+    return n_train
 
 
 def _image_shape(example: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -390,38 +403,54 @@ def check_arrays(
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     arrays = {key: np.asarray(value) for key, value in arrays.items()}
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim < 2:
-            raise DlkitError(
-                f"Dataset {name!r}: x_{split} has shape {x.shape}; expected one row per "
-                "example, e.g. (examples, 28, 28) or (examples, features)."
-            )
-        if y.ndim != 1:
-            raise DlkitError(
-                f"Dataset {name!r}: y_{split} has shape {y.shape}; expected one label per example."
-            )
-        if len(x) != len(y):
-            raise DlkitError(
-                f"Dataset {name!r}: the {split} images ({len(x)}) and labels ({len(y)}) "
-                "differ in count."
-            )
-        if not len(x):
-            raise DlkitError(f"Dataset {name!r}: the {split} split is empty.")
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-            raise DlkitError(
-                f"Dataset {name!r}: x_{split} holds {x.dtype} values; expected real numbers."
-            )
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise DlkitError(
-                f"Dataset {name!r}: x_{split} holds NaN or infinite values "
-                f"({int((~np.isfinite(x)).sum()):,} of them). Clean the data before training."
-            )
+        _check_split(name, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DlkitError(
             f"Dataset {name!r}: train examples have shape {arrays['x_train'].shape[1:]} but "
             f"test examples {arrays['x_test'].shape[1:]}; they must agree."
         )
-    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+    labels = _checked_labels(name, np.concatenate([arrays["y_train"], arrays["y_test"]]))
+    n_train = len(arrays["y_train"])
+    return (
+        arrays["x_train"],
+        labels[:n_train],
+        arrays["x_test"],
+        labels[n_train:],
+        int(labels.max()) + 1,
+    )
+
+
+def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """One split's images and labels: one label per image, real and finite values."""
+    if x.ndim < 2:
+        raise DlkitError(
+            f"Dataset {name!r}: x_{split} has shape {x.shape}; expected one row per "
+            "example, e.g. (examples, 28, 28) or (examples, features)."
+        )
+    if y.ndim != 1:
+        raise DlkitError(
+            f"Dataset {name!r}: y_{split} has shape {y.shape}; expected one label per example."
+        )
+    if len(x) != len(y):
+        raise DlkitError(
+            f"Dataset {name!r}: the {split} images ({len(x)}) and labels ({len(y)}) "
+            "differ in count."
+        )
+    if not len(x):
+        raise DlkitError(f"Dataset {name!r}: the {split} split is empty.")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DlkitError(
+            f"Dataset {name!r}: x_{split} holds {x.dtype} values; expected real numbers."
+        )
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DlkitError(
+            f"Dataset {name!r}: x_{split} holds NaN or infinite values "
+            f"({int((~np.isfinite(x)).sum()):,} of them). Clean the data before training."
+        )
+
+
+def _checked_labels(name: str, labels: np.ndarray) -> np.ndarray:
+    """All labels, as int64: whole class numbers from 0, two classes at least, no big gaps."""
     whole = np.issubdtype(labels.dtype, np.integer) or (
         np.issubdtype(labels.dtype, np.floating)
         and np.isfinite(labels).all()
@@ -449,11 +478,4 @@ def check_arrays(
             f"but the largest label is {present[-1]}, which would make {present[-1] + 1} "
             "classes. Number the classes 0 to N-1."
         )
-    n_train = len(arrays["y_train"])
-    return (
-        arrays["x_train"],
-        labels[:n_train],
-        arrays["x_test"],
-        labels[n_train:],
-        int(present[-1]) + 1,
-    )
+    return labels

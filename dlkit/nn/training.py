@@ -195,17 +195,7 @@ def fit(
     recipe = _trainable(recipe, data.info)
     info = data.info
     strategy = distribution(devices)  # before anything starts TensorFlow's runtime
-    if strategy:
-        # Keras's multi-step loop fails under MirroredStrategy (an unfed placeholder
-        # in its while loop, TF 2.21): one step per call there.
-        steps_per_execution = 1
-    steps = math.ceil(info.train_size / recipe.batch_size)
-    # An epoch that fits in one call into TensorFlow trains as one call, from one
-    # endless pipeline: no dataset iterator opened and dropped every epoch (the
-    # batches are the same, see Dataset.pipeline).
-    repeat = not strategy and steps <= steps_per_execution
-    if repeat:
-        steps_per_execution = steps
+    steps, repeat, steps_per_execution = _loop(info, recipe, strategy, steps_per_execution)
     keras.utils.set_random_seed(seed)
     reuse = reuse and not strategy
     key = (recipe, steps_per_execution, jit_compile)
@@ -250,6 +240,22 @@ def fit(
         replicas=strategy.num_replicas_in_sync if strategy else 1,
         **_scores(model, data, recipe, strategy),
     )
+
+
+def _loop(
+    info: DatasetInfo, recipe: Recipe, strategy: Any, steps_per_execution: int
+) -> tuple[int, bool, int]:
+    """Steps per epoch, whether the pipeline repeats, and steps per call into TensorFlow."""
+    if strategy:
+        # Keras's multi-step loop fails under MirroredStrategy (an unfed placeholder
+        # in its while loop, TF 2.21): one step per call there.
+        steps_per_execution = 1
+    steps = math.ceil(info.train_size / recipe.batch_size)
+    # An epoch that fits in one call into TensorFlow trains as one call, from one
+    # endless pipeline: no dataset iterator opened and dropped every epoch (the
+    # batches are the same, see Dataset.pipeline).
+    repeat = not strategy and steps <= steps_per_execution
+    return steps, repeat, steps if repeat else steps_per_execution
 
 
 def _compiled(recipe: Recipe, data: Dataset, strategy: Any, key: tuple, *, reuse: bool):

@@ -42,6 +42,35 @@ NORMALIZATIONS = ("none", "scale", "standardize")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 MAX_DEPTH = 1000  # hidden layers; far past where any lesson needs them
+# What each choice field accepts, and each number field's range, checked in this order.
+_CHOICES = (
+    ("activation", ACTIVATIONS),
+    ("initializer", INITIALIZERS),
+    ("loss", LOSSES),
+    ("optimizer", OPTIMIZERS),
+    ("normalization", NORMALIZATIONS),
+    ("monitor", MONITORS),
+    ("precision", PRECISIONS),
+)
+_RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("depth", {"low": 0, "high": MAX_DEPTH}),
+    ("width", {"low": 1}),
+    ("match_depth", {"low": 0, "high": MAX_DEPTH}),
+    ("maxout_pieces", {"low": 2}),
+    ("kernel_size", {"low": 1}),
+    ("pool_size", {"low": 1}),
+    ("input_dropout", {"low": 0.0, "high": 1.0, "high_open": True}),
+    ("dropout", {"low": 0.0, "high": 1.0, "high_open": True}),
+    ("weight_decay", {"low": 0.0}),
+    ("max_norm", {"low": 0.0}),
+    ("learning_rate", {"low": 0.0, "low_open": True}),
+    ("momentum", {"low": 0.0, "high": 1.0, "high_open": True}),
+    ("lr_decay", {"low": 0.0, "high": 1.0, "low_open": True}),
+    ("lr_decay_epochs", {"low": 0}),
+    ("batch_size", {"low": 1}),
+    ("epochs", {"low": 1}),
+    ("patience", {"low": 0}),
+)
 # Bytes of memory per parameter while training: float32 weights, gradients
 # and up to two optimizer slots (Adam), with room for Keras's copies.
 BYTES_PER_PARAM = 24
@@ -157,6 +186,16 @@ class Recipe:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
+        self._coerce_types()
+        for name, choices in _CHOICES:
+            _check_choice(name, getattr(self, name), choices)
+        for name, bounds in _RANGES:
+            _check_range(name, getattr(self, name), **bounds)
+        self._check_widths()
+        self._check_conv()
+        self._check_sizing()
+
+    def _coerce_types(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             expected = _FIELD_TYPES[field.name]
@@ -169,30 +208,8 @@ class Recipe:
                     f"Recipe field `{field.name}` must be {_TYPE_NAMES[expected]}. "
                     f"Received: {field.name}={value!r}"
                 )
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("initializer", self.initializer, INITIALIZERS)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("normalization", self.normalization, NORMALIZATIONS)
-        _check_choice("monitor", self.monitor, MONITORS)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_range("depth", self.depth, low=0, high=MAX_DEPTH)
-        _check_range("width", self.width, low=1)
-        _check_range("match_depth", self.match_depth, low=0, high=MAX_DEPTH)
-        _check_range("maxout_pieces", self.maxout_pieces, low=2)
-        _check_range("kernel_size", self.kernel_size, low=1)
-        _check_range("pool_size", self.pool_size, low=1)
-        _check_range("input_dropout", self.input_dropout, low=0.0, high=1.0, high_open=True)
-        _check_range("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
-        _check_range("weight_decay", self.weight_decay, low=0.0)
-        _check_range("max_norm", self.max_norm, low=0.0)
-        _check_range("learning_rate", self.learning_rate, low=0.0, low_open=True)
-        _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        _check_range("lr_decay", self.lr_decay, low=0.0, high=1.0, low_open=True)
-        _check_range("lr_decay_epochs", self.lr_decay_epochs, low=0)
-        _check_range("batch_size", self.batch_size, low=1)
-        _check_range("epochs", self.epochs, low=1)
-        _check_range("patience", self.patience, low=0)
+
+    def _check_widths(self) -> None:
         if len(self.widths) > MAX_DEPTH:
             raise DlkitError(
                 f"Recipe field `widths` lists {len(self.widths)} layers; at most {MAX_DEPTH}."
@@ -203,7 +220,9 @@ class Recipe:
                     "Recipe field `widths` must hold positive whole numbers of units. "
                     f"Received: widths={self.widths!r}"
                 )
-        self._check_conv()
+
+    def _check_sizing(self) -> None:
+        """`widths`, `match_depth` and `match_recipe` each set the hidden widths: one at most."""
         if sum(map(bool, (self.widths, self.match_depth, self.match_recipe))) > 1:
             raise DlkitError(
                 "Recipe fields `widths`, `match_depth` and `match_recipe` cannot be combined: "
@@ -211,22 +230,12 @@ class Recipe:
                 f"widths={self.widths!r}, match_depth={self.match_depth}, "
                 f"match_recipe={self.match_recipe!r}"
             )
-        if self.match_recipe and self.depth == 0:
-            raise DlkitError(
-                "Recipe field `match_recipe` needs at least one hidden layer to resize. "
-                f"Received: depth=0, match_recipe={self.match_recipe!r}"
-            )
-        if self.widths and self.match_depth:
-            raise DlkitError(
-                "Recipe fields `widths` and `match_depth` cannot be combined: explicit "
-                "widths are not resized. Received: "
-                f"widths={self.widths!r}, match_depth={self.match_depth}"
-            )
-        if self.match_depth and self.depth == 0:
-            raise DlkitError(
-                "Recipe field `match_depth` needs at least one hidden layer to resize. "
-                f"Received: depth=0, match_depth={self.match_depth}"
-            )
+        for name in ("match_recipe", "match_depth"):
+            if getattr(self, name) and self.depth == 0:
+                raise DlkitError(
+                    f"Recipe field `{name}` needs at least one hidden layer to resize. "
+                    f"Received: depth=0, {name}={getattr(self, name)!r}"
+                )
 
     def replace(self, **overrides: Any) -> Recipe:
         """Returns a copy with `overrides` applied; string values are parsed by field type.
