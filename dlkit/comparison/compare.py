@@ -136,7 +136,9 @@ def _compare(
     run = _Run(experiment, options, tracker, callbacks, log, progress, data.info.dims)
     check_executor(options.executor, options, tracker.tracking_uri)
     parent = _open_parent(run, data)
-    with tracker.run(experiment.name, tags=parent.tags, resume_id=parent.run_id) as parent_id:
+    with tracker.run(
+        experiment.name, tags=parent.tags, resume_id=parent.run_id, opened=parent.claimed
+    ) as parent_id:
         tracker.log_dataset(parent_id, data)
         tuning = None
         if experiment.tune:
@@ -200,6 +202,7 @@ class _Parent:
     tags: dict[str, str]
     resumed: bool
     joined: bool
+    claimed: bool  # opened by this process just now: nothing to reopen
     finished: dict[str, dict[str, str]]  # finished runs by role, then config hash
 
 
@@ -227,7 +230,8 @@ def _open_parent(run: _Run, data: Any) -> _Parent:
     if orphans:
         run.log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
     finished = _finished(tracker, resume_id) if resume_id else {}
-    return _Parent(resume_id, tags, resumed, joined, finished)
+    claimed = resume_id is not None and not (resumed or joined)
+    return _Parent(resume_id, tags, resumed, joined, claimed, finished)
 
 
 def _report(tracker: Tracker, parent_id: str, folder: Path | None) -> Comparison:

@@ -298,8 +298,12 @@ class Tracker:
         tags: dict[str, str] | None = None,
         parent_id: str | None = None,
         resume_id: str | None = None,
+        opened: bool = False,
     ) -> Iterator[str]:
         """Opens a run (or reopens `resume_id`) and yields its id; ends it by how the block exits.
+
+        With `opened`, `resume_id` is a run this process opened itself a moment
+        ago (`claim_parent`): the block only ends it.
 
         A normal exit ends the run FINISHED, an exception FAILED and an
         interrupt (Ctrl-C, SIGTERM) KILLED, with the reason in the
@@ -308,7 +312,7 @@ class Tracker:
         its process (`dlkit.host`, `dlkit.pid`), so that a later run can tell
         one left RUNNING by a killed process (see `close_orphans`).
         """
-        run_id = self._open(name, tags, parent_id, resume_id)
+        run_id = resume_id if opened and resume_id else self._open(name, tags, parent_id, resume_id)
         with self._ending([run_id]):
             yield run_id
 
@@ -722,10 +726,6 @@ class Tracker:
             max_results=_MAX_CHILDREN,
         )
         return [_record(run) for run in runs]
-
-    def get(self, run_id: str) -> RunRecord:
-        """Returns one run as a `RunRecord`."""
-        return _record(self.client.get_run(run_id))
 
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
         """Returns a metric's values by step (empty when it was never logged)."""
