@@ -288,15 +288,20 @@ def test_a_signal_inside_a_store_call_lands_after_it_and_the_run_ends_killed(
 def test_ctrl_c_inside_a_store_call_outside_the_cli_lands_after_it(
     tracking_uri, signal_in_next_query
 ):
-    # A user's own script or notebook: Python's default Ctrl-C handler is in place.
-    tracker = Tracker(tracking_uri, "deferred")
-    with pytest.raises(KeyboardInterrupt):
-        with tracker.run("x") as run_id:
-            signal_in_next_query(signal.SIGINT)
-            tracker.set_tags(run_id, {"note": "whole"})
+    # A user's own script or notebook: Python's default Ctrl-C handler is in place. (Not
+    # always in a test process: a shell starts background jobs with SIGINT ignored.)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        tracker = Tracker(tracking_uri, "deferred")
+        with pytest.raises(KeyboardInterrupt):
+            with tracker.run("x") as run_id:
+                signal_in_next_query(signal.SIGINT)
+                tracker.set_tags(run_id, {"note": "whole"})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.data.tags["note"] == "whole" and run.info.status == "KILLED"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signals.received() is None
 
 
