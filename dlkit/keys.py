@@ -18,3 +18,11 @@ TUNED = "dlkit.tuned"  # on a parent: yes when its variants were tuned
 HOST = "dlkit.host"  # the process that holds a run, so a later one can tell it is gone
 PID = "dlkit.pid"
 FAILURE = "dlkit.failure"  # why a run ended FAILED or KILLED
+VERSION = "dlkit.version"  # the dlkit that opened the run: how dlkit's runs are told apart
+DEVICE = "dlkit.device"  # CPU or GPU, where a child trained
+# On a comparison's parent, once its report is made.
+FAILED_RUNS = "dlkit.failed_runs"
+BEST_VARIANT = "dlkit.best_variant"
+EXPECTATIONS_HELD = "dlkit.expectations_held"  # e.g. 2/3
+# A dataset input's source, in MLflow's Datasets column.
+SOURCE = "dlkit.source"

@@ -646,12 +646,12 @@ def _log_report(
     for path in files:
         tracker.log_artifact(parent_id, path, "report")
     best = comparison.best
-    tags = {"dlkit.failed_runs": comparison.failed}
+    tags = {keys.FAILED_RUNS: comparison.failed}
     if best:
-        tags["dlkit.best_variant"] = best
+        tags[keys.BEST_VARIANT] = best
     held = [v.held for v in comparison.expectations]
     if held:
-        tags["dlkit.expectations_held"] = f"{sum(h is True for h in held)}/{len(held)}"
+        tags[keys.EXPECTATIONS_HELD] = f"{sum(h is True for h in held)}/{len(held)}"
     tracker.set_tags(parent_id, tags)
     statuses = [v.status for v in comparison.expectations]
     metrics = {

@@ -83,7 +83,6 @@ class GradientNorms(keras.callbacks.Callback):
         self.x = tf.constant(x, tf.float32)
         self.y = tf.constant(y, tf.float32)
         self.initial: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
 
     def norms(self) -> dict[str, float]:
         kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
@@ -100,10 +99,8 @@ class GradientNorms(keras.callbacks.Callback):
         self.initial = self.norms()
 
     def on_epoch_end(self, epoch, logs=None):
-        values = self.norms()
-        self.history.append(values)
         if logs is not None:
-            logs.update(values)
+            logs.update(self.norms())
 
 
 class EpochLogger(keras.callbacks.Callback):

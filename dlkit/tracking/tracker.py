@@ -76,7 +76,7 @@ def latest_experiment(tracking_uri: str | None = None) -> str | None:
     runs = (
         client.search_runs(
             ids,
-            "tags.`dlkit.version` != ''",
+            f"tags.`{keys.VERSION}` != ''",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -356,7 +356,7 @@ class Tracker:
     ) -> str:
         all_tags = {
             MLFLOW_RUN_NAME: name,
-            "dlkit.version": dlkit.__version__,
+            keys.VERSION: dlkit.__version__,
             keys.HOST: socket.gethostname(),
             keys.PID: str(os.getpid()),
             **(tags or {}),
@@ -551,7 +551,7 @@ class Tracker:
         curves; drawing one per run cost half a second of each.
         """
         self.log_metrics(run_id, result.summary_metrics(), step=result.epochs_run)
-        self.set_tags(run_id, {"dlkit.device": result.device})
+        self.set_tags(run_id, {keys.DEVICE: result.device})
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             recipe_file = Path(tmp, "recipe.json")
             recipe_file.write_text(json.dumps(result.recipe.to_dict(), indent=2) + "\n")
@@ -924,7 +924,7 @@ def _dataset_source(source: str) -> Any:
     if source != "synthetic" and "/" not in source:  # a TFDS name, e.g. mnist or mnist:3.0.1
         name = source.split(":")[0]
         return HTTPDatasetSource(f"https://www.tensorflow.org/datasets/catalog/{name}")
-    return CodeDatasetSource({"dlkit.source": source})
+    return CodeDatasetSource({keys.SOURCE: source})
 
 
 _DATASET_PAGES = {
