@@ -35,6 +35,32 @@ def test_members_start_from_the_weights_their_seed_gives_alone(digits, initializ
             np.testing.assert_array_equal(stacked.numpy()[k], kernel)
 
 
+def test_members_of_one_seed_that_differ_after_the_draw_start_as_each_alone(digits):
+    # A sweep's members: one seed, other learning rates, penalties and dropout rates. The
+    # pack builds their shared start once; each must still start where it would alone.
+    recipes = [
+        SMALL,
+        SMALL.replace(learning_rate=0.3, weight_decay=1e-3, max_norm=2.0, epochs=4),
+        SMALL.replace(dropout=0.2),
+        SMALL.replace(dropout=0.5, input_dropout=0.1),
+    ]
+    pack = Pack(recipes, [7] * len(recipes), digits)
+    for k, recipe in enumerate(recipes):
+        keras.utils.set_random_seed(7)
+        own = build_model(recipe, digits.info.input_shape, digits.info.num_classes)
+        kernels = [layer.kernel.numpy() for layer in own.layers if hasattr(layer, "kernel")]
+        for stacked, kernel in zip(pack.kernels, kernels, strict=True):
+            np.testing.assert_array_equal(stacked.numpy()[k], kernel)
+
+
+def test_a_member_asked_for_no_model_gets_none_and_the_same_scores(digits):
+    with_model, without = fit_pack([SMALL, SMALL], digits, [3, 3], models=[True, False])
+    assert without.model is None and with_model.model is not None
+    assert without.test_accuracy == with_model.test_accuracy
+    for key, values in with_model.history.items():
+        np.testing.assert_allclose(without.history[key], values, rtol=1e-6)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop", "nadam", "adagrad"])
 def test_a_member_trains_one_epoch_as_its_seed_alone(digits, optimizer):
     recipe = SMALL.replace(optimizer=optimizer)

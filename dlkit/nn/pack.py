@@ -53,7 +53,8 @@ class Member:
 
     Attributes:
         history: Per-epoch values, as Keras's `fit` reports them.
-        model: The member's own trained `keras.Sequential`, compiled.
+        model: The member's own trained `keras.Sequential`, compiled; `None` when
+            `train_pack` was told it needs none.
         stopped_epoch: 1-based epoch at which early stopping ended it, or `None`.
         diverged_at: 1-based epoch whose loss was NaN or infinite, or `None`.
         test: Loss and accuracy on the test split.
@@ -62,7 +63,7 @@ class Member:
     """
 
     history: dict[str, list[float]]
-    model: keras.Sequential
+    model: keras.Sequential | None = None
     stopped_epoch: int | None = None
     diverged_at: int | None = None
     test: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -86,10 +87,16 @@ class Pack:
         self.size = len(self.recipes)
         self.shape = pack_shape(self.recipes[0])
         self.data = data
-        self.models, orders = [], []
+        # Members that differ only in what acts after the weights are drawn (a sweep's
+        # learning rates) start from one model's weights: each is built once.
+        built: dict[tuple[Recipe, int], keras.Sequential] = {}
         for recipe, seed in zip(self.recipes, self.seeds):
-            keras.utils.set_random_seed(seed)  # as `fit` seeds the weights and the shuffle
-            self.models.append(build_for(recipe, data))
+            if (_drawn_alike(recipe), seed) not in built:
+                built[_drawn_alike(recipe), seed] = _built(recipe, seed, data)
+        self.initial = [built[_drawn_alike(r), seed] for r, seed in zip(self.recipes, self.seeds)]
+        orders = []
+        for seed in self.seeds:
+            keras.utils.set_random_seed(seed)  # tf.data's shuffle reads the global seed too
             orders.append(data.epoch_orders(seed))
         self._orders = iter(tf.data.Dataset.zip(tuple(orders)).map(lambda *o: tf.stack(o)))
         self._stack()
@@ -103,10 +110,17 @@ class Pack:
         self.optimizer.build(self.variables)
         self._steps = 0
         self._train_epoch = tf.function(self._epoch)
-        self._score_chunk = tf.function(self._score, reduce_retracing=True)
+        x, y = self.inputs["train"]
+        self._score_chunk = tf.function(  # traced once for every split and chunk
+            self._score,
+            input_signature=[
+                tf.TensorSpec([None, *x.shape[1:]]),
+                tf.TensorSpec([None, y.shape[1]]),
+            ],
+        )
 
     def _stack(self) -> None:
-        per_model = [[la for la in m.layers if isinstance(la, _WEIGHTED)] for m in self.models]
+        per_model = [[la for la in m.layers if isinstance(la, _WEIGHTED)] for m in self.initial]
         self.kernels = [_stacked([la.kernel for la in same]) for same in zip(*per_model)]
         self.biases = [_stacked([la.bias for la in same], rows=1) for same in zip(*per_model)]
         self.variables = [v for pair in zip(self.kernels, self.biases) for v in pair]
@@ -127,7 +141,8 @@ class Pack:
         # the same for every member: each split goes through them once, here.
         x, y = self.data.tensors(split)
         first = itertools.takewhile(
-            lambda la: not isinstance(la, (*_WEIGHTED, keras.layers.Dropout)), self.models[0].layers
+            lambda la: not isinstance(la, (*_WEIGHTED, keras.layers.Dropout)),
+            self.initial[0].layers,
         )
         for layer in first:
             x = layer(x)
@@ -229,12 +244,14 @@ class Pack:
             np.float32,
         )
 
-    def stop(self, k: int) -> None:
-        """Member k changes no more: with its learning rate at 0 and its slots zeroed (a
-        momentum would carry it on), its updates are zero."""
+    def stop(self, members: Sequence[int]) -> None:
+        """These members change no more: with their learning rates at 0 and their slots
+        zeroed (a momentum would carry them on), their updates are zero."""
+        keep = np.ones([self.size, 1, 1], bool)
+        keep[list(members)] = False  # zeroed, not scaled: a diverged member's slots hold NaN
         for variable in self.optimizer.variables:
-            if len(variable.shape) == 3:
-                _assign_member(variable, k, 0.0)
+            if len(variable.shape) == 3:  # one assignment per slot for all of them
+                variable.assign(tf.where(keep, variable.value, tf.zeros_like(variable.value)))
 
     # Scores and weights.
 
@@ -267,8 +284,11 @@ class Pack:
             _assign_member(variable, k, value)
 
     def unpack(self, k: int) -> keras.Sequential:
-        """Puts member k's weights into its own Keras model, compiled; returns the model."""
-        model = self.models[k]
+        """Puts member k's weights into its own Keras model, compiled; returns the model.
+
+        The model is built anew under the member's seed, as it was built to draw its
+        initial weights: its every other variable (a dropout layer's seed) is as alone."""
+        model = _built(self.recipes[k], self.seeds[k], self.data)
         for layer, kernel, bias in zip(
             [la for la in model.layers if isinstance(la, _WEIGHTED)], self.kernels, self.biases
         ):
@@ -277,12 +297,37 @@ class Pack:
         return compile_model(model, self.recipes[k])
 
 
+def _built(recipe: Recipe, seed: int, data: Dataset) -> keras.Sequential:
+    keras.utils.set_random_seed(seed)  # as `fit` seeds the weights
+    return build_for(recipe, data)
+
+
+# What a recipe's fields change of the weights `build_model` draws: fields that act in
+# training only are set aside; a dropout layer draws a seed as it is made, whatever its rate.
+_TRAINING_ONLY = {
+    name: field.default
+    for name, field in Recipe.__dataclass_fields__.items()
+    if name in PER_MEMBER and name not in ("dropout", "input_dropout")
+}
+
+
+def _drawn_alike(recipe: Recipe) -> Recipe:
+    """The recipe as far as its initial weights go: two recipes equal here, built under
+    one seed, draw the same initial weights."""
+    return recipe.replace(
+        **_TRAINING_ONLY,
+        dropout=0.5 if recipe.dropout else 0.0,
+        input_dropout=0.5 if recipe.input_dropout else 0.0,
+    )
+
+
 def train_pack(
     recipes: Sequence[Recipe],
     seeds: Sequence[int],
     data: Dataset,
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+    models: Sequence[bool] | None = None,
 ) -> tuple[list[Member], float, list[float]]:
     """Trains members together as one pack.
 
@@ -292,13 +337,16 @@ def train_pack(
         data: What they train on.
         on_epoch: Called after each epoch with (member index, the epoch's
             metrics, the 1-based epoch) for every member that trained in it.
+        models: Whether each member is unpacked into its own Keras model
+            (`Member.model`); a member without one (a tuning sweep's, whose
+            scores are all it leaves) has `None`. Defaults to every member.
 
     Returns:
         Each member's `Member`, the pack's wall time in seconds, and the
         seconds of each epoch's training steps.
     """
     pack = Pack(recipes, seeds, data)
-    members = [Member(history={}, model=model) for model in pack.models]
+    members = [Member(history={}) for _ in range(pack.size)]
     stoppers = [_EarlyStopping(r) if r.early_stopping else None for r in pack.recipes]
     active = np.ones(pack.size, bool)
     epoch_seconds: list[float] = []
@@ -308,6 +356,7 @@ def train_pack(
         loss, accuracy = pack.train_epoch(epoch, active)
         epoch_seconds.append(time.perf_counter() - began)
         validation = pack.score("validation")[:2] if data.info.validation_size else None
+        stopped = []
         for k in np.flatnonzero(active):
             logs = _epoch_logs(pack, k, epoch, loss, accuracy, validation)
             for key, value in logs.items():
@@ -316,11 +365,13 @@ def train_pack(
                 on_epoch(int(k), logs, epoch + 1)
             if _member_ends(pack, k, epoch, logs, members[k], stoppers[k]):
                 active[k] = False
-                pack.stop(int(k))
+                stopped.append(int(k))
         if not active.any():
             break
+        if stopped:  # others train on: these must not move
+            pack.stop(stopped)
     wall_time = time.perf_counter() - start
-    _finish(pack, members, stoppers)
+    _finish(pack, members, stoppers, [True] * pack.size if models is None else models)
     return members, wall_time, epoch_seconds
 
 
@@ -343,8 +394,8 @@ def _member_ends(pack: Pack, k: int, epoch: int, logs, member: Member, stopper) 
     return epoch + 1 >= pack.recipes[k].epochs
 
 
-def _finish(pack: Pack, members: list[Member], stoppers: list) -> None:
-    """Restores best weights where asked, scores every member, and unpacks it."""
+def _finish(pack: Pack, members: list[Member], stoppers: list, models: Sequence[bool]) -> None:
+    """Restores best weights where asked, scores every member, and unpacks those asked."""
     for k, stopper in enumerate(stoppers):
         if stopper is not None and stopper.best_weights is not None:
             pack.set_weights(k, stopper.best_weights)  # as Keras does at the end of fit
@@ -352,7 +403,7 @@ def _finish(pack: Pack, members: list[Member], stoppers: list) -> None:
     train_accuracy = pack.score("train")[1]
     y_test = pack.data.arrays("test")[1]
     for k, member in enumerate(members):
-        member.model = pack.unpack(k)
+        member.model = pack.unpack(k) if models[k] else None
         member.test = {"loss": float(test_loss[k]), "accuracy": float(test_accuracy[k])}
         member.train_accuracy = float(train_accuracy[k])
         member.test_correct = predicted[k] == y_test

@@ -75,7 +75,8 @@ class TrainResult:
             running average over the epoch, with dropout active.
         test_correct: For each test example, in order, whether the model
             classified it correctly (what paired verdicts compare).
-        model: The trained `keras.Model`.
+        model: The trained `keras.Model`; `None` for a member of a pack told to keep
+            none (a tuning sweep's).
         run_id: The MLflow run it was logged to, if any.
         registered: The registered model version (`models:/NAME/VERSION`), if any.
         replicas: Devices the model trained on at once (`devices`).
@@ -96,7 +97,7 @@ class TrainResult:
     device: str
     train_accuracy: float
     test_correct: np.ndarray = dataclasses.field(repr=False)
-    model: keras.Model = dataclasses.field(repr=False)
+    model: keras.Model | None = dataclasses.field(repr=False)
     run_id: str | None = None
     registered: str | None = None
     replicas: int = 1
@@ -323,6 +324,7 @@ def fit_pack(
     seeds: Sequence[int],
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+    models: Sequence[bool] | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Trains members, a (recipe, seed) each, together in one pack (see `dlkit.nn.pack`).
 
@@ -338,13 +340,16 @@ def fit_pack(
         seeds: One per member.
         on_epoch: Called after every epoch with (member index, the epoch's
             metrics, the 1-based epoch). Defaults to `None`.
+        models: Whether each member's result holds its trained Keras model;
+            one that does not (a tuning sweep's) has `model=None`, and its
+            pack builds no model for it. Defaults to every member.
 
     Returns:
         For each member in order, its `TrainResult`, or the `TrainingDiverged`
         error that ended it (the others train on).
     """
     recipes = [_trainable(recipe, data.info) for recipe in recipes]
-    members, wall_time, seconds = train_pack(recipes, seeds, data, on_epoch=on_epoch)
+    members, wall_time, seconds = train_pack(recipes, seeds, data, on_epoch=on_epoch, models=models)
     size = len(members)
     timed = seconds[1:] or seconds  # the first epoch includes tracing
     return [
