@@ -245,11 +245,13 @@ def _log_end(
     tracker: Tracker, run_id: str, result: TrainResult, data: Dataset, *, sweep: bool = False
 ) -> None:
     """Logs a finished training; a sweep's run logs its metrics only (no model, no files)."""
-    tracker.log_params(run_id, {"replicas": result.replicas})
+    known_now = {"replicas": result.replicas}
     if sweep:
-        tracker.log_metrics(run_id, result.summary_metrics(), step=result.epochs_run)
+        metrics = result.summary_metrics()
+        tracker.log_batch(run_id, params=known_now, metrics=metrics, step=result.epochs_run)
         return
-    tracker.log_result(run_id, result, input_example=data.arrays("test")[0][:2])
+    example = data.arrays("test")[0][:2]
+    tracker.log_result(run_id, result, input_example=example, params=known_now)
 
 
 def _gradient_probe(data: Dataset):
@@ -514,6 +516,7 @@ def tracked_pack(
             [seeds[k] for k in mine],
             [run_ids[k] for k in mine],
             on_epoch,
+            models=[not sweeps[k] for k in mine],  # a sweep's runs log no model
         )
         # One look for all of them: a member that FINISHED in another process meanwhile
         # withdraws instead of finishing a second time.
@@ -526,7 +529,7 @@ def tracked_pack(
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
-def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch) -> list:
+def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch, *, models) -> list:
     """`fit_pack` with each member's epochs logged to its run; nothing when no member."""
     from dlkit.nn.training import fit_pack
 
@@ -540,7 +543,7 @@ def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch) -> list:
             on_epoch(k, metrics, epoch)
 
     try:
-        return fit_pack(recipes, data, seeds, on_epoch=logged)
+        return fit_pack(recipes, data, seeds, on_epoch=logged, models=models)
     finally:
         for sink in sinks:
             sink.flush()  # an interrupted run keeps the curves it had

@@ -489,6 +489,23 @@ class Tracker:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        tags: dict[str, Any] | None = None,
+    ) -> None:
+        """Logs a few params, metrics (at `step`) and tags in one write to the store."""
+        self.client.log_batch(
+            run_id,
+            metrics=_stamped(metrics or {}, step),
+            params=[Param(key, _param_text(value)) for key, value in (params or {}).items()],
+            tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+        )
+
     def log_new_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Logs the params a (resumed) run does not have yet; MLflow never changes a param."""
         logged = self.client.get_run(run_id).data.params
@@ -539,7 +556,12 @@ class Tracker:
         self.client.log_inputs(run_id, datasets=inputs)
 
     def log_result(
-        self, run_id: str, result: TrainResult, *, input_example: np.ndarray | None = None
+        self,
+        run_id: str,
+        result: TrainResult,
+        *,
+        input_example: np.ndarray | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         """Logs a finished training: summary metrics, tags and artifacts.
 
@@ -548,10 +570,16 @@ class Tracker:
         verdicts), and with an `input_example` (a few inputs) the model as an
         MLflow logged model (see `log_model`). No plot: MLflow's UI charts the
         per-epoch metrics, and a comparison's report draws every variant's
-        curves; drawing one per run cost half a second of each.
+        curves; drawing one per run cost half a second of each. `params` known
+        only now are logged with the metrics.
         """
-        self.log_metrics(run_id, result.summary_metrics(), step=result.epochs_run)
-        self.set_tags(run_id, {keys.DEVICE: result.device})
+        self.log_batch(
+            run_id,
+            params=params,
+            metrics=result.summary_metrics(),
+            step=result.epochs_run,
+            tags={keys.DEVICE: result.device},
+        )
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             recipe_file = Path(tmp, "recipe.json")
             recipe_file.write_text(json.dumps(result.recipe.to_dict(), indent=2) + "\n")
