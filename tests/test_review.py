@@ -259,7 +259,7 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_page(compared, tmp_
             except OSError:
                 if time.monotonic() > deadline or ui.poll() is not None:
                     raise
-                time.sleep(1)
+                time.sleep(0.2)
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)

@@ -111,7 +111,9 @@ def test_sigterm_stops_the_workers_and_their_children_end_killed(tmp_path):
         assert client.get_run(run.run_id).info.status == "KILLED"
     assert not children(store, "workers", "RUNNING")
     workers = {run.pid for run in running}
-    time.sleep(1)
+    deadline = time.monotonic() + 30  # a worker's exit is reaped a moment after its parent's
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [pid for pid in workers if alive(pid)]
 
 
