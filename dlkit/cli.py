@@ -613,10 +613,14 @@ def ui(
     without it, the latest experiment dlkit logged to.
     """
     import subprocess
-    from pathlib import Path
 
     from dlkit.comparison.experiment import is_experiment_file, load_experiment
-    from dlkit.tracking.tracker import Tracker, latest_experiment, resolve_tracking_uri
+    from dlkit.tracking.tracker import (
+        Tracker,
+        latest_experiment,
+        resolve_tracking_uri,
+        sqlite_path,
+    )
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -624,9 +628,9 @@ def ui(
             f"{uri} is an MLflow server already: open it in a browser. `dlkit ui` serves a "
             "local store (sqlite:///... or a folder)."
         )
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if uri.startswith("sqlite:///") and not sqlite_path(uri).is_file():
         raise DlkitError(
-            f"No MLflow store at {uri.removeprefix('sqlite:///')}. Run `dlkit compare "
+            f"No MLflow store at {sqlite_path(uri)}. Run `dlkit compare "
             "experiments/quickstart.yaml` here first, or point --tracking-uri at your store."
         )
     if experiment and is_experiment_file(experiment):

@@ -132,7 +132,7 @@ def create_sqlite_store(tracking_uri: str) -> None:
     """
     if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
         return
-    path = _sqlite_path(tracking_uri)
+    path = sqlite_path(tracking_uri)
     if path.exists():
         return
     if not path.parent.is_dir():
@@ -204,7 +204,8 @@ def _build_store(path: Path, artifacts: Path) -> None:
     SqlAlchemyStore._engine_map.pop(uri).dispose()
 
 
-def _sqlite_path(tracking_uri: str) -> Path:
+def sqlite_path(tracking_uri: str) -> Path:
+    """The file of a `sqlite:///` tracking URI, absolute (relative paths are from here)."""
     return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
 
 
@@ -255,7 +256,7 @@ class Tracker:
         except Exception as error:
             text = str(error).splitlines()[0] if str(error) else type(error).__name__
             if self.tracking_uri.startswith("sqlite:") and any(sign in text for sign in _HALF_MADE):
-                db = _sqlite_path(self.tracking_uri)
+                db = sqlite_path(self.tracking_uri)
                 raise DlkitError(
                     f"The MLflow store {db} was left half-created ({text}), most likely by a "
                     "first run that was interrupted under an older dlkit. It holds no runs: "
@@ -989,4 +990,4 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     # MLflow does for ./mlflow.db, instead of in whatever folder runs it.
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    return (_sqlite_path(tracking_uri).parent / "mlruns" / safe_name(experiment)).as_uri()
+    return (sqlite_path(tracking_uri).parent / "mlruns" / safe_name(experiment)).as_uri()
