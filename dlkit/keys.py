@@ -17,6 +17,7 @@ QUESTION = "dlkit.question"
 TUNED = "dlkit.tuned"  # on a parent: yes when its variants were tuned
 HOST = "dlkit.host"  # the process that holds a run, so a later one can tell it is gone
 PID = "dlkit.pid"
+HEARTBEAT = "dlkit.heartbeat"  # Unix time the holding process last said it runs (other hosts)
 FAILURE = "dlkit.failure"  # why a run ended FAILED or KILLED
 VERSION = "dlkit.version"  # the dlkit that opened the run: how dlkit's runs are told apart
 DEVICE = "dlkit.device"  # CPU or GPU, where a child trained

@@ -22,8 +22,9 @@ from mlflow.tracking import MlflowClient
 from tiny import tiny
 from trials import read_store, training
 
+from dlkit.tracking import tracker as tracker_module
 from dlkit.tracking.claims import rival
-from dlkit.tracking.tracker import RunRecord, Tracker
+from dlkit.tracking.tracker import RunRecord, Tracker, process_alive
 
 HOST = os.uname().nodename
 
@@ -236,3 +237,35 @@ def test_four_processes_and_six_signals_then_reruns_finish_each_member_once(tmp_
             r.data.tags["dlkit.config_hash"] for r in runs if r.info.status == "FINISHED"
         )
         assert len(done) == 6 and set(done.values()) == {1}, (name, done)
+
+
+def test_a_claim_of_another_machine_lives_as_long_as_its_heartbeat():
+    now = 1_000_000.0
+    other = {"dlkit.host": "another-machine", "dlkit.pid": "12"}
+    fresh = {**other, "dlkit.heartbeat": f"{now - 30:.3f}"}
+    stale = {**other, "dlkit.heartbeat": f"{now - tracker_module.HEARTBEAT_STALE - 1:.3f}"}
+    assert process_alive(fresh, now=now)
+    assert not process_alive(stale, now=now)
+    assert process_alive(other, now=now)  # an older dlkit's run: nothing here can tell
+    # on this machine the pid decides, whatever the heartbeat says
+    assert not process_alive({"dlkit.host": HOST, "dlkit.pid": str(dead_pid()), **fresh})
+
+
+def test_a_process_renews_the_heartbeat_of_the_runs_it_holds_until_they_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracker_module, "HEARTBEAT_EVERY", 0.2)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker, client = Tracker(store, "beats"), MlflowClient(store)
+
+    def beat(run_id: str) -> float:
+        return float(client.get_run(run_id).data.tags["dlkit.heartbeat"])
+
+    with tracker.run("held") as run_id:
+        first = beat(run_id)
+        deadline = time.monotonic() + 30
+        while beat(run_id) == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat(run_id) > first
+    ended = beat(run_id)
+    time.sleep(0.7)  # three beats
+    assert beat(run_id) == ended  # no longer held: no longer renewed
+    assert not tracker._held

@@ -52,6 +52,11 @@ _METRIC_BATCH = 1000  # and at most 1,000 metrics
 # How long the write that ends a run rides out a store another process keeps locked, in
 # seconds, on top of the 20 s that MLflow's own SQLite busy timeout waits in each attempt.
 _BUSY_PATIENCE = 60.0
+# A process renews the heartbeat tag of the runs it holds this often, in seconds; a run of
+# another machine whose heartbeat is older than HEARTBEAT_STALE is taken to be orphaned (the
+# clocks of the two machines may differ by less than the difference of the two).
+HEARTBEAT_EVERY = 60.0
+HEARTBEAT_STALE = 600.0
 # What SQLite says when MLflow meets tables that a stopped first run left half-built.
 _HALF_MADE = ("already exists", "duplicate column", "no such table", "no such column")
 
@@ -91,14 +96,22 @@ def _signal_name(interrupt: BaseException) -> str:
     return "Ctrl-C" if signum in (None, signal.SIGINT) else signal.Signals(signum).name
 
 
-def process_alive(tags: dict[str, str]) -> bool:
-    """Whether the process a run's `dlkit.host`/`dlkit.pid` tags name still runs (a process
-    on another machine counts as alive: nothing here can tell)."""
+def process_alive(tags: dict[str, str], now: float | None = None) -> bool:
+    """Whether the process a run's `dlkit.host`/`dlkit.pid` tags name still runs.
+
+    On this machine, the pid says so. On another one, the run's heartbeat
+    does: it is renewed every `HEARTBEAT_EVERY` seconds while the process
+    holds the run, so one older than `HEARTBEAT_STALE` is a process gone. A
+    run of another machine without a heartbeat (an older dlkit) counts as alive.
+    """
     host, pid = tags.get(keys.HOST), tags.get(keys.PID)
     if host is None or pid is None or not pid.isdigit():
         return False
     if host != socket.gethostname():
-        return True  # another machine's process: nothing here can tell, so leave it
+        beat = tags.get(keys.HEARTBEAT, "")
+        if not beat.replace(".", "", 1).isdigit():
+            return True  # nothing here can tell, so leave it
+        return (time.time() if now is None else now) - float(beat) < HEARTBEAT_STALE
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -269,6 +282,8 @@ class Tracker:
         self.experiment = experiment
         self.busy_patience = _BUSY_PATIENCE
         self._ended: set[str] = set()  # runs of `runs` ended early, by `finish` or `fail`
+        self._held: set[str] = set()  # runs this tracker opened and has not ended yet
+        self._heartbeat: threading.Thread | None = None
         if experiment is None:  # reads of runs and models by id only
             self.experiment_id = None
         elif found is None or (not create and found.lifecycle_stage == "deleted"):
@@ -344,6 +359,7 @@ class Tracker:
     def withdraw(self, run_id: str) -> None:
         """Deletes a run of `run` or `runs` that another process's run stands for (see
         `dlkit.tracking.claims`); the block leaves it alone."""
+        self._held.discard(run_id)
         self.client.delete_run(run_id)
         self._ended.add(run_id)
 
@@ -364,15 +380,39 @@ class Tracker:
         }
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        all_tags[keys.HEARTBEAT] = f"{time.time():.3f}"
         if not resume_id:
-            return self.client.create_run(
+            run_id = self.client.create_run(
                 self.experiment_id, tags=all_tags, run_name=name
             ).info.run_id
-        self.client.update_run(resume_id, status="RUNNING")
-        if keys.FAILURE in self.client.get_run(resume_id).data.tags:
-            self.client.delete_tag(resume_id, keys.FAILURE)
-        self.set_tags(resume_id, all_tags)
-        return resume_id
+        else:
+            run_id = resume_id
+            self.client.update_run(resume_id, status="RUNNING")
+            if keys.FAILURE in self.client.get_run(resume_id).data.tags:
+                self.client.delete_tag(resume_id, keys.FAILURE)
+            self.set_tags(resume_id, all_tags)
+        self._hold(run_id)
+        return run_id
+
+    def _hold(self, run_id: str) -> None:
+        """Keeps `run_id`'s heartbeat renewed until the run ends (see `process_alive`)."""
+        self._held.add(run_id)
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="dlkit-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        client = self.client._client  # this thread's writes are not the main thread's to defer
+        while True:
+            time.sleep(HEARTBEAT_EVERY)
+            beat = [RunTag(keys.HEARTBEAT, f"{time.time():.3f}")]
+            for run_id in list(self._held):
+                try:
+                    client.log_batch(run_id, tags=beat)
+                except Exception:  # a busy store or a run ended meanwhile: the next beat
+                    pass
 
     @contextlib.contextmanager
     def _ending(self, run_ids: list[str]) -> Iterator[None]:
@@ -440,6 +480,7 @@ class Tracker:
         Raises:
             DlkitError: the store stayed locked for `busy_patience` seconds.
         """
+        self._held.discard(run_id)
         _REPORTED_BY_DLKIT.ending.add(threading.get_ident())
         try:
             self._end_patiently(run_id, status, reason)
@@ -740,6 +781,7 @@ class Tracker:
         first = min(live, key=lambda r: (r.start_time, r.run_id), default=None)
         if first is None or first.run_id == mine:
             return mine, False
+        self._held.discard(mine)
         self.client.delete_run(mine)
         return first.run_id, True
 
