@@ -269,3 +269,12 @@ def test_a_process_renews_the_heartbeat_of_the_runs_it_holds_until_they_end(tmp_
     time.sleep(0.7)  # three beats
     assert beat(run_id) == ended  # no longer held: no longer renewed
     assert not tracker._held
+
+
+def test_a_sweep_run_is_no_rival_of_a_child_of_the_same_configuration():
+    child = record("b", "RUNNING", 2)
+    child.tags["dlkit.role"] = "child"
+    sweep = record("a", "FINISHED", 1)
+    sweep.tags["dlkit.role"] = "tuning"
+    assert rival(child, [sweep], running=True) is None
+    assert rival(sweep, [child], running=True) is None

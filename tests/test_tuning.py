@@ -220,3 +220,18 @@ def test_sweep_size_counts_toward_the_large_comparison_guard(tmp_path):
     big = dict(TUNED, seeds=2, tune={"learning_rate": GRID, "seeds": 100})
     with pytest.raises(DlkitError, match="600 of them tuning"):
         compare(parse_experiment(big), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+
+def test_a_seed_of_the_comparison_that_is_also_a_sweep_seed_still_trains_its_child(tmp_path):
+    # One point and sweep seed 1000: the child of seed 1000 is the very configuration a sweep
+    # run trained, and must still train (it logs the model the report reads), not be taken
+    # for a member another process holds.
+    experiment = tiny("tuned", seeds=[SEED_BASE], tune={"learning_rate": [0.01], "seeds": 1})
+    result = compare(
+        parse_experiment(experiment),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        output_dir=None,
+        log=lambda line: None,
+    )
+    assert list(result.runs["status"]) == ["FINISHED", "FINISHED"]
+    assert len(sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", result.parent_run_id)) == 2

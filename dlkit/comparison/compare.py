@@ -34,7 +34,7 @@ from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, safe_name
-from dlkit.tracking.claims import holders
+from dlkit.tracking.claims import holders, member
 from dlkit.tracking.tracker import Tracker
 
 _WAIT = 1.0  # seconds between looks at runs another process trains
@@ -310,7 +310,7 @@ class _Run:
         )
         while True:
             state = holders(self.tracker, parent_id)
-            status = {id(spec): state.get(spec.tags[keys.CONFIG_HASH]) for spec in pending}
+            status = {id(spec): state.get(member(spec.tags)) for spec in pending}
             for spec in pending:
                 if status[id(spec)] in ("FINISHED", "FAILED"):
                     done(spec, f"{status[id(spec)]} in another process")

@@ -395,7 +395,8 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
     try:
         with tracker.run(spec.run_name, tags=run_tags, parent_id=spec.parent_id) as run_id:
             # A member another process holds is left to it (see dlkit.tracking.claims).
-            lost = contested(tracker, spec.parent_id, [run_id], running=True)
+            role = spec.tags.get(keys.ROLE)
+            lost = contested(tracker, spec.parent_id, [run_id], running=True, role=role)
             if lost:
                 return _elsewhere(run_id, lost[run_id], start)
             result = _fit_in_run(
@@ -414,7 +415,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 # child may, since no caller holds the model it hands back.
                 reuse=True,
             )
-            lost = contested(tracker, spec.parent_id, [run_id], running=False)
+            lost = contested(tracker, spec.parent_id, [run_id], running=False, role=role)
             if lost:  # it finished in another process meanwhile
                 return _elsewhere(run_id, lost[run_id], start)
     except Exception as error:  # the run is already FAILED, with the reason as a tag
@@ -503,9 +504,11 @@ def tracked_pack(
         for recipe, extra in zip(recipes, tags)
     ]
     sweeps = sweeps or [False] * len(recipes)
+    roles = {t.get(keys.ROLE) for t in run_tags}
+    role = roles.pop() if len(roles) == 1 else None  # a pack's members are one role's
     with tracker.runs(names, tags=run_tags, parent_id=parent_id) as run_ids:
         # Members another process holds are left to it (see dlkit.tracking.claims).
-        outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True)
+        outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True, role=role)
         mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
         for k in mine:
             _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k], sweep=sweeps[k])
@@ -521,7 +524,7 @@ def tracked_pack(
         # One look for all of them: a member that FINISHED in another process meanwhile
         # withdraws instead of finishing a second time.
         done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
-        outcomes.update(contested(tracker, parent_id, done, running=False))
+        outcomes.update(contested(tracker, parent_id, done, running=False, role=role))
         for k, outcome in zip(mine, trained):
             if run_ids[k] not in outcomes:
                 end = functools.partial(_end_member, tracker, run_ids[k], data=data)

@@ -30,13 +30,18 @@ class ClaimedElsewhere(Exception):
         self.rival = rival
 
 
+def member(tags: dict[str, str]) -> tuple[str, str | None]:
+    """What a run trains for its comparison: its role (a measuring child, or a tuning
+    sweep's run) and its config hash. A sweep run and a child of one configuration and seed
+    are two members: the child logs a model and is what the report reads."""
+    return tags.get(keys.ROLE, "child"), tags.get(keys.CONFIG_HASH)
+
+
 def rival(mine: RunRecord, others: Sequence[RunRecord], *, running: bool) -> RunRecord | None:
     """The run that holds `mine`'s member instead of it, if any: one that FINISHED, or
     (with `running`) one RUNNING in a live process and opened before it."""
     for other in others:
-        if other.run_id == mine.run_id or other.tags.get(keys.CONFIG_HASH) != mine.tags.get(
-            keys.CONFIG_HASH
-        ):
+        if other.run_id == mine.run_id or member(other.tags) != member(mine.tags):
             continue
         if other.status == "FINISHED":
             return other
@@ -51,13 +56,19 @@ def rival(mine: RunRecord, others: Sequence[RunRecord], *, running: bool) -> Run
 
 
 def contested(
-    tracker: Tracker, parent_id: str | None, run_ids: Sequence[str], *, running: bool
+    tracker: Tracker,
+    parent_id: str | None,
+    run_ids: Sequence[str],
+    *,
+    running: bool,
+    role: str | None = None,
 ) -> dict[str, ClaimedElsewhere]:
     """Withdraws those of `run_ids` whose member another run holds; returns them, each with
-    why. Runs without a parent or config hash (not a comparison's) are never contested."""
+    why. Runs without a parent or config hash (not a comparison's) are never contested.
+    `role`, when every one of `run_ids` has it, narrows the look to the runs of that role."""
     if not parent_id or not run_ids:
         return {}
-    runs = tracker.children(parent_id)
+    runs = tracker.children(parent_id, tags={keys.ROLE: role} if role else None)
     mine = {run.run_id: run for run in runs if run.run_id in run_ids}
     lost = {}
     for run_id, run in mine.items():
@@ -70,14 +81,14 @@ def contested(
     return lost
 
 
-def holders(tracker: Tracker, parent_id: str) -> dict[str, str]:
-    """How each config of the parent stands: `FINISHED`, `FAILED` (it diverged: training
-    it again would too) or `LIVE` (RUNNING in a live process). Others are free to train."""
-    state: dict[str, str] = {}
+def holders(tracker: Tracker, parent_id: str) -> dict[tuple[str, str | None], str]:
+    """How each member (`member`) of the parent stands: `FINISHED`, `FAILED` (it diverged:
+    training it again would too) or `LIVE` (RUNNING in a live process). Others are free."""
+    state: dict[tuple[str, str | None], str] = {}
     rank = {"FINISHED": 3, "FAILED": 2, "LIVE": 1}
     for run in tracker.children(parent_id):
-        key = run.tags.get(keys.CONFIG_HASH)
+        key = member(run.tags)
         status = "LIVE" if run.status == "RUNNING" and process_alive(run.tags) else run.status
-        if key and status in rank and rank[status] > rank.get(state.get(key, ""), 0):
+        if key[1] and status in rank and rank[status] > rank.get(state.get(key, ""), 0):
             state[key] = status
     return state

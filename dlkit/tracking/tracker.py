@@ -785,11 +785,16 @@ class Tracker:
         self.client.delete_run(mine)
         return first.run_id, True
 
-    def children(self, parent_id: str, *, status: str | None = None) -> list[RunRecord]:
-        """Returns the child runs of `parent_id`, newest first, optionally of one status."""
+    def children(
+        self, parent_id: str, *, status: str | None = None, tags: dict[str, str] | None = None
+    ) -> list[RunRecord]:
+        """Returns the child runs of `parent_id`, newest first, optionally of one status and
+        with these tag values."""
         query = f"tags.mlflow.parentRunId = '{parent_id}'"
         if status:
             query += f" and attributes.status = '{status}'"
+        for key, value in (tags or {}).items():
+            query += f" and tags.`{key}` = '{value}'"
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=query,
