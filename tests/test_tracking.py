@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlkit import DlkitError, Recipe, get_recipe, keys, load_model, signals, train
@@ -341,3 +342,29 @@ def test_ending_a_run_rides_out_a_store_another_process_holds_locked(tracking_ur
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "stayed locked by another process" in lines[0], lines
     assert hasty_run in lines[0]
+
+
+def test_two_processes_logging_a_shared_parents_params_at_once_both_succeed(tracking_uri):
+    # Both read the parent's params before either commits; the second's insert then meets
+    # the first's rows, and the store refuses it (as a real race did, under load).
+    first, second = Tracker(tracking_uri, "shared"), Tracker(tracking_uri, "shared")
+    run_id = first.client.create_run(first.experiment_id).info.run_id
+    plan = {"experiment": "shared", "seeds": 3}
+    write = first.client.log_batch
+    refused = []
+
+    def raced(*args, **kwargs):
+        if not refused:
+            refused.append(True)
+            second.log_new_params(run_id, plan)  # lands first
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: params.key")
+        return write(*args, **kwargs)
+
+    first.client.log_batch = raced
+    first.log_new_params(run_id, {**plan, "variants": 2})
+    assert refused
+    assert MlflowClient(tracking_uri).get_run(run_id).data.params == {
+        "experiment": "shared",
+        "seeds": "3",
+        "variants": "2",
+    }

@@ -549,9 +549,16 @@ class Tracker:
         )
 
     def log_new_params(self, run_id: str, params: dict[str, Any]) -> None:
-        """Logs the params a (resumed) run does not have yet; MLflow never changes a param."""
-        logged = self.client.get_run(run_id).data.params
-        self.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
+        """Logs the params a (resumed) run does not have yet; MLflow never changes a param.
+
+        Another process may be logging them to the same run (a parent two processes
+        share): what it wrote first is read again, and the rest logged."""
+
+        def log() -> None:
+            logged = self.client.get_run(run_id).data.params
+            self.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
+
+        _beside_another_writer(log)
 
     def set_description(self, run_id: str, text: str) -> None:
         """Sets the run's description, shown on its page in the MLflow UI (Markdown)."""
@@ -595,7 +602,9 @@ class Tracker:
             inputs.append(
                 DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, split)])
             )
-        self.client.log_inputs(run_id, datasets=inputs)
+        # MLflow skips a dataset the store holds already: a retry after another process
+        # logged the same ones to a parent they share logs nothing twice.
+        _beside_another_writer(lambda: self.client.log_inputs(run_id, datasets=inputs))
 
     def log_result(
         self,
@@ -879,14 +888,32 @@ class StoreCalls:
         return call
 
 
-def _locked(error: BaseException) -> bool:
-    """Whether `error` (or what it was raised from) is SQLite's "database is locked"."""
+def _beside_another_writer(write: Callable[[], None], tries: int = 3) -> None:
+    """Runs `write`, which another process may be making to the same run at once: when
+    both insert the same rows, the store refuses the second (a UNIQUE constraint), and
+    `write`, run again, finds the other's rows and writes only the rest."""
+    for attempt in range(tries):
+        try:
+            return write()
+        except Exception as error:
+            if attempt == tries - 1 or not _in_chain(error, "UNIQUE constraint failed"):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _in_chain(error: BaseException, text: str) -> bool:
+    """Whether `text` is in `error` or in what it was raised from."""
     seen: BaseException | None = error
     while seen is not None:
-        if "database is locked" in str(seen):
+        if text in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _locked(error: BaseException) -> bool:
+    """Whether `error` (or what it was raised from) is SQLite's "database is locked"."""
+    return _in_chain(error, "database is locked")
 
 
 def _stamped(metrics: dict[str, float], step: int) -> list[Metric]:
