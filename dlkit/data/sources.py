@@ -120,13 +120,6 @@ def register_source(
     return decorate
 
 
-def unregister_source(kind: str) -> None:
-    """Removes the reader `kind` (for tests and interactive sessions)."""
-    if kind not in _SOURCES:
-        raise DlkitError(f"Unknown data source {kind!r}.{closest(kind, _SOURCES)}")
-    del _SOURCES[kind]
-
-
 def list_sources() -> list[str]:
     """Returns the registered source kinds, in the order they are tried."""
     return list(_SOURCES)
