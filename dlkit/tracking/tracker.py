@@ -888,6 +888,10 @@ class StoreCalls:
         return call
 
 
+# How stores say a row is there already: SQLite, PostgreSQL, MySQL (through a server too).
+_DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
 def _beside_another_writer(write: Callable[[], None], tries: int = 3) -> None:
     """Runs `write`, which another process may be making to the same run at once: when
     both insert the same rows, the store refuses the second (a UNIQUE constraint), and
@@ -896,7 +900,8 @@ def _beside_another_writer(write: Callable[[], None], tries: int = 3) -> None:
         try:
             return write()
         except Exception as error:
-            if attempt == tries - 1 or not _in_chain(error, "UNIQUE constraint failed"):
+            duplicate = any(_in_chain(error, text) for text in _DUPLICATE_ROW)
+            if attempt == tries - 1 or not duplicate:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
