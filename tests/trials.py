@@ -106,7 +106,7 @@ def kill_a_worker_mid_child(
     """Runs a comparison of one slow seed per variant and SIGKILLs the worker of a child
     that is training. Returns the comparison and the killed child's run as it was."""
     slow = {**experiment, "dataset": {"source": "digits"}, "seeds": 1}
-    slow["overrides"] = {**experiment["overrides"], "epochs": 60, "batch_size": 32}
+    slow["overrides"] = {**experiment["overrides"], "epochs": 120, "batch_size": 32}
     outcome: dict = {}
 
     def run() -> None:
@@ -124,7 +124,11 @@ def kill_a_worker_mid_child(
     created(store)
     thread = threading.Thread(target=run)
     thread.start()
-    found = training(store, experiment["name"], 1, thread.is_alive)
+    try:
+        found = training(store, experiment["name"], 1, thread.is_alive)
+    except AssertionError as missed:  # the comparison ended first: say how
+        thread.join(timeout=600)
+        raise AssertionError(f"{missed}; the comparison ended with {outcome}") from None
     os.kill(found[0].pid, signal.SIGKILL)
     thread.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
