@@ -39,7 +39,7 @@ from dlkit.data.dataset import Dataset
 from dlkit.errors import DlkitError
 from dlkit.nn.layers import Maxout
 from dlkit.nn.models import build_for, compile_model, make_optimizer
-from dlkit.recipes.packing import PER_MEMBER, pack_shape, packable
+from dlkit.recipes.packing import PER_MEMBER, PER_MEMBER_DEFAULTS, pack_shape, packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
@@ -90,10 +90,12 @@ class Pack:
         # Members that differ only in what acts after the weights are drawn (a sweep's
         # learning rates) start from one model's weights: each is built once.
         built: dict[tuple[Recipe, int], keras.Sequential] = {}
+        self.initial = []
         for recipe, seed in zip(self.recipes, self.seeds):
-            if (_drawn_alike(recipe), seed) not in built:
-                built[_drawn_alike(recipe), seed] = _built(recipe, seed, data)
-        self.initial = [built[_drawn_alike(r), seed] for r, seed in zip(self.recipes, self.seeds)]
+            key = (_drawn_alike(recipe), seed)
+            if key not in built:
+                built[key] = _built(recipe, seed, data)
+            self.initial.append(built[key])
         orders = []
         for seed in self.seeds:
             keras.utils.set_random_seed(seed)  # tf.data's shuffle reads the global seed too
@@ -305,9 +307,9 @@ def _built(recipe: Recipe, seed: int, data: Dataset) -> keras.Sequential:
 # What a recipe's fields change of the weights `build_model` draws: fields that act in
 # training only are set aside; a dropout layer draws a seed as it is made, whatever its rate.
 _TRAINING_ONLY = {
-    name: field.default
-    for name, field in Recipe.__dataclass_fields__.items()
-    if name in PER_MEMBER and name not in ("dropout", "input_dropout")
+    name: default
+    for name, default in PER_MEMBER_DEFAULTS.items()
+    if name not in ("dropout", "input_dropout")
 }
 
 

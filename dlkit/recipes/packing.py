@@ -24,12 +24,14 @@ PER_MEMBER = (
     "patience",
     "restore_best_weights",
 )
-_SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in PER_MEMBER}
+PER_MEMBER_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Recipe) if f.name in PER_MEMBER
+}
 
 
 def pack_shape(recipe: Recipe) -> Recipe:
     """Returns what the members of a pack share: the recipe less its per-member fields."""
-    return recipe.replace(**_SHARED_DEFAULTS, precision=resolve_precision(recipe.precision))
+    return recipe.replace(**PER_MEMBER_DEFAULTS, precision=resolve_precision(recipe.precision))
 
 
 def packable(recipe: Recipe) -> bool:
