@@ -35,8 +35,8 @@ def local_ray():
 def test_ray_children_match_local_ones_and_two_workers_lose_nothing(tmp_path):
     experiment = parse_experiment(TINY)
     quiet = {"output_dir": None, "log": lambda line: None}
-    # One child at a time here too (pack=1): Ray's children train alone, with Keras's fit.
-    local = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/local.db", pack=1, **quiet)
+    # Packed here and on Ray alike: a Ray task trains a whole pack.
+    local = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/local.db", **quiet)
     store = f"sqlite:///{tmp_path}/ray.db"
     on_ray = compare(experiment, tracking_uri=store, executor="ray", workers=2, **quiet)
 

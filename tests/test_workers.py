@@ -30,8 +30,8 @@ QUIET = {"output_dir": None, "log": lambda line: None}
 
 def test_two_workers_give_the_numbers_of_one_process(tmp_path):
     experiment = parse_experiment(TINY)
-    # One child at a time here too (pack=1): workers' children train alone, with Keras's fit.
-    here = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/here.db", pack=1, **QUIET)
+    # Packed here and in the workers alike: a worker trains a whole pack (one per variant).
+    here = compare(experiment, tracking_uri=f"sqlite:///{tmp_path}/here.db", **QUIET)
     store = f"sqlite:///{tmp_path}/workers.db"
     lines: list[str] = []
     pooled = compare(experiment, tracking_uri=store, workers=2, output_dir=None, log=lines.append)
@@ -42,7 +42,11 @@ def test_two_workers_give_the_numbers_of_one_process(tmp_path):
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
     assert all(r.data.tags["mlflow.parentRunId"] == pooled.parent_run_id for r in runs)
     assert all(r.outputs.model_outputs for r in runs)  # models logged from the workers
-    assert len({r.data.tags["dlkit.pid"] for r in runs} - {str(os.getpid())}) == 2
+    pids: dict[str, set[str]] = {}  # variant: the processes its runs trained in
+    for run in runs:
+        pids.setdefault(run.data.tags["dlkit.variant"], set()).add(run.data.tags["dlkit.pid"])
+    assert all(len(each) == 1 for each in pids.values())  # a variant's pack, in one worker
+    assert str(os.getpid()) not in set.union(*pids.values())
     assert sum("test accuracy" in line for line in lines) == 4  # each child reported once
     assert [v.status for v in pooled.expectations] == [v.status for v in here.expectations]
 

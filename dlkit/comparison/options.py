@@ -72,8 +72,8 @@ class Options:
             Defaults to `1`.
         pack: Members (variant x seed) trained together in one graph, when
             their networks share a shape (`--pack`): `0` as many as memory
-            allows, `1` one at a time with Keras's own `fit`. Children in
-            worker processes or on Ray train one at a time. Defaults to `0`.
+            allows, `1` one at a time with Keras's own `fit`; in this process,
+            a worker process or a Ray task alike. Defaults to `0`.
 
     Example:
 

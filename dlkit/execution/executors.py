@@ -1,12 +1,11 @@
-"""Executors: where a comparison's child runs train: `runs.run_pack` or `runs.run_child`.
+"""Executors: where a comparison's units train (`run_unit`: a pack, or one child alone).
 
-- `local`: on this machine (the default). With one worker, one pack (or child) after the
-  other in this process: Keras callbacks and the progress bar's per-epoch view work here
-  only. With
+- `local`: on this machine (the default). With one worker, one unit after the other in
+  this process: Keras callbacks and the progress bar's per-epoch view work here only. With
   `workers` above 1, a pool of that many worker processes, each with its share of the cores;
-  a worker that dies (killed, out of memory) is replaced and its children run again, up to
-  `retries` times.
-- `ray`: each child is a Ray task, at most `workers` at once. Without an address it starts
+  a worker that dies (killed, out of memory) is replaced and its unit's children run again,
+  up to `retries` times each.
+- `ray`: each unit is a Ray task, at most `workers` at once. Without an address it starts
   a local Ray instance (on 127.0.0.1) and stops it afterwards; with one (`--ray-address`,
   `$RAY_ADDRESS`) it joins that cluster. A task whose worker process dies (killed, out of
   memory, a lost node) is retried; a training that fails is not (it comes back FAILED).
@@ -72,8 +71,8 @@ def execute(
 ) -> Iterator[tuple[ChildSpec, ChildResult]]:
     """Runs every child and yields `(spec, result)` as each one finishes.
 
-    In this process a packed `Unit` trains as one pack (`run_pack`); worker
-    processes and Ray tasks train one child at a time, as Keras trains it.
+    Each `Unit` trains where it is sent as a whole: a packed one as one pack
+    (`run_pack`), in this process, a pool worker or a Ray task alike.
     `callbacks` (Keras callbacks, for children that train alone), `started`
     (called as a unit starts) and `on_epoch` (after each epoch of a pack's
     members: member index, metrics, epoch) reach children in this process only.
@@ -81,18 +80,26 @@ def execute(
     if in_this_process(executor, resources):
         for unit in work:
             started(unit)
-            if unit.packed:
-                yield from zip(unit.specs, run_pack(unit.specs, on_epoch=on_epoch))
-            else:
-                yield unit.specs[0], run_child(unit.specs[0], callbacks=callbacks)
+            yield from zip(unit.specs, run_unit(unit, callbacks=callbacks, on_epoch=on_epoch))
         return
-    specs = [spec for unit in work for spec in unit.specs]
     if executor == "local":
-        yield from _in_processes(specs, resources)
+        yield from _in_processes(work, resources)
     elif executor == "ray":
-        yield from _on_ray(specs, resources)
+        yield from _on_ray(work, resources)
     else:
         raise DlkitError(f"Unknown executor {executor!r}. Choose one of: {', '.join(EXECUTORS)}.")
+
+
+def run_unit(
+    unit: Unit,
+    *,
+    callbacks: Sequence[Any] = (),
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
+) -> list[ChildResult]:
+    """Trains a unit: its members as one pack, or its one child alone. A result per child."""
+    if unit.packed:
+        return run_pack(unit.specs, on_epoch=on_epoch)
+    return [run_child(unit.specs[0], callbacks=callbacks)]
 
 
 def in_this_process(executor: str, resources: Resources) -> bool:
@@ -137,7 +144,7 @@ def _remote(address: str | None) -> bool:
     return host not in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def _on_ray(specs: Sequence[ChildSpec], resources: Resources) -> Iterator[tuple[ChildSpec, Any]]:
+def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildSpec, Any]]:
     import ray
 
     started_here = not ray.is_initialized()
@@ -153,35 +160,41 @@ def _on_ray(specs: Sequence[ChildSpec], resources: Resources) -> Iterator[tuple[
             options["address"] = resources.ray_address
         ray.init(**options)
     try:
-        task = ray.remote(_child_task).options(
+        task = ray.remote(_unit_task).options(
             num_cpus=resources.cpus_per_run or (os.cpu_count() or 1) / resources.workers,
             num_gpus=resources.gpus_per_run,
             max_retries=resources.retries,
             retry_exceptions=False,  # a failed training is an answer, not a crash
         )
         threads = threads_per_child(resources)
-        waiting = list(specs)
-        running: dict[Any, ChildSpec] = {}
+        waiting = list(work)
+        running: dict[Any, Unit] = {}
         while waiting or running:
             while waiting and len(running) < resources.workers:
-                spec = waiting.pop(0)
-                running[task.remote(spec, threads)] = spec
+                unit = waiting.pop(0)
+                running[task.remote(unit, threads)] = unit
             (done,), _ = ray.wait(list(running), num_returns=1)
-            spec = running.pop(done)
+            unit = running.pop(done)
             try:
-                yield spec, ray.get(done)
+                results = ray.get(done)
             except ray.exceptions.RayError as error:  # the retries ran out
                 cause = str(error).strip().splitlines()[0]
-                yield spec, ChildResult(None, "FAILED", None, 0.0, f"worker lost: {cause}")
+                results = [_lost(f"worker lost: {cause}")] * len(unit.specs)
+            yield from zip(unit.specs, results)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _child_task(spec: ChildSpec, threads: int) -> ChildResult:
-    """A child in a Ray worker: its share of the cores, then the same unit of work as anywhere."""
+def _unit_task(unit: Unit, threads: int) -> list[ChildResult]:
+    """A unit in a Ray worker: its share of the cores, then the same work as anywhere."""
     _load_tensorflow(threads)
-    return run_child(spec)
+    return run_unit(unit)
+
+
+def _lost(failure: str) -> ChildResult:
+    """The result of a child that never came back from its worker."""
+    return ChildResult(None, "FAILED", None, 0.0, failure)
 
 
 def _load_tensorflow(threads: int) -> None:
@@ -198,28 +211,26 @@ def _load_tensorflow(threads: int) -> None:
         pass
 
 
-def _in_processes(
-    specs: Sequence[ChildSpec], resources: Resources
-) -> Iterator[tuple[ChildSpec, Any]]:
-    """Runs the children in a pool of `resources.workers` processes on this machine.
+def _in_processes(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildSpec, Any]]:
+    """Runs the units in a pool of `resources.workers` processes on this machine.
 
     The workers are spawned, not forked (TensorFlow's and MLflow's threads do not survive a
     fork), and ignore Ctrl-C: this process owns the interrupt and stops them with SIGTERM, so
     each running child ends KILLED before its worker exits.
     """
     with tempfile.TemporaryDirectory(prefix="dlkit-") as folder:
-        yield from _in_pools(specs, resources, Path(folder) / "worker-start-failure")
+        yield from _in_pools(work, resources, Path(folder) / "worker-start-failure")
 
 
 def _in_pools(
-    specs: Sequence[ChildSpec], resources: Resources, start_failure: Path
+    work: Sequence[Unit], resources: Resources, start_failure: Path
 ) -> Iterator[tuple[ChildSpec, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    waiting = dict(enumerate(specs))
-    losses: collections.Counter[int] = collections.Counter()  # deaths in flight, per child
+    waiting = dict(enumerate(work))
+    losses: collections.Counter[int] = collections.Counter()  # deaths in flight, per unit
     idle = 0  # pools that broke before any child started
     folder = start_failure.parent
     while waiting:
@@ -231,16 +242,16 @@ def _in_pools(
         )
         try:
             futures = {
-                pool.submit(_child_in_process, spec, str(folder / f"{i}.started")): i
-                for i, spec in waiting.items()
+                pool.submit(_unit_in_process, unit, str(folder / f"{i}.started")): i
+                for i, unit in waiting.items()
             }
             for future in as_completed(futures):
                 i = futures[future]
                 try:
-                    result = future.result()
-                except BrokenProcessPool:  # a worker died: its child stays waiting
+                    results = future.result()
+                except BrokenProcessPool:  # a worker died: its unit stays waiting
                     continue
-                yield waiting.pop(i), result
+                yield from zip(waiting.pop(i).specs, results)
         except BaseException:  # interrupted, or the caller stopped asking
             _stop_workers(pool)
             raise
@@ -252,7 +263,7 @@ def _in_pools(
                 "TensorFlow imports in this environment: python -c 'import tensorflow'"
             )
             for i in list(waiting):
-                yield waiting.pop(i), ChildResult(None, "FAILED", None, 0.0, failure)
+                yield from _failed(waiting.pop(i), failure)
             return
         # What is still waiting was lost with a worker: the children that were training
         # count it against their retries, and the rest run again in a new pool.
@@ -268,7 +279,11 @@ def _in_pools(
                     f"its worker died {plural(deaths, 'time')} while it "
                     f"{'trained' if losses[i] else 'waited'} (killed, or out of memory?)"
                 )
-                yield waiting.pop(i), ChildResult(None, "FAILED", None, 0.0, failure)
+                yield from _failed(waiting.pop(i), failure)
+
+
+def _failed(unit: Unit, failure: str) -> Iterator[tuple[ChildSpec, ChildResult]]:
+    return ((spec, _lost(failure)) for spec in unit.specs)
 
 
 def _start_worker(threads: int, start_failure: str) -> None:
@@ -286,15 +301,15 @@ def _start_worker(threads: int, start_failure: str) -> None:
         raise
 
 
-def _child_in_process(spec: ChildSpec, started: str) -> ChildResult:
-    """A child in a pool worker; the file `started` tells its parent it began, should the
-    worker die. SIGTERM ends its run KILLED, then the worker itself: a stopped pool must not
-    start the next child it had queued. A second SIGTERM (the pool terminates the workers it
+def _unit_in_process(unit: Unit, started: str) -> list[ChildResult]:
+    """A unit in a pool worker; the file `started` tells its parent it began, should the
+    worker die. SIGTERM ends its runs KILLED, then the worker itself: a stopped pool must not
+    start the next unit it had queued. A second SIGTERM (the pool terminates the workers it
     has left when one exits) must not cut the first one's clean-up short."""
     Path(started).touch()
     try:
         with signals.handled(signal.SIGTERM, patient=True):
-            return run_child(spec)
+            return run_unit(unit)
     except signals.Interrupted as interrupt:
         os._exit(interrupt.exit_code)
 
