@@ -64,6 +64,8 @@ def test_a_pack_holds_what_memory_allows():
     assert auto_size(Recipe(depth=2, width=16), 64, 10) == MAX_PACK
     huge = Recipe(depth=2, width=20_000)  # about 1.2 GB of training state per member
     assert 1 <= auto_size(huge, 784, 10) < MAX_PACK
+    # Two worker processes each train a pack at once: each gets half the share.
+    assert auto_size(huge, 784, 10, at_once=2) == max(1, auto_size(huge, 784, 10) // 2)
 
 
 def test_packed_members_are_each_one_run_as_alone(tmp_path):

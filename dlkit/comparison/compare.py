@@ -278,7 +278,10 @@ class _Run:
         options = self.options
         here = in_this_process(options.executor, options)
         # Keras callbacks reach a child that trains alone, with Keras's fit.
-        work = units(specs, 1 if self.callbacks else options.pack, *self.shape)
+        # `workers` packs train at once: on this machine, or (a cluster) at most that many.
+        work = units(
+            specs, 1 if self.callbacks else options.pack, *self.shape, at_once=options.workers
+        )
         alone = any(not unit.packed for unit in work)
         children = execute(
             work,

@@ -10,7 +10,7 @@ from dlkit.recipes.packing import pack_shape, packable
 from dlkit.recipes.recipe import BYTES_PER_PARAM, Recipe, physical_memory
 
 MAX_PACK = 32  # members per pack when memory allows: past about 16 a member costs no less
-MEMORY_SHARE = 4  # a pack may take a quarter of this machine's memory
+MEMORY_SHARE = 4  # the packs training at once may take a quarter of this machine's memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,11 @@ def units(
     input_dim: int,
     num_classes: int,
     image_shape: Sequence[int] | None = None,
+    *,
+    at_once: int = 1,
 ) -> list[Unit]:
-    """Groups children into packs of at most `size` members (0: as many as memory allows).
+    """Groups children into packs of at most `size` members (0: as many as memory allows,
+    with `at_once` packs training at the same time on this machine).
 
     Children pack when their recipes share a `pack_shape` and their runs a
     parent. One trains alone, with Keras's own `fit`, when `size` is 1, its
@@ -59,7 +62,7 @@ def units(
         if key[0] == "alone":
             found.append(Unit(tuple(members), packed=False))
             continue
-        cap = size or auto_size(key[0], input_dim, num_classes, image_shape)
+        cap = size or auto_size(key[0], input_dim, num_classes, image_shape, at_once=at_once)
         found += [
             Unit(tuple(members[i : i + cap]), packed=True) for i in range(0, len(members), cap)
         ]
@@ -67,9 +70,15 @@ def units(
 
 
 def auto_size(
-    recipe: Recipe, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+    recipe: Recipe,
+    input_dim: int,
+    num_classes: int,
+    image_shape: Sequence[int] | None = None,
+    *,
+    at_once: int = 1,
 ) -> int:
-    """Members per pack: `MAX_PACK`, fewer where a pack would take more than its memory share.
+    """Members per pack: `MAX_PACK`, fewer where the `at_once` packs training at the same
+    time would take more than their memory share.
 
     Each member holds its weights, gradients and optimizer slots
     (`BYTES_PER_PARAM` a parameter) and a batch's activations.
@@ -81,4 +90,4 @@ def auto_size(
     memory = physical_memory()
     if not memory:
         return MAX_PACK
-    return max(1, min(MAX_PACK, memory // MEMORY_SHARE // member))
+    return max(1, min(MAX_PACK, memory // MEMORY_SHARE // at_once // member))
