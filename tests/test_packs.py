@@ -95,6 +95,13 @@ def test_packed_members_are_each_one_run_as_alone(tmp_path):
                 alone.data.metrics[metric], abs=0.01
             )
         assert packed.outputs.model_outputs  # a logged model, as alone
+        # Whole curves, as alone: the end's write carries the epochs not yet written.
+        epochs = int(packed.data.metrics["epochs_run"])
+        for metric in ("loss", "val_accuracy"):
+            history = MlflowClient(f"sqlite:///{tmp_path / 'pack0.db'}").get_metric_history(
+                packed.info.run_id, metric
+            )
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1))
 
 
 def test_a_diverging_member_fails_alone_and_its_pack_trains_on(tracking_uri):
@@ -119,6 +126,8 @@ def test_a_diverging_member_fails_alone_and_its_pack_trains_on(tracking_uri):
     statuses = dict(zip(result.runs["variant"], result.runs["status"]))
     assert statuses == {"diverges": "FAILED", "fine": "FINISHED"}
     assert "diverged" in result.runs.set_index("variant").loc["diverges", "failure"]
+    failed = result.runs.set_index("variant").loc["diverges", "run_id"]
+    assert MlflowClient(tracking_uri).get_metric_history(failed, "loss")  # it keeps its curve
 
 
 def test_resume_skips_the_finished_members_of_a_pack(tracking_uri):

@@ -251,6 +251,22 @@ def test_epoch_metrics_are_written_in_batches_each_stamped_with_its_epoch(tracki
     assert history[0].timestamp < history[1].timestamp  # the epoch's time, not the write's
 
 
+def test_the_write_that_ends_a_run_carries_the_curves_not_yet_written(tracking_uri):
+    tracker = Tracker(tracking_uri, "epochs")
+    with tracker.run("x") as run_id:
+        sink = tracker.epoch_metrics(run_id, every=3600)
+        for epoch in range(1, 1201):  # more than MLflow takes in one write
+            sink({"loss": 1.0 / epoch}, step=epoch)
+        tracker.log_batch(
+            run_id, params={"replicas": 1}, metrics={"test_accuracy": 0.9}, curves=sink
+        )
+        assert sink.take() == []  # nothing is written twice
+    history = tracker.client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 1201))
+    run = tracker.client.get_run(run_id)
+    assert run.data.metrics["test_accuracy"] == 0.9 and run.data.params["replicas"] == "1"
+
+
 @pytest.fixture
 def signal_in_next_query():
     """Sends this process a signal from inside the next SQL statement any store runs."""

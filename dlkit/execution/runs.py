@@ -20,7 +20,7 @@ from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
 from dlkit.tracking.claims import ClaimedElsewhere, contested
-from dlkit.tracking.tracker import Tracker, portable_uri
+from dlkit.tracking.tracker import EpochMetrics, Tracker, portable_uri
 
 if TYPE_CHECKING:
     from dlkit.nn.training import TrainResult
@@ -223,11 +223,11 @@ def _fit_in_run(
             devices=devices,
             reuse=reuse,
         )
+        for probe in probes:
+            tracker.log_metrics(run_id, probe.initial, step=0)
+        _log_end(tracker, run_id, result, data, sweep=sweep, curves=epochs)
     finally:
-        epochs.flush()  # an interrupted run keeps the curves it had
-    for probe in probes:
-        tracker.log_metrics(run_id, probe.initial, step=0)
-    _log_end(tracker, run_id, result, data, sweep=sweep)
+        epochs.flush()  # a failed or interrupted run keeps the curves it had
     return result
 
 
@@ -242,16 +242,25 @@ def _log_start(tracker, run_id, recipe, data, seed, params, *, sweep: bool = Fal
 
 
 def _log_end(
-    tracker: Tracker, run_id: str, result: TrainResult, data: Dataset, *, sweep: bool = False
+    tracker: Tracker,
+    run_id: str,
+    result: TrainResult,
+    data: Dataset,
+    *,
+    sweep: bool = False,
+    curves: EpochMetrics | None = None,
 ) -> None:
-    """Logs a finished training; a sweep's run logs its metrics only (no model, no files)."""
+    """Logs a finished training, in one write with what is left of its `curves`; a sweep's
+    run logs its metrics only (no model, no files)."""
     known_now = {"replicas": result.replicas}
     if sweep:
         metrics = result.summary_metrics()
-        tracker.log_batch(run_id, params=known_now, metrics=metrics, step=result.epochs_run)
+        tracker.log_batch(
+            run_id, params=known_now, metrics=metrics, step=result.epochs_run, curves=curves
+        )
         return
     example = data.arrays("test")[0][:2]
-    tracker.log_result(run_id, result, input_example=example, params=known_now)
+    tracker.log_result(run_id, result, input_example=example, params=known_now, curves=curves)
 
 
 def _gradient_probe(data: Dataset):
@@ -512,7 +521,7 @@ def tracked_pack(
         mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
         for k in mine:
             _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k], sweep=sweeps[k])
-        trained = _fit_members(
+        trained, curves = _fit_members(
             tracker,
             [recipes[k] for k in mine],
             data,
@@ -525,19 +534,25 @@ def tracked_pack(
         # withdraws instead of finishing a second time.
         done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
         outcomes.update(contested(tracker, parent_id, done, running=False, role=role))
-        for k, outcome in zip(mine, trained):
-            if run_ids[k] not in outcomes:
-                end = functools.partial(_end_member, tracker, run_ids[k], data=data)
-                outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k])
+        try:
+            for k, outcome, sink in zip(mine, trained, curves):
+                if run_ids[k] not in outcomes:
+                    end = functools.partial(_end_member, tracker, run_ids[k], data=data)
+                    outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k], curves=sink)
+        except BaseException:
+            for sink in curves:  # the members not ended yet keep the curves they had
+                sink.flush()
+            raise
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
-def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch, *, models) -> list:
-    """`fit_pack` with each member's epochs logged to its run; nothing when no member."""
+def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch, *, models):
+    """`fit_pack` with each member's epochs logged to its run. Returns its outcomes and
+    each member's sink of per-epoch metrics, holding what is not written yet."""
     from dlkit.nn.training import fit_pack
 
     if not recipes:
-        return []
+        return [], []
     sinks = [tracker.epoch_metrics(run_id) for run_id in run_ids]
 
     def logged(k: int, metrics: dict[str, float], epoch: int) -> None:
@@ -546,24 +561,26 @@ def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch, *, models) ->
             on_epoch(k, metrics, epoch)
 
     try:
-        return fit_pack(recipes, data, seeds, on_epoch=logged, models=models)
-    finally:
+        return fit_pack(recipes, data, seeds, on_epoch=logged, models=models), sinks
+    except BaseException:
         for sink in sinks:
             sink.flush()  # an interrupted run keeps the curves it had
+        raise
 
 
-def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, sweep: bool):
+def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, sweep: bool, curves):
     """Logs a member's results and ends its run, before the next member's; returns its
     outcome."""
     from dlkit import signals
 
     if not isinstance(outcome, Exception):
         try:
-            _log_end(tracker, run_id, outcome, data, sweep=sweep)
+            _log_end(tracker, run_id, outcome, data, sweep=sweep, curves=curves)
         except Exception as error:
             signals.check()  # an interrupt turned into another error stops them all
             outcome = error
     if isinstance(outcome, Exception):
+        curves.flush()  # a failed run keeps the curves it had
         tracker.fail(run_id, _failure(outcome))
     else:
         outcome.run_id = run_id

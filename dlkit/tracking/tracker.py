@@ -539,11 +539,18 @@ class Tracker:
         metrics: dict[str, float] | None = None,
         step: int = 0,
         tags: dict[str, Any] | None = None,
+        curves: EpochMetrics | None = None,
     ) -> None:
-        """Logs a few params, metrics (at `step`) and tags in one write to the store."""
+        """Logs a few params, metrics (at `step`) and tags in one write to the store, with
+        the per-epoch metrics `curves` still holds (a run's last, most often all of them)."""
+        ended = _stamped(metrics or {}, step)
+        history = curves.take() if curves is not None else []
+        while len(history) + len(ended) > _METRIC_BATCH - _BATCH:  # room for params and tags
+            self.client.log_batch(run_id, metrics=history[:_METRIC_BATCH])
+            history = history[_METRIC_BATCH:]
         self.client.log_batch(
             run_id,
-            metrics=_stamped(metrics or {}, step),
+            metrics=[*history, *ended],
             params=[Param(key, _param_text(value)) for key, value in (params or {}).items()],
             tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
         )
@@ -613,6 +620,7 @@ class Tracker:
         *,
         input_example: np.ndarray | None = None,
         params: dict[str, Any] | None = None,
+        curves: EpochMetrics | None = None,
     ) -> None:
         """Logs a finished training: summary metrics, tags and artifacts.
 
@@ -622,7 +630,8 @@ class Tracker:
         MLflow logged model (see `log_model`). No plot: MLflow's UI charts the
         per-epoch metrics, and a comparison's report draws every variant's
         curves; drawing one per run cost half a second of each. `params` known
-        only now are logged with the metrics.
+        only now are logged with the metrics, and so are the per-epoch metrics
+        `curves` still holds.
         """
         self.log_batch(
             run_id,
@@ -630,6 +639,7 @@ class Tracker:
             metrics=result.summary_metrics(),
             step=result.epochs_run,
             tags={keys.DEVICE: result.device},
+            curves=curves,
         )
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             recipe_file = Path(tmp, "recipe.json")
@@ -842,8 +852,9 @@ class EpochMetrics:
 
     A write to the store costs about as much as a small model's epoch, so a
     short training sends its curves in a batch or two instead of one per
-    epoch; a long one still shows live in the MLflow UI. Call `flush` when
-    training ends, however it ends.
+    epoch; a long one still shows live in the MLflow UI. When training ends,
+    hand what is left to the write that ends the run (`Tracker.log_batch`), or
+    `flush` it (an interrupt, a failure).
     """
 
     def __init__(self, client: StoreCalls, run_id: str, every: float):
@@ -857,10 +868,16 @@ class EpochMetrics:
             self.flush()
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
+        pending = self.take()
         for i in range(0, len(pending), _METRIC_BATCH):
             self.client.log_batch(self.run_id, metrics=pending[i : i + _METRIC_BATCH])
+
+    def take(self) -> list[Metric]:
+        """Returns the metrics not written yet, for the caller to write (`Tracker.log_batch`
+        takes them into the write that ends a run)."""
+        pending, self._pending = self._pending, []
         self._sent = time.monotonic()
+        return pending
 
 
 class StoreCalls:
