@@ -169,3 +169,18 @@ def test_scores_in_chunks_equal_keras_evaluate_of_each_unpacked_model(digits, mo
         loss, accuracy = member.model.evaluate(x, y, verbose=0, batch_size=64)
         assert member.test_loss == pytest.approx(loss, rel=1e-5)  # the weight penalty too
         assert member.test_accuracy == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_each_unpacked_model_is_its_own_and_holds_its_members_weights(digits):
+    # Members 0 and 1 share their start (one seed, other rates); member 2 was built alone.
+    recipes = [SMALL, SMALL.replace(learning_rate=0.1), SMALL]
+    pack = Pack(recipes, [3, 3, 4], digits)
+    models = [pack.unpack(k) for k in (0, 1, 2, 2)]
+    assert len({id(model) for model in models}) == 4  # no caller holds another's model
+    assert not {id(model) for model in models} & {id(model) for model in pack.initial[:2]}
+    for k, model in zip((0, 1, 2, 2), models):
+        stacked = [v.numpy()[k].reshape(-1) for v in pack.variables]
+        for mine, theirs in zip(weights(model), stacked, strict=True):
+            np.testing.assert_array_equal(mine.reshape(-1), theirs)
+    models[2].layers[-1].bias.assign(np.ones(10))  # one caller's change reaches no other
+    assert not np.array_equal(models[3].layers[-1].bias.numpy(), np.ones(10))

@@ -90,12 +90,13 @@ class Pack:
         # Members that differ only in what acts after the weights are drawn (a sweep's
         # learning rates) start from one model's weights: each is built once.
         built: dict[tuple[Recipe, int], keras.Sequential] = {}
-        self.initial = []
-        for recipe, seed in zip(self.recipes, self.seeds):
-            key = (_drawn_alike(recipe), seed)
+        keys = [(_drawn_alike(recipe), seed) for recipe, seed in zip(self.recipes, self.seeds)]
+        for recipe, seed, key in zip(self.recipes, self.seeds, keys):
             if key not in built:
                 built[key] = _built(recipe, seed, data)
-            self.initial.append(built[key])
+        self.initial = [built[key] for key in keys]
+        # A member built alone is unpacked into that same model (see `unpack`).
+        self._own = {k: self.initial[k] for k, key in enumerate(keys) if keys.count(key) == 1}
         orders = []
         for seed in self.seeds:
             keras.utils.set_random_seed(seed)  # tf.data's shuffle reads the global seed too
@@ -297,9 +298,11 @@ class Pack:
     def unpack(self, k: int) -> keras.Sequential:
         """Puts member k's weights into its own Keras model, compiled; returns the model.
 
-        The model is built anew under the member's seed, as it was built to draw its
-        initial weights: its every other variable (a dropout layer's seed) is as alone."""
-        model = _built(self.recipes[k], self.seeds[k], self.data)
+        The model is the one built under the member's seed to draw its initial weights
+        (or, when members shared that one, or it was unpacked before, one built the same
+        way anew): its every other variable (a dropout layer's seed) is as alone. Each call
+        returns a model of its own."""
+        model = self._own.pop(k, None) or _built(self.recipes[k], self.seeds[k], self.data)
         for layer, kernel, bias in zip(
             [la for la in model.layers if isinstance(la, _WEIGHTED)], self.kernels, self.biases
         ):
