@@ -245,3 +245,25 @@ def test_digits_read_from_scikit_learns_file_equal_load_digits():
     assert images.dtype == digits.images.dtype and target.dtype == digits.target.dtype
     np.testing.assert_array_equal(images, digits.images)
     np.testing.assert_array_equal(target, digits.target)
+
+
+def test_each_load_is_a_dataset_of_its_own_whose_examples_no_caller_can_change():
+    spec = DataSpec(source="digits", train_size=200)
+    first, second = spec.load(), spec.load()
+    assert first is not second
+    first.batch_size, first.seed = 7, 99  # one caller's settings reach no other
+    assert (second.batch_size, second.seed) != (7, 99)
+    assert (spec.load().batch_size, spec.load().seed) == (second.batch_size, second.seed)
+    x, y = first.arrays("train")
+    for array in (x, y, first.input_mean):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 0
+    np.testing.assert_array_equal(second.arrays("train")[0], x)
+
+
+def test_arrays_a_users_source_returns_stay_writable_for_that_user():
+    x, y = np.ones((90, 3), np.float32), np.arange(90) % 2
+    register_source("held")(lambda source, **options: (x[:60], y[:60], x[60:], y[60:]))
+    data = load_dataset("held", validation_split=0.0)
+    x[0, 0] = 5.0  # the user's own arrays stay theirs: writable, as they were
+    assert data.arrays("train")[0].flags.writeable is False

@@ -9,6 +9,7 @@ examples.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -63,8 +64,15 @@ class DataSpec:
         return identity
 
     def load(self) -> Dataset:
-        """Loads the dataset (cached in this process: every child of a comparison reuses it)."""
-        return _load_cached(self)
+        """Loads the dataset. Its examples are read once per process (every child of a
+        comparison shares them, read-only); each call returns a `Dataset` of its own."""
+        return _load_cached(self).copy()
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 @functools.lru_cache(maxsize=2)
@@ -124,12 +132,20 @@ class Dataset:
         self.info = info
         self.batch_size = batch_size
         self.seed = seed
-        self._arrays = splits
+        # Read-only views: whoever holds this dataset, or a copy, cannot change its examples.
+        self._arrays = {split: tuple(_read_only(a) for a in xy) for split, xy in splits.items()}
         self._tensors: dict[str, Any] = {}
         self._digests: dict[str, str] = {}
         x_train = splits["train"][0].reshape(len(splits["train"][0]), -1).astype(np.float64)
-        self.input_mean = x_train.mean(axis=0).astype(np.float32)
-        self.input_variance = x_train.var(axis=0).astype(np.float32)
+        self.input_mean = _read_only(x_train.mean(axis=0).astype(np.float32))
+        self.input_variance = _read_only(x_train.var(axis=0).astype(np.float32))
+
+    def copy(self) -> Dataset:
+        """Returns a dataset of its own over the same read-only examples: changing its
+        `batch_size` or `seed` changes nothing for this one."""
+        other = copy.copy(self)
+        other._tensors, other._digests = dict(self._tensors), dict(self._digests)
+        return other
 
     @property
     def train(self):
