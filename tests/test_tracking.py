@@ -251,6 +251,21 @@ def test_epoch_metrics_are_written_in_batches_each_stamped_with_its_epoch(tracki
     assert history[0].timestamp < history[1].timestamp  # the epoch's time, not the write's
 
 
+def test_a_withdrawn_run_takes_the_model_it_logged_with_it(tracking_uri, digits):
+    from dlkit.nn.models import build_for
+
+    tracker = Tracker(tracking_uri, "withdrawn")
+    model = build_for(Recipe(depth=1, width=4), digits)
+    with tracker.runs(["kept", "withdrawn"], tags=[{}, {}]) as (kept, gone):
+        for run_id in (kept, gone):
+            tracker.log_model(run_id, model, digits.arrays("test")[0][:2], name="net")
+        tracker.withdraw(gone)
+    client = tracker.client
+    models = client.search_logged_models([tracker.experiment_id])
+    assert [m.source_run_id for m in models] == [kept]  # none left without its run
+    assert client.get_run(gone).info.lifecycle_stage == "deleted"
+
+
 def test_the_write_that_ends_a_run_carries_the_curves_not_yet_written(tracking_uri):
     tracker = Tracker(tracking_uri, "epochs")
     with tracker.run("x") as run_id:

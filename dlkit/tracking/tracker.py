@@ -358,8 +358,12 @@ class Tracker:
 
     def withdraw(self, run_id: str) -> None:
         """Deletes a run of `run` or `runs` that another process's run stands for (see
-        `dlkit.tracking.claims`); the block leaves it alone."""
+        `dlkit.tracking.claims`), with any model it logged (which would otherwise stay in
+        the experiment's list of models); the block leaves it alone."""
         self._held.discard(run_id)
+        outputs = self.client.get_run(run_id).outputs
+        for output in outputs.model_outputs if outputs else []:
+            self.client.delete_logged_model(output.model_id)
         self.client.delete_run(run_id)
         self._ended.add(run_id)
 
