@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from dlkit import DlkitError, Recipe, signals
@@ -57,15 +58,27 @@ def test_a_reused_model_trains_exactly_as_a_new_one_from_the_same_seed(digits):
     # dropout's random state, a learning-rate schedule, Adam's moments, early stopping:
     # everything a second seed of a variant must start over from
     recipe = SMALL.replace(dropout=0.3, input_dropout=0.1, lr_decay_epochs=1, early_stopping=True)
+    from dlkit.nn import training
+
     new = fit(recipe, digits, seed=1, verbose=0)
     first = fit(recipe, digits, seed=0, verbose=0, reuse=True)
-    again = fit(recipe, digits, seed=1, verbose=0, reuse=True)
-    assert again.model is first.model  # traced once
+    first_weights = [w.numpy() for w in first.model.weights]
+    traced = training._TRACED._entries[0][2]
+    # Another load of the same data holds the same examples: the traced model serves it.
+    again = fit(recipe, digits.copy(), seed=1, verbose=0, reuse=True)
+    assert training._TRACED._entries[0][2] is traced  # traced once
     assert again.history == new.history and again.history != first.history
     assert again.test_accuracy == new.test_accuracy
     assert again.train_accuracy == new.train_accuracy
-    other = fit(recipe.replace(width=16), digits, seed=1, verbose=0, reuse=True)
-    assert other.model is not first.model
+    # Each caller's model is its own: the second training changed nothing of the first's.
+    assert again.model is not first.model and traced not in (first.model, again.model)
+    for before, now in zip(first_weights, first.model.weights, strict=True):
+        np.testing.assert_array_equal(before, now.numpy())
+    assert again.model.evaluate(*digits.tensors("test"), verbose=0, return_dict=True)[
+        "accuracy"
+    ] == pytest.approx(again.test_accuracy, abs=1e-6)
+    fit(recipe.replace(width=16), digits, seed=1, verbose=0, reuse=True)  # another net
+    assert training._TRACED._entries[0][2] is not traced
 
 
 def test_an_epoch_in_one_call_trains_on_the_same_batches_as_epoch_by_epoch(digits):

@@ -140,6 +140,11 @@ class Dataset:
         self.input_mean = _read_only(x_train.mean(axis=0).astype(np.float32))
         self.input_variance = _read_only(x_train.var(axis=0).astype(np.float32))
 
+    def same_examples(self, other: Dataset) -> bool:
+        """Whether `other` holds these very examples: it is this dataset or a copy of it
+        (two loads of one `DataSpec` in a process are)."""
+        return self._arrays is other._arrays
+
     def copy(self) -> Dataset:
         """Returns a dataset of its own over the same read-only examples: changing its
         `batch_size` or `seed` changes nothing for this one."""

@@ -178,9 +178,9 @@ def fit(
             process already compiled and traced for the same recipe and data
             (another seed of a comparison's variant), instead of tracing a new
             one. The updates are exactly those of a new model; only the
-            tracing (a second or more per model) is saved. The returned
-            `model` is then shared with the next such training, so save it
-            before that. Defaults to `False`.
+            tracing (a second or more per model) is saved. The traced model
+            stays in this process for the next such training: the returned
+            `model` is a copy of it, the caller's own. Defaults to `False`.
         seeds: Train one member per seed in one pack instead of `seed` alone;
             each result is what that seed gives alone, up to float rounding.
             Not with `callbacks` or several `devices`. Defaults to `None`.
@@ -218,8 +218,10 @@ def fit(
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise _diverged(recipe, len(losses))
-    if reuse:
+    scores = _scores(model, data, recipe, strategy)
+    if reuse:  # the traced model stays here for the next seed; the caller gets a copy
         _TRACED.keep(key, data, model, optimizer_start)
+        model = _own_copy(model, recipe, data, key)
     stopped = (
         early_stopping.stopped_epoch + 1
         if early_stopping and early_stopping.stopped_epoch
@@ -239,8 +241,24 @@ def fit(
         device=device_name(),
         model=model,
         replicas=strategy.num_replicas_in_sync if strategy else 1,
-        **_scores(model, data, recipe, strategy),
+        **scores,
     )
+
+
+def _own_copy(model: keras.Model, recipe: Recipe, data: Dataset, key: tuple) -> keras.Model:
+    """A model of the caller's own equal to `model`: its weights, its dropout layers' seed
+    state and its optimizer's state, compiled the same way (traced when first used)."""
+    copy = build_for(recipe, data)
+    _, steps_per_execution, jit_compile = key
+    compile_model(copy, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    copy.optimizer.build(copy.trainable_variables)
+    pairs = [
+        *zip(copy.variables, model.variables),
+        *zip(copy.optimizer.variables, model.optimizer.variables),
+    ]
+    for target, source in pairs:
+        target.assign(source)
+    return copy
 
 
 def _loop(
@@ -434,7 +452,7 @@ class _TracedModels:
     ) -> tuple[keras.Model, list[np.ndarray]] | None:
         """Returns a kept model reset to `fresh`'s state, and its optimizer's start."""
         for i, (k, d, model, start) in enumerate(self._entries):
-            if k == key and d is data:
+            if k == key and d.same_examples(data):
                 del self._entries[i]
                 targets, sources = model.variables, fresh.variables
                 if [v.shape for v in targets] != [v.shape for v in sources]:
@@ -449,7 +467,7 @@ class _TracedModels:
 
     def keep(self, key: tuple, data: Dataset, model: keras.Model, start: list[np.ndarray]) -> None:
         """Keeps a trained model for the next training of the same recipe on `data`."""
-        self._entries = [e for e in self._entries if not (e[0] == key and e[1] is data)]
+        self._entries = [e for e in self._entries if not (e[0] == key and e[1].same_examples(data))]
         self._entries.insert(0, (key, data, model, start))
         del self._entries[self.size :]
 
