@@ -5,6 +5,7 @@ Ray and the MLflow server are processes these tests start on 127.0.0.1 and stop.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -26,10 +27,18 @@ TINY = tiny("scaling")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local Ray instance, 2 CPUs, for the module: the executor joins it."""
+    """One local Ray instance, 2 CPUs, for the module: the executor joins it. Its workers run
+    at normal priority, as the pool's do: Ray starts them at nice 15, and beside a CPU-bound
+    process on each core (issue 23's trials) a retried child then starved past every bound."""
+    niceness = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+    if niceness is None:
+        del os.environ["RAY_worker_niceness"]
+    else:
+        os.environ["RAY_worker_niceness"] = niceness
 
 
 def test_ray_children_match_local_ones_and_two_workers_lose_nothing(tmp_path):

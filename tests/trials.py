@@ -131,5 +131,6 @@ def kill_a_worker_mid_child(
         raise AssertionError(f"{missed}; the comparison ended with {outcome}") from None
     os.kill(found[0].pid, signal.SIGKILL)
     thread.join(timeout=600)
+    assert not thread.is_alive(), "the comparison did not end within 600 s of the kill"
     assert "error" not in outcome, outcome.get("error")
     return outcome["result"], found[0]
