@@ -521,51 +521,45 @@ def tracked_pack(
         mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
         for k in mine:
             _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k], sweep=sweeps[k])
-        trained, curves = _fit_members(
-            tracker,
-            [recipes[k] for k in mine],
-            data,
-            [seeds[k] for k in mine],
-            [run_ids[k] for k in mine],
-            on_epoch,
-            models=[not sweeps[k] for k in mine],  # a sweep's runs log no model
-        )
-        # One look for all of them: a member that FINISHED in another process meanwhile
-        # withdraws instead of finishing a second time.
-        done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
-        outcomes.update(contested(tracker, parent_id, done, running=False, role=role))
+        # Each member's per-epoch metrics: written every few seconds, the rest with its end.
+        curves = [tracker.epoch_metrics(run_ids[k]) for k in mine]
         try:
+            trained = _fit_members(
+                [recipes[k] for k in mine],
+                data,
+                [seeds[k] for k in mine],
+                curves,
+                on_epoch,
+                models=[not sweeps[k] for k in mine],  # a sweep's runs log no model
+            )
+            # One look for all of them: a member that FINISHED in another process meanwhile
+            # withdraws instead of finishing a second time.
+            done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
+            outcomes.update(contested(tracker, parent_id, done, running=False, role=role))
             for k, outcome, sink in zip(mine, trained, curves):
                 if run_ids[k] not in outcomes:
                     end = functools.partial(_end_member, tracker, run_ids[k], data=data)
                     outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k], curves=sink)
         except BaseException:
-            for sink in curves:  # the members not ended yet keep the curves they had
+            for sink in curves:  # an interrupted run keeps the curves it had
                 sink.flush()
             raise
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
-def _fit_members(tracker, recipes, data, seeds, run_ids, on_epoch, *, models):
-    """`fit_pack` with each member's epochs logged to its run. Returns its outcomes and
-    each member's sink of per-epoch metrics, holding what is not written yet."""
+def _fit_members(recipes, data, seeds, sinks, on_epoch, *, models) -> list:
+    """`fit_pack` with each member's epochs sent to its sink; nothing when no member."""
     from dlkit.nn.training import fit_pack
 
     if not recipes:
-        return [], []
-    sinks = [tracker.epoch_metrics(run_id) for run_id in run_ids]
+        return []
 
     def logged(k: int, metrics: dict[str, float], epoch: int) -> None:
         sinks[k](metrics, step=epoch)
         if on_epoch is not None:
             on_epoch(k, metrics, epoch)
 
-    try:
-        return fit_pack(recipes, data, seeds, on_epoch=logged, models=models), sinks
-    except BaseException:
-        for sink in sinks:
-            sink.flush()  # an interrupted run keeps the curves it had
-        raise
+    return fit_pack(recipes, data, seeds, on_epoch=logged, models=models)
 
 
 def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, sweep: bool, curves):

@@ -248,9 +248,7 @@ def fit(
 def _own_copy(model: keras.Model, recipe: Recipe, data: Dataset, key: tuple) -> keras.Model:
     """A model of the caller's own equal to `model`: its weights, its dropout layers' seed
     state and its optimizer's state, compiled the same way (traced when first used)."""
-    copy = build_for(recipe, data)
-    _, steps_per_execution, jit_compile = key
-    compile_model(copy, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    copy, _ = _compiled(recipe, data, None, key, reuse=False)
     copy.optimizer.build(copy.trainable_variables)
     pairs = [
         *zip(copy.variables, model.variables),
