@@ -48,15 +48,18 @@ class Training(NamedTuple):
     pid: int
 
 
-# Children RUNNING in the store with an epoch's loss logged: in training.
+# Children RUNNING in the store, opened by the process that trains them, their results not
+# logged yet: in training. Not "an epoch's loss logged": a member's curves reach the store
+# every 2 s and in the write that ends its run, so a member that trains in under 2 s never
+# shows one while it runs (CI on a quiet machine, 2026-11-30).
 _TRAINING = """
     SELECT runs.run_uuid, pid.value FROM runs
     JOIN tags AS role ON role.run_uuid = runs.run_uuid AND role.key = 'dlkit.role'
     JOIN tags AS pid ON pid.run_uuid = runs.run_uuid AND pid.key = 'dlkit.pid'
     JOIN experiments ON experiments.experiment_id = runs.experiment_id
     WHERE runs.status = 'RUNNING' AND role.value = 'child' AND experiments.name = ?
-    AND EXISTS (SELECT 1 FROM latest_metrics AS m
-                WHERE m.run_uuid = runs.run_uuid AND m.key = 'loss')
+    AND NOT EXISTS (SELECT 1 FROM latest_metrics AS m
+                    WHERE m.run_uuid = runs.run_uuid AND m.key = 'test_accuracy')
 """
 
 
@@ -85,7 +88,7 @@ def training(
     store: str, name: str, count: int, going: Callable[[], bool], timeout: float = 180
 ) -> list[Training]:
     """Waits, while `going()`, until `count` children of experiment `name` are training
-    (an epoch logged). Fails with what the polls saw if they never were."""
+    (see `_TRAINING`). Fails with what the polls saw if they never were."""
     found: list[Training] = []
     seen: list[str] = []
     deadline = time.monotonic() + timeout
