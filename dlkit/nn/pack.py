@@ -138,6 +138,7 @@ class Pack:
         self.weight_decay, self.max_norm = column("weight_decay"), column("max_norm")
         self.input_dropout, self.dropout = column("input_dropout"), column("dropout")
         self.dropping = any(r.dropout or r.input_dropout for r in self.recipes)
+        self.decaying = any(r.weight_decay for r in self.recipes)
         self.constrained = any(r.max_norm for r in self.recipes)
         mixed = self.shape.precision == "mixed_bfloat16"
         self.compute_dtype = tf.bfloat16 if mixed else tf.float32
@@ -193,8 +194,11 @@ class Pack:
             per_example = tf.reduce_mean(tf.square(y - tf.nn.softmax(logits)), axis=-1)
         else:  # Keras takes the logits under a softmax output, as here
             per_example = tf.nn.softmax_cross_entropy_with_logits(y, logits)
+        loss = tf.reduce_mean(per_example, axis=-1)
+        if not self.decaying:  # as Keras, which adds no regularizer then: no pass over the weights
+            return loss
         squares = [tf.reduce_sum(tf.square(k.value), axis=[1, 2]) for k in self.kernels]
-        return tf.reduce_mean(per_example, axis=-1) + self.weight_decay * tf.add_n(squares)
+        return loss + self.weight_decay * tf.add_n(squares)
 
     # Training.
 
