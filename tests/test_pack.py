@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import keras
 import numpy as np
 import pytest
 
-from dlkit import DlkitError, Recipe
+from dlkit import DlkitError, Recipe, signals
+from dlkit.nn import pack as packing
 from dlkit.nn.models import build_model
 from dlkit.nn.pack import Pack, train_pack
 from dlkit.nn.training import TrainingDiverged, fit, fit_pack
@@ -184,3 +188,29 @@ def test_each_unpacked_model_is_its_own_and_holds_its_members_weights(digits):
             np.testing.assert_array_equal(mine.reshape(-1), theirs)
     models[2].layers[-1].bias.assign(np.ones(10))  # one caller's change reaches no other
     assert not np.array_equal(models[3].layers[-1].bias.numpy(), np.ones(10))
+
+
+class _SignalsWhenCollected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(100))  # Python runs the handler here, inside the finalizer
+
+
+def test_a_signal_inside_a_finalizer_while_tensorflow_traces_stops_the_pack_cleanly(
+    digits, monkeypatch, capfd
+):
+    # Raised inside a finalizer (TensorFlow's own run at any time), an interrupt would be
+    # printed as "Exception ignored" and lost, and the pack would train on to its end.
+    real, sent = packing._activation, []
+
+    def activation(layer, z):  # called while the pack's first epoch is traced
+        if not sent:
+            sent.append(_SignalsWhenCollected())
+            sent.clear()  # collected here: its finalizer sends the signal
+            sent.append(True)
+        return real(layer, z)
+
+    monkeypatch.setattr(packing, "_activation", activation)
+    with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
+        train_pack([SMALL.replace(epochs=50)] * 2, [0, 1], digits)
+    assert sent and "Exception ignored" not in capfd.readouterr().err

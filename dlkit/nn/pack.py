@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dlkit import signals
 from dlkit.data.dataset import Dataset
 from dlkit.errors import DlkitError
 from dlkit.nn.layers import Maxout
@@ -362,8 +363,19 @@ def train_pack(
     Returns:
         Each member's `Member`, the pack's wall time in seconds, and the
         seconds of each epoch's training steps.
+
+    A Ctrl-C or SIGTERM is held while TensorFlow runs and raised after the
+    epoch (or the member's unpacking) it arrived in: raised inside TensorFlow's
+    own Python (tracing, a finalizer) it could come out as a `SystemError`, or
+    be printed and lost.
     """
+    with signals.deferred():
+        return _train(recipes, seeds, data, on_epoch, models)
+
+
+def _train(recipes, seeds, data, on_epoch, models) -> tuple[list[Member], float, list[float]]:
     pack = Pack(recipes, seeds, data)
+    signals.check()
     members = [Member(history={}) for _ in range(pack.size)]
     stoppers = [_EarlyStopping(r) if r.early_stopping else None for r in pack.recipes]
     active = np.ones(pack.size, bool)
@@ -384,6 +396,7 @@ def train_pack(
             if _member_ends(pack, k, epoch, logs, members[k], stoppers[k]):
                 active[k] = False
                 stopped.append(int(k))
+        signals.check()
         if not active.any():
             break
         if stopped:  # others train on: these must not move
@@ -421,6 +434,7 @@ def _finish(pack: Pack, members: list[Member], stoppers: list, models: Sequence[
     train_accuracy = pack.score("train")[1]
     y_test = pack.data.arrays("test")[1]
     for k, member in enumerate(members):
+        signals.check()
         member.model = pack.unpack(k) if models[k] else None
         member.test = {"loss": float(test_loss[k]), "accuracy": float(test_accuracy[k])}
         member.train_accuracy = float(train_accuracy[k])
