@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -158,3 +160,25 @@ def test_an_interrupt_whose_exception_was_swallowed_still_stops_training(digits)
             pass  # lost, as inside a garbage-collection callback
         with pytest.raises(KeyboardInterrupt):
             fit(SMALL, digits, seed=0, verbose=0)
+
+
+class _SignalsWhenCollected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(100))  # Python runs the handler here, inside the finalizer
+
+
+class _DropsOne(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        _SignalsWhenCollected()  # collected at once: its finalizer sends the signal
+
+
+def test_a_signal_inside_a_finalizer_stops_a_fit_without_a_printed_traceback(digits, monkeypatch):
+    # Raised inside a finalizer (TensorFlow's own run at any time), an interrupt is printed
+    # as "Exception ignored" (Python's unraisable hook) and lost; fit holds it and raises it
+    # at the next step's end.
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
+        fit(SMALL.replace(epochs=50), digits, verbose=0, callbacks=[_DropsOne()])
+    assert not unraisable, [u.exc_value for u in unraisable]

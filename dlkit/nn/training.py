@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dlkit import signals
 from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
@@ -190,9 +191,21 @@ def fit(
 
     Raises:
         TrainingDiverged: when the loss became NaN or infinite.
+
+    A Ctrl-C or SIGTERM is held while TensorFlow runs and raised at the next
+    step's end (see `train_pack`).
     """
     if seeds is not None:
         return _fit_seeds(recipe, data, seeds, callbacks=callbacks, devices=devices)
+    with signals.deferred():
+        return _fit_one(
+            recipe, data, seed, callbacks, verbose, steps_per_execution, jit_compile, devices, reuse
+        )
+
+
+def _fit_one(
+    recipe, data, seed, callbacks, verbose, steps_per_execution, jit_compile, devices, reuse
+) -> TrainResult:
     recipe = _trainable(recipe, data.info)
     info = data.info
     strategy = distribution(devices)  # before anything starts TensorFlow's runtime
