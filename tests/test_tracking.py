@@ -399,3 +399,21 @@ def test_two_processes_logging_a_shared_parents_params_at_once_both_succeed(trac
         "seeds": "3",
         "variants": "2",
     }
+
+
+def test_a_signal_while_a_run_is_created_ends_that_run_killed(tracking_uri, monkeypatch):
+    # The signal is held by the store call that creates the run; raised when the call
+    # returned but before the run was on the clean-up's list, it left the run RUNNING.
+    tracker = Tracker(tracking_uri, "opening")
+    real = tracker.client._client.create_run
+
+    def create_run(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # lands inside the call: held until it returns
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client._client, "create_run", create_run)
+    with signals.handled(), pytest.raises(KeyboardInterrupt):
+        with tracker.runs(["a", "b"], tags=[{}, {}]):
+            pytest.fail("the block never starts: the first run's opening was interrupted")
+    (run,) = tracker.client.search_runs([tracker.experiment_id])
+    assert run.info.run_name == "a" and run.info.status == "KILLED"

@@ -328,9 +328,14 @@ class Tracker:
         its process (`dlkit.host`, `dlkit.pid`), so that a later run can tell
         one left RUNNING by a killed process (see `close_orphans`).
         """
-        run_id = resume_id if opened and resume_id else self._open(name, tags, parent_id, resume_id)
-        with self._ending([run_id]):
-            yield run_id
+        run_ids: list[str] = []
+        with self._ending(run_ids):
+            with signals.deferred():  # opened and known to the clean-up in one step
+                if opened and resume_id:
+                    run_ids.append(resume_id)
+                else:
+                    run_ids.append(self._open(name, tags, parent_id, resume_id))
+            yield run_ids[0]
 
     @contextlib.contextmanager
     def runs(
@@ -348,7 +353,10 @@ class Tracker:
         run_ids: list[str] = []
         with self._ending(run_ids):
             for name, run_tags in zip(names, tags, strict=True):
-                run_ids.append(self._open(name, run_tags, parent_id, None))
+                # Opened and known to the clean-up in one step: a signal held by the store
+                # call that creates a run is raised once the run is on the list it ends.
+                with signals.deferred():
+                    run_ids.append(self._open(name, run_tags, parent_id, None))
             yield list(run_ids)
 
     def finish(self, run_id: str) -> None:
