@@ -5,6 +5,8 @@ Inside `handled()`, the first SIGINT or SIGTERM raises `Interrupted` (a
 garbage-collection callback makes of it, or swallows, is still treated as the
 interrupt: the run ends KILLED, never FAILED, and the command stops. A second
 signal ends the process at once; the next run marks what it left RUNNING as KILLED.
+A first signal that lands inside a finalizer (`__del__`), where Python would print
+its exception and drop it, is sent again a moment later and raised outside it.
 
 Inside `deferred()` (every call into the tracking store) the first signal is
 held and raised when the call returns: an exception raised inside a SQLAlchemy
@@ -20,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: int | None = None
@@ -27,6 +30,7 @@ _patient = False
 _handling = False  # inside handled(): our handler owns SIGINT and SIGTERM
 _deferring = False  # inside deferred(): a first signal is held, not raised
 _held: int | None = None
+_again = False  # a signal that landed in a finalizer is sent again: not a second one
 
 
 class Interrupted(KeyboardInterrupt):
@@ -65,11 +69,11 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
 
     Only the main thread can own signal handlers; elsewhere this does nothing.
     """
-    global _received, _patient, _handling
+    global _received, _patient, _handling, _again
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received = None
+    _received, _again = None, False
     _patient = patient
     previous = {signum: signal.getsignal(signum) for signum in signums or _SIGNALS}
     for signum in previous:
@@ -80,7 +84,7 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _received = None
+        _received, _again = None, False
         _patient = False
         _handling = False
 
@@ -149,14 +153,32 @@ def _exit_now(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
-def _handler(signum: int, frame: object) -> None:
-    global _received, _held
-    if _received is not None:
+def _handler(signum: int, frame: Any) -> None:
+    global _received, _held, _again
+    if _received is not None and not _again:
         if _patient:
             return
         _exit_now(signum, frame)
+    _again = False
     _received = signum
     if _deferring:
         _held = signum
         return
+    if _in_finalizer(frame):
+        # Python prints an exception raised in a finalizer ("Exception ignored") and drops
+        # it: the signal comes again a moment later, outside it.
+        _again = True
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     raise Interrupted(signum)
+
+
+def _in_finalizer(frame: Any) -> bool:
+    """Whether `frame` runs inside an object's `__del__` (TensorFlow's run at any time)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False

@@ -182,3 +182,14 @@ def test_a_signal_inside_a_finalizer_stops_a_fit_without_a_printed_traceback(dig
     with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
         fit(SMALL.replace(epochs=50), digits, verbose=0, callbacks=[_DropsOne()])
     assert not unraisable, [u.exc_value for u in unraisable]
+
+
+def test_a_signal_inside_a_finalizer_outside_a_training_is_raised_after_it(monkeypatch):
+    # Not held by any training or store call: raised in the finalizer, Python would print
+    # it and drop it; it is sent again and raised once the finalizer has run.
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
+        _SignalsWhenCollected()
+        time.sleep(5)  # never elapses: the signal comes again in here
+    assert not unraisable, [u.exc_value for u in unraisable]
