@@ -64,7 +64,9 @@ def test_a_worker_killed_mid_child_is_replaced_and_its_child_trained_again(tmp_p
 def test_retries_count_per_child_the_deaths_of_its_worker_while_it_trained(tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
     three = {**TINY, "variants": [*TINY["variants"], {"label": "wide", "recipe": "wide-relu"}]}
-    result, victim = kill_a_worker_mid_child(store, three, workers=2, retries=0)
+    # Both workers' children in training: seen as soon as their runs open, one could
+    # otherwise still be starting (importing TensorFlow), its child not yet in flight.
+    result, victim = kill_a_worker_mid_child(store, three, in_flight=2, workers=2, retries=0)
 
     # The two children in flight when a worker died (the victim, and the pool's other one,
     # which went down with the pool) have no retry left: they stay as the runs they were,

@@ -104,10 +104,11 @@ def training(
 
 
 def kill_a_worker_mid_child(
-    store: str, experiment: dict[str, Any], **options: Any
+    store: str, experiment: dict[str, Any], *, in_flight: int = 1, **options: Any
 ) -> tuple[Any, Any]:
-    """Runs a comparison of one slow seed per variant and SIGKILLs the worker of a child
-    that is training. Returns the comparison and the killed child's run as it was."""
+    """Runs a comparison of one slow seed per variant and, once `in_flight` children are
+    training, SIGKILLs the worker of one. Returns the comparison and the killed child's run
+    as it was."""
     slow = {**experiment, "dataset": {"source": "digits"}, "seeds": 1}
     slow["overrides"] = {**experiment["overrides"], "epochs": 120, "batch_size": 32}
     outcome: dict = {}
@@ -128,7 +129,7 @@ def kill_a_worker_mid_child(
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        found = training(store, experiment["name"], 1, thread.is_alive)
+        found = training(store, experiment["name"], in_flight, thread.is_alive)
     except AssertionError as missed:  # the comparison ended first: say how
         thread.join(timeout=600)
         raise AssertionError(f"{missed}; the comparison ended with {outcome}") from None
