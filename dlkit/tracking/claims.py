@@ -7,9 +7,17 @@ RUNNING in a live process and was opened first, holds the member, and this
 process withdraws its own run (deletes it) and leaves the member to that one.
 Two processes that open runs in the same instant could both miss the other's
 uncommitted run, so the check is made again before a member is marked
-FINISHED: a member that already FINISHED elsewhere withdraws, so the store
-never holds two FINISHED runs of one member. A claim whose process is gone is
-no claim (`Tracker.close_orphans` ends it KILLED).
+FINISHED: a member that already FINISHED elsewhere withdraws.
+
+Known race (docs/reliability.md): "opened first" is the runs' `start_time`,
+which MLflow's client reads before the store commits the run. A claim whose
+create waited on the store's lock can commit, with the earlier `start_time`,
+after the other process's check; both then keep the member, and two that
+finish together can both end FINISHED. Ordering claims by when they became
+visible, not by the client's clock, is the fix still to make.
+
+A claim whose process is gone is no claim (`Tracker.close_orphans` ends it
+KILLED).
 """
 
 from __future__ import annotations
