@@ -5,8 +5,9 @@ Inside `handled()`, the first SIGINT or SIGTERM raises `Interrupted` (a
 garbage-collection callback makes of it, or swallows, is still treated as the
 interrupt: the run ends KILLED, never FAILED, and the command stops. A second
 signal ends the process at once; the next run marks what it left RUNNING as KILLED.
-A first signal that lands inside a finalizer (`__del__`), where Python would print
-its exception and drop it, is sent again a moment later and raised outside it.
+A first signal that lands inside a finalizer (`__del__`) or a weak reference's
+callback, where Python would print its exception and drop it, is sent again a
+moment later and raised outside it.
 
 Inside `deferred()` (every call into the tracking store) the first signal is
 held and raised when the call returns: an exception raised inside a SQLAlchemy
@@ -17,11 +18,12 @@ then refuse the clean-up's own write ("database is locked").
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -79,9 +81,12 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
     for signum in previous:
         signal.signal(signum, _handler)
     _handling = True
+    hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_unraisable, hook)
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _received, _again = None, False
@@ -167,12 +172,27 @@ def _handler(signum: int, frame: Any) -> None:
     if _in_finalizer(frame):
         # Python prints an exception raised in a finalizer ("Exception ignored") and drops
         # it: the signal comes again a moment later, outside it.
-        _again = True
-        again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
-        again.daemon = True
-        again.start()
+        _send_again(signum)
         return
     raise Interrupted(signum)
+
+
+def _send_again(signum: int) -> None:
+    global _again
+    _again = True
+    again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+    again.daemon = True
+    again.start()
+
+
+def _unraisable(hook: Callable[[Any], None], info: Any) -> None:
+    """`sys.unraisablehook` inside `handled()`: an interrupt raised where Python can only
+    print it and drop it (a weak reference's callback, which `_in_finalizer` cannot tell
+    from its frames) is sent again, to be raised outside it. Anything else goes to `hook`."""
+    if isinstance(info.exc_value, Interrupted):
+        _send_again(info.exc_value.signum)
+        return
+    hook(info)
 
 
 def _in_finalizer(frame: Any) -> bool:

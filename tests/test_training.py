@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -192,4 +193,27 @@ def test_a_signal_inside_a_finalizer_outside_a_training_is_raised_after_it(monke
     with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
         _SignalsWhenCollected()
         time.sleep(5)  # never elapses: the signal comes again in here
+    assert not unraisable, [u.exc_value for u in unraisable]
+
+
+class _Collected:
+    pass
+
+
+def _signals_when_called(_reference) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(100))  # Python runs the handler here, inside the weak reference's callback
+
+
+def test_a_signal_inside_a_weak_reference_callback_is_raised_after_it(monkeypatch):
+    # A weak reference's callback (WeakKeyDictionary's, TensorFlow's) has no `__del__`
+    # frame to tell it by; Python prints what it raises and drops it, as a finalizer's.
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
+        collected = _Collected()
+        reference = weakref.ref(collected, _signals_when_called)
+        del collected  # the callback runs here
+        time.sleep(5)  # never elapses: the signal comes again in here
+    assert reference() is None
     assert not unraisable, [u.exc_value for u in unraisable]
