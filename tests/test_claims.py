@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,15 +24,17 @@ from tiny import tiny
 from trials import read_store, training
 
 from dlkit.tracking import tracker as tracker_module
-from dlkit.tracking.claims import rival
+from dlkit.tracking.claims import contested, rival, undecided
 from dlkit.tracking.tracker import RunRecord, Tracker, process_alive
 
 HOST = os.uname().nodename
 
 
-def record(run_id: str, status: str, start: int, pid: int = os.getpid(), key: str = "h"):
+def record(
+    run_id: str, status: str, start: int, pid: int = os.getpid(), key: str = "h", params=None
+):
     tags = {"dlkit.config_hash": key, "dlkit.pid": str(pid), "dlkit.host": HOST}
-    return RunRecord(run_id, status, start, tags, {}, {})
+    return RunRecord(run_id, status, start, tags, params or {}, {})
 
 
 def dead_pid() -> int:
@@ -45,6 +48,11 @@ def test_a_member_is_held_by_a_finished_run_or_an_earlier_live_claim():
     assert rival(mine, [mine], running=True) is None
     assert rival(mine, [record("a", "RUNNING", 1)], running=True).run_id == "a"
     assert rival(mine, [record("c", "RUNNING", 3)], running=True) is None  # opened after mine
+    assert undecided(mine, [record("c", "RUNNING", 3)])[0].run_id == "c"  # ... not decided yet
+    # opened after mine but kept, params logged: it checked before mine was in the store
+    kept = record("c", "RUNNING", 3, params={"epochs": "2"})
+    assert rival(mine, [kept], running=True).run_id == "c" and not undecided(mine, [kept])
+    assert not undecided(mine, [record("c", "RUNNING", 3, pid=dead_pid())])
     assert rival(mine, [record("a", "RUNNING", 1, pid=dead_pid())], running=True) is None
     assert rival(mine, [record("a", "RUNNING", 1, key="other")], running=True) is None
     assert rival(mine, [record("c", "FINISHED", 3)], running=False).run_id == "c"
@@ -63,6 +71,46 @@ def test_two_processes_opening_a_parent_at_once_meet_under_the_first(tmp_path):
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("race").experiment_id
     assert [r.info.run_id for r in client.search_runs([experiment])] == [one]
+
+
+def test_a_claim_committed_after_the_others_check_with_an_earlier_start_time_withdraws(
+    tmp_path,
+):
+    # MLflow's client reads a run's start_time before the store commits it: a claim whose
+    # create waited on the store's lock can land, "opened first", after the other's check.
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    first, late = Tracker(store, "race"), Tracker(store, "race")
+    parent, _ = first.claim_parent("race", {"dlkit.role": "parent"})
+    tags = {"dlkit.role": "child", "dlkit.config_hash": "h"}
+    started = int(time.time() * 1000) - 50  # the late process read its clock first
+    with first.runs(["m"], tags=[tags], parent_id=parent) as (kept,):
+        assert contested(first, parent, [kept], running=True) == {}  # nothing else there yet
+        tags = {**tags, "mlflow.parentRunId": parent, "dlkit.host": HOST}
+        claim = late.client.create_run(
+            late.experiment_id, start_time=started, tags={**tags, "dlkit.pid": str(os.getpid())}
+        ).info.run_id
+        # The first process has not decided yet (no params): the late one waits for it.
+        threading.Timer(0.3, first.log_params, (kept, {"epochs": "2"})).start()
+        began = time.monotonic()
+        lost = contested(late, parent, [claim], running=True)
+        assert time.monotonic() - began >= 0.25
+        assert lost[claim].rival.run_id == kept  # kept by the process that checked first
+        client = MlflowClient(store)
+        assert [
+            r.info.run_id
+            for r in client.search_runs([first.experiment_id], "tags.`dlkit.role` = 'child'")
+        ] == [kept]
+
+
+def test_an_earlier_claim_keeps_its_member_once_a_later_claim_withdraws(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    first, second = Tracker(store, "race"), Tracker(store, "race")
+    parent, _ = first.claim_parent("race", {"dlkit.role": "parent"})
+    tags = [{"dlkit.role": "child", "dlkit.config_hash": "h"}]
+    with first.runs(["m"], tags=tags, parent_id=parent) as (earlier,):
+        with second.runs(["m"], tags=tags, parent_id=parent) as (later,):
+            threading.Timer(0.3, second.withdraw, (later,)).start()  # it saw the earlier one
+            assert contested(first, parent, [earlier], running=True) == {}
 
 
 EXPERIMENT = tiny(

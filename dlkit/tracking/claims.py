@@ -9,12 +9,14 @@ Two processes that open runs in the same instant could both miss the other's
 uncommitted run, so the check is made again before a member is marked
 FINISHED: a member that already FINISHED elsewhere withdraws.
 
-Known race (docs/reliability.md): "opened first" is the runs' `start_time`,
-which MLflow's client reads before the store commits the run. A claim whose
-create waited on the store's lock can commit, with the earlier `start_time`,
-after the other process's check; both then keep the member, and two that
-finish together can both end FINISHED. Ordering claims by when they became
-visible, not by the client's clock, is the fix still to make.
+"Opened first" cannot be read off the runs' `start_time` alone: MLflow's
+client reads it before the store commits the run, so a claim whose create
+waited on the store's lock can commit, with the earlier `start_time`, after
+the other process's check. So a live claim opened *after* mine still holds
+the member once it has decided to keep it (it has logged its params): it
+checked before mine was there to see. Until it has decided (or withdrawn, or
+its process died), this process waits for it. Waits run from earlier claims
+to later ones only, so two processes never wait on each other.
 
 A claim whose process is gone is no claim (`Tracker.close_orphans` ends it
 KILLED).
@@ -22,6 +24,7 @@ KILLED).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from dlkit import keys
@@ -47,20 +50,41 @@ def member(tags: dict[str, str]) -> tuple[str, str | None]:
 
 def rival(mine: RunRecord, others: Sequence[RunRecord], *, running: bool) -> RunRecord | None:
     """The run that holds `mine`'s member instead of it, if any: one that FINISHED, or
-    (with `running`) one RUNNING in a live process and opened before it."""
+    (with `running`) one RUNNING in a live process that was opened before it, or opened
+    after it and has decided to keep the member (it logged its params without seeing it)."""
     for other in others:
-        if other.run_id == mine.run_id or member(other.tags) != member(mine.tags):
+        if not _same_member(mine, other):
             continue
         if other.status == "FINISHED":
             return other
-        if (
-            running
-            and other.status == "RUNNING"
-            and process_alive(other.tags)
-            and (other.start_time, other.run_id) < (mine.start_time, mine.run_id)
-        ):
+        if running and _live(other) and (_opened_before(other, mine) or other.params):
             return other
     return None
+
+
+def undecided(mine: RunRecord, others: Sequence[RunRecord]) -> list[RunRecord]:
+    """The live claims of `mine`'s member opened after it that have not yet decided whether
+    they keep it: one that checked before `mine` was in the store would keep it."""
+    return [
+        other
+        for other in others
+        if _same_member(mine, other)
+        and _live(other)
+        and not _opened_before(other, mine)
+        and not other.params
+    ]
+
+
+def _same_member(mine: RunRecord, other: RunRecord) -> bool:
+    return other.run_id != mine.run_id and member(other.tags) == member(mine.tags)
+
+
+def _live(run: RunRecord) -> bool:
+    return run.status == "RUNNING" and process_alive(run.tags)
+
+
+def _opened_before(run: RunRecord, mine: RunRecord) -> bool:
+    return (run.start_time, run.run_id) < (mine.start_time, mine.run_id)
 
 
 def contested(
@@ -73,20 +97,31 @@ def contested(
 ) -> dict[str, ClaimedElsewhere]:
     """Withdraws those of `run_ids` whose member another run holds; returns them, each with
     why. Runs without a parent or config hash (not a comparison's) are never contested.
-    `role`, when every one of `run_ids` has it, narrows the look to the runs of that role."""
+    `role`, when every one of `run_ids` has it, narrows the look to the runs of that role.
+    With `running` (before training), waits for the later claims that have not decided yet
+    (see the module's docstring)."""
     if not parent_id or not run_ids:
         return {}
-    runs = tracker.children(parent_id, tags={keys.ROLE: role} if role else None)
-    mine = {run.run_id: run for run in runs if run.run_id in run_ids}
-    lost = {}
-    for run_id, run in mine.items():
-        if keys.CONFIG_HASH not in run.tags:
-            continue
-        other = rival(run, runs, running=running)
-        if other is not None:
-            tracker.withdraw(run_id)
-            lost[run_id] = ClaimedElsewhere(other)
-    return lost
+    lost: dict[str, ClaimedElsewhere] = {}
+    pending = set(run_ids)
+    while True:
+        runs = tracker.children(parent_id, tags={keys.ROLE: role} if role else None)
+        for run in [run for run in runs if run.run_id in pending]:
+            if keys.CONFIG_HASH not in run.tags:
+                pending.discard(run.run_id)
+            elif (other := rival(run, runs, running=running)) is not None:
+                tracker.withdraw(run.run_id)
+                lost[run.run_id] = ClaimedElsewhere(other)
+                pending.discard(run.run_id)
+            elif not running or not undecided(run, runs):
+                pending.discard(run.run_id)
+        pending &= {run.run_id for run in runs}  # a run no longer there is not contested
+        if not pending:
+            return lost
+        time.sleep(_DECIDING_POLL)
+
+
+_DECIDING_POLL = 0.05  # seconds between looks while a later claim decides
 
 
 def holders(tracker: Tracker, parent_id: str) -> dict[tuple[str, str | None], str]:
