@@ -80,6 +80,23 @@ def test_a_member_trains_one_epoch_as_its_seed_alone(digits, optimizer):
     assert not np.allclose(weights(members[0].model)[0], weights(packed.model)[0])
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop"])
+def test_an_update_compiled_with_xla_trains_as_keras_alone(digits, optimizer):
+    recipe = SMALL.replace(optimizer=optimizer, max_norm=2.0)
+    alone = fit(recipe, digits, seed=1, verbose=0)
+    members, _, _ = train_pack(
+        [recipe.replace(learning_rate=0.003), recipe], [1, 1], digits, compile_update=True
+    )
+    assert_same_weights(alone.model, members[1].model, atol=2e-5)
+    np.testing.assert_allclose(members[1].history["loss"], alone.history["loss"], rtol=1e-4)
+
+
+def test_a_pack_compiles_its_update_only_where_that_pays(digits):
+    assert not Pack([SMALL] * 2, [0, 1], digits).compiled_update  # the quickstart's kind
+    large = SMALL.replace(width=512, epochs=100)  # 0.3M weights a member, 3,000+ steps
+    assert Pack([large] * 2, [0, 1], digits).compiled_update
+
+
 def test_per_member_decay_penalty_and_max_norm_act_as_alone(digits):
     recipe = SMALL.replace(
         optimizer="sgd",

@@ -45,6 +45,13 @@ from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
 SCORE_CHUNK = 8192  # examples x members per traced call when scoring a split
+# Keras's optimizers update a variable in about ten elementwise operations, each a pass over
+# every member's copy of it; compiled with XLA they fuse into one. On its own an Adam update
+# of 784-500-500-10 at 4 members took 11 ms, compiled 4 ms (about 3 ns per weight and step);
+# in a whole bfloat16 MNIST pack it raised the members' throughput by 10% at 4 members and
+# 28% at 16. Compiling costs 0.4-1 s per pack, which a small pack (the quickstart's) never
+# earns back, so a pack compiles its update when its weights x steps reach this.
+COMPILE_UPDATE_AT = 4e8
 _WEIGHTED = (keras.layers.Dense, Maxout)
 
 
@@ -81,7 +88,14 @@ class Pack:
         data: The dataset every member trains on.
     """
 
-    def __init__(self, recipes: Sequence[Recipe], seeds: Sequence[int], data: Dataset):
+    def __init__(
+        self,
+        recipes: Sequence[Recipe],
+        seeds: Sequence[int],
+        data: Dataset,
+        *,
+        compile_update: bool | None = None,
+    ):
         _check_members(recipes, seeds)
         self.recipes = [r.replace(precision=resolve_precision(r.precision)) for r in recipes]
         self.seeds = [int(seed) for seed in seeds]
@@ -112,6 +126,12 @@ class Pack:
         self.optimizer = make_optimizer(self.shape, fused=False)
         self.optimizer.learning_rate = lambda: self.learning_rates
         self.optimizer.build(self.variables)
+        if compile_update is None:
+            compile_update = self._update_work() >= COMPILE_UPDATE_AT
+        self.compiled_update = compile_update
+        self._update = self._apply
+        if compile_update:
+            self._update = tf.function(self._apply, jit_compile=True, autograph=False)
         self._steps = 0
         # Written with TensorFlow's own control flow, so traced without AutoGraph: converting
         # this code and Keras's optimizer took a third of a pack's first epoch.
@@ -235,11 +255,19 @@ class Pack:
             logits = self.forward(x, step=step)
             losses = self.losses(logits, y)
             total = tf.reduce_sum(losses)  # member k's weights are in member k's loss only
-        gradients = tape.gradient(total, [v.value for v in self.variables])
-        self.optimizer.apply(gradients, self.variables)
+        self._update(tape.gradient(total, [v.value for v in self.variables]))
         if self.constrained:
             self._max_norm()
         return losses, logits
+
+    def _apply(self, gradients: list[tf.Tensor]) -> None:
+        self.optimizer.apply(gradients, self.variables)
+
+    def _update_work(self) -> float:
+        """Weights x training steps: what compiling the optimizer's update pays back on."""
+        weights = sum(math.prod(v.shape) for v in self.variables)
+        steps = math.ceil(self.data.info.train_size / self.shape.batch_size)
+        return weights * steps * max(r.epochs for r in self.recipes)
 
     def _max_norm(self) -> None:
         # Keras's MaxNorm(axis=0) on each member's kernel: the weights into each unit.
@@ -347,6 +375,7 @@ def train_pack(
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
     models: Sequence[bool] | None = None,
+    compile_update: bool | None = None,
 ) -> tuple[list[Member], float, list[float]]:
     """Trains members together as one pack.
 
@@ -359,6 +388,9 @@ def train_pack(
         models: Whether each member is unpacked into its own Keras model
             (`Member.model`); a member without one (a tuning sweep's, whose
             scores are all it leaves) has `None`. Defaults to every member.
+        compile_update: Whether the optimizer's update is compiled with XLA;
+            `None` (the default) compiles it where the pack is large enough to
+            pay the compiling back (`COMPILE_UPDATE_AT`).
 
     Returns:
         Each member's `Member`, the pack's wall time in seconds, and the
@@ -370,11 +402,13 @@ def train_pack(
     be printed and lost.
     """
     with signals.deferred():
-        return _train(recipes, seeds, data, on_epoch, models)
+        return _train(recipes, seeds, data, on_epoch, models, compile_update)
 
 
-def _train(recipes, seeds, data, on_epoch, models) -> tuple[list[Member], float, list[float]]:
-    pack = Pack(recipes, seeds, data)
+def _train(
+    recipes, seeds, data, on_epoch, models, compile_update
+) -> tuple[list[Member], float, list[float]]:
+    pack = Pack(recipes, seeds, data, compile_update=compile_update)
     signals.check()
     members = [Member(history={}) for _ in range(pack.size)]
     stoppers = [_EarlyStopping(r) if r.early_stopping else None for r in pack.recipes]
