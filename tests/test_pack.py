@@ -69,7 +69,7 @@ def test_a_member_asked_for_no_model_gets_none_and_the_same_scores(digits):
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop", "nadam", "adagrad"])
 def test_a_member_trains_one_epoch_as_its_seed_alone(digits, optimizer):
     recipe = SMALL.replace(optimizer=optimizer)
-    alone = fit(recipe, digits, seed=1, verbose=0)
+    alone = fit(recipe, digits, seed=1, verbose=0, keras_loop=True)
     # Beside a member with another learning rate, and one with another seed.
     members = fit_pack([recipe.replace(learning_rate=0.003), recipe, recipe], digits, [1, 1, 2])
     packed = members[1]
@@ -83,7 +83,7 @@ def test_a_member_trains_one_epoch_as_its_seed_alone(digits, optimizer):
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop"])
 def test_an_update_compiled_with_xla_trains_as_keras_alone(digits, optimizer):
     recipe = SMALL.replace(optimizer=optimizer, max_norm=2.0)
-    alone = fit(recipe, digits, seed=1, verbose=0)
+    alone = fit(recipe, digits, seed=1, verbose=0, keras_loop=True)
     members, _, _ = train_pack(
         [recipe.replace(learning_rate=0.003), recipe], [1, 1], digits, compile_update=True
     )
@@ -107,7 +107,7 @@ def test_per_member_decay_penalty_and_max_norm_act_as_alone(digits):
         weight_decay=1e-3,
         max_norm=1.0,
     )
-    alone = fit(recipe, digits, seed=0, verbose=0)
+    alone = fit(recipe, digits, seed=0, verbose=0, keras_loop=True)
     other = recipe.replace(learning_rate=0.05, weight_decay=0.0, max_norm=0.0, lr_decay_epochs=0)
     packed = fit_pack([other, recipe], digits, [0, 0])[1]
     assert_same_weights(alone.model, packed.model, atol=2e-5)
@@ -127,7 +127,7 @@ def test_a_member_does_not_depend_on_the_pack_it_trains_in(digits):
 
 def test_a_short_training_scores_as_alone(digits):
     recipe = SMALL.replace(epochs=6, width=64)
-    alone = [fit(recipe, digits, seed=seed, verbose=0) for seed in (0, 1)]
+    alone = [fit(recipe, digits, seed=seed, verbose=0, keras_loop=True) for seed in (0, 1)]
     packed = fit(recipe, digits, seeds=[0, 1])
     for a, b in zip(alone, packed, strict=True):
         assert abs(a.test_accuracy - b.test_accuracy) <= 0.01
@@ -136,11 +136,44 @@ def test_a_short_training_scores_as_alone(digits):
     assert packed[0].model is not packed[1].model
 
 
+def test_a_single_training_is_a_pack_of_one(digits, capsys):
+    recipe = SMALL.replace(epochs=2)
+    single = fit(recipe, digits, seed=4)  # verbose, as dlkit train runs it
+    [member] = fit_pack([recipe], digits, [4])
+    assert_same_weights(single.model, member.model, atol=1e-6)
+    assert single.history.keys() == member.history.keys()
+    for key, values in member.history.items():
+        np.testing.assert_allclose(single.history[key], values, rtol=1e-6)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
+    assert "val_accuracy: " in lines[-1] and "loss: " in lines[-1]
+    # Keras's loop where a pack cannot go: a Keras callback sees every epoch.
+    seen = []
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    fit(recipe, digits, seed=4, verbose=0, callbacks=[callback])
+    assert seen == [0, 1]
+
+
+def test_a_single_training_tracked_is_one_run_of_a_pack_of_one(digits, tmp_path):
+    from dlkit.execution.runs import train
+    from dlkit.tracking.tracker import Tracker
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = train(SMALL, digits, seed=2, tracking_uri=store, experiment="one", verbose=0)
+    run = Tracker(store, "one").client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "small/seed2"
+    assert run.data.params["seed"] == "2"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
+    alone = fit(SMALL, digits, seed=2, verbose=0, keras_loop=True)
+    assert result.test_accuracy == pytest.approx(alone.test_accuracy, abs=0.01)
+    assert Tracker(store, "one").model_uri(result.run_id) is not None
+
+
 def test_each_member_stops_early_on_its_own_and_keeps_its_best_weights(digits):
     # At a learning rate this training is stable at: at 0.05 Adam, rounding differences
     # (even between packs of one and two) grow into different trainings by epoch 4.
     stopping = SMALL.replace(epochs=30, early_stopping=True, patience=1, monitor="val_loss")
-    alone = fit(stopping, digits, seed=0, verbose=0)
+    alone = fit(stopping, digits, seed=0, verbose=0, keras_loop=True)
     assert alone.stopped_epoch is not None  # the set-up stops early
     steady = stopping.replace(early_stopping=False, epochs=8)
     packed, steady_result = fit_pack([stopping, steady], digits, [0, 0])

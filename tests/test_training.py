@@ -63,7 +63,7 @@ def test_a_reused_model_trains_exactly_as_a_new_one_from_the_same_seed(digits):
     recipe = SMALL.replace(dropout=0.3, input_dropout=0.1, lr_decay_epochs=1, early_stopping=True)
     from dlkit.nn import training
 
-    new = fit(recipe, digits, seed=1, verbose=0)
+    new = fit(recipe, digits, seed=1, verbose=0, keras_loop=True)
     first = fit(recipe, digits, seed=0, verbose=0, reuse=True)
     first_weights = [w.numpy() for w in first.model.weights]
     traced = training._TRACED._entries[0][2]
@@ -88,7 +88,7 @@ def test_an_epoch_in_one_call_trains_on_the_same_batches_as_epoch_by_epoch(digit
     # 1,294 training examples at batch 64 are 21 steps: by default one call per epoch
     # from one endless pipeline; one step per call reads a new iterator every epoch
     recipe = SMALL.replace(dropout=0.2)
-    one_call = fit(recipe, digits, seed=4, verbose=0)
+    one_call = fit(recipe, digits, seed=4, verbose=0, keras_loop=True)
     stepwise = fit(recipe, digits, seed=4, verbose=0, steps_per_execution=1)
     assert one_call.history["loss"] == stepwise.history["loss"]
     assert one_call.history["accuracy"] == stepwise.history["accuracy"]

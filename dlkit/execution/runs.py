@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlkit import keys
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
+from dlkit.recipes.packing import packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
 from dlkit.tracking.claims import ClaimedElsewhere, contested
@@ -97,7 +98,7 @@ def train(
     """
     from dlkit.data.dataset import load_dataset
     from dlkit.errors import DlkitError
-    from dlkit.nn.training import fit
+    from dlkit.nn.training import EpochLines, fit
 
     recipe = (
         get_recipe(recipe, **overrides) if isinstance(recipe, str) else recipe.replace(**overrides)
@@ -111,32 +112,43 @@ def train(
             )
         if not track:
             return fit(recipe, data, seeds=seeds)
-        return _train_seeds(Tracker(tracking_uri, experiment), recipe, data, seeds, run_name)
+        names = [f"{run_name or recipe.name}/seed{seed}" for seed in seeds]
+        return _train_seeds(Tracker(tracking_uri, experiment), recipe, data, seeds, names)
     if not track:
         if register:
             raise DlkitError("register needs tracking: a model is registered from its MLflow run.")
         return fit(recipe, data, seed=seed, verbose=verbose, devices=devices)
     tracker = Tracker(tracking_uri, experiment)
-    run_id, result = tracked_fit(
-        tracker,
-        recipe,
-        data,
-        seed=seed,
-        run_name=run_name or f"{recipe.name}/seed{seed}",
-        verbose=verbose,
-        gradient_norms=gradient_norms,
-        devices=devices,
-    )
-    result.run_id = run_id
+    name = run_name or f"{recipe.name}/seed{seed}"
+    if gradient_norms or devices not in (1, "1") or not packable(recipe):  # Keras's loop
+        run_id, result = tracked_fit(
+            tracker,
+            recipe,
+            data,
+            seed=seed,
+            run_name=name,
+            verbose=verbose,
+            gradient_norms=gradient_norms,
+            devices=devices,
+        )
+        result.run_id = run_id
+    else:  # a pack of one, as a comparison trains it
+        lines = EpochLines(recipe.epochs) if verbose else None
+        [result] = _train_seeds(tracker, recipe, data, [seed], [name], on_epoch=lines)
     if register:
-        result.registered = tracker.register_model(run_id, register)
+        result.registered = tracker.register_model(result.run_id, register)
     return result
 
 
 def _train_seeds(
-    tracker: Tracker, recipe: Recipe, data: Dataset, seeds: Sequence[int], run_name: str | None
+    tracker: Tracker,
+    recipe: Recipe,
+    data: Dataset,
+    seeds: Sequence[int],
+    names: Sequence[str],
+    *,
+    on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
 ) -> list[TrainResult]:
-    names = [f"{run_name or recipe.name}/seed{seed}" for seed in seeds]
     members = tracked_pack(
         tracker,
         [recipe] * len(seeds),
@@ -145,6 +157,7 @@ def _train_seeds(
         names=names,
         tags=[{}] * len(seeds),
         params=[{}] * len(seeds),
+        on_epoch=on_epoch,
     )
     for _, outcome in members:
         if isinstance(outcome, Exception):

@@ -20,6 +20,7 @@ from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_for, compile_model
 from dlkit.nn.pack import train_pack
+from dlkit.recipes.packing import packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
@@ -154,19 +155,25 @@ def fit(
     devices: int | str = 1,
     reuse: bool = False,
     seeds: Sequence[int] | None = None,
+    keras_loop: bool = False,
 ) -> TrainResult | list[TrainResult]:
     """Builds, trains and evaluates `recipe` on `data`, without any tracking.
 
-    With `seeds`, one training per seed, all trained together as one pack
-    (`fit_pack`): a list of results, in the order of the seeds.
+    A training is a pack of one (`fit_pack`), unless it needs Keras's own
+    `fit` loop: with `callbacks`, several `devices`, `reuse`, other
+    `steps_per_execution` or `jit_compile` than the defaults, a recipe no
+    pack trains (`mixed_float16`, a convnet), or `keras_loop`. Both give the
+    same training up to float rounding. With `seeds`, one training per seed,
+    all trained together as one pack: a list of results, in the order of the
+    seeds.
 
     Args:
         recipe: What to train.
         data: A `Dataset` from `load_dataset`.
         seed: Seeds Python, NumPy, TensorFlow and the shuffle. Defaults to `0`.
         callbacks: Extra Keras callbacks (dlkit's MLflow logger, for one).
-        verbose: Keras's `fit` verbosity: 0 silent, 1 progress bar, 2 one
-            line per epoch. Defaults to `2`.
+        verbose: 0 silent, else one line per epoch (Keras's `fit`, when it
+            trains, shows a progress bar at 1). Defaults to `2`.
         steps_per_execution: Steps per TensorFlow call. Defaults to `128`.
         jit_compile: XLA compilation, passed to `compile`. Defaults to `"auto"`.
         devices: Train one model on this many devices with
@@ -185,6 +192,9 @@ def fit(
         seeds: Train one member per seed in one pack instead of `seed` alone;
             each result is what that seed gives alone, up to float rounding.
             Not with `callbacks` or several `devices`. Defaults to `None`.
+        keras_loop: Train with Keras's `fit` even when a pack of one could
+            (what `--pack 1` and the benchmarks compare against). Defaults to
+            `False`.
 
     Returns:
         A `TrainResult`, or one per seed.
@@ -197,6 +207,16 @@ def fit(
     """
     if seeds is not None:
         return _fit_seeds(recipe, data, seeds, callbacks=callbacks, devices=devices)
+    needs_keras = (
+        keras_loop
+        or reuse
+        or steps_per_execution != STEPS_PER_EXECUTION
+        or jit_compile != "auto"
+        or not packable(recipe)
+    )
+    if not needs_keras and not callbacks and devices in (1, "1"):
+        on_epoch = EpochLines(recipe.epochs) if verbose else None
+        return _fit_seeds(recipe, data, [seed], callbacks=(), devices=1, on_epoch=on_epoch)[0]
     with signals.deferred():
         return _fit_one(
             recipe, data, seed, callbacks, verbose, steps_per_execution, jit_compile, devices, reuse
@@ -389,17 +409,33 @@ def fit_pack(
     ]
 
 
-def _fit_seeds(recipe, data, seeds, *, callbacks, devices) -> list[TrainResult]:
+def _fit_seeds(recipe, data, seeds, *, callbacks, devices, on_epoch=None) -> list[TrainResult]:
     if callbacks or devices not in (1, "1"):
         raise DlkitError(
             "fit with seeds trains them together in one pack, which takes no Keras callbacks "
             "and one device. Call fit once per seed for those."
         )
-    results = fit_pack([recipe] * len(seeds), data, list(seeds))
+    results = fit_pack([recipe] * len(seeds), data, list(seeds), on_epoch=on_epoch)
     for result in results:
         if isinstance(result, TrainingDiverged):
             raise result
     return results
+
+
+class EpochLines:
+    """An `on_epoch` for a pack of one that prints a line per epoch, as Keras's `fit` does
+    at `verbose=2`: the epoch, its seconds and its metrics."""
+
+    def __init__(self, epochs: int, print_line: Callable[[str], None] = print):
+        self.epochs = epochs
+        self.print_line = print_line
+        self._since = time.perf_counter()
+
+    def __call__(self, k: int, logs: dict[str, float], epoch: int) -> None:
+        now = time.perf_counter()
+        metrics = " - ".join(f"{key}: {value:.4f}" for key, value in sorted(logs.items()))
+        self.print_line(f"Epoch {epoch}/{self.epochs} - {now - self._since:.2f}s - {metrics}")
+        self._since = now
 
 
 def _trainable(recipe: Recipe, info: DatasetInfo) -> Recipe:
