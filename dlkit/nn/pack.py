@@ -112,11 +112,16 @@ class Pack:
         self.initial = [built[key] for key in keys]
         # A member built alone is unpacked into that same model (see `unpack`).
         self._own = {k: self.initial[k] for k, key in enumerate(keys) if keys.count(key) == 1}
+        # Each seed's data order, drawn once however many members share the seed (a sweep's).
+        seeds = list(dict.fromkeys(self.seeds))
         orders = []
-        for seed in self.seeds:
+        for seed in seeds:
             keras.utils.set_random_seed(seed)  # tf.data's shuffle reads the global seed too
             orders.append(data.epoch_orders(seed))
-        self._orders = iter(tf.data.Dataset.zip(tuple(orders)).map(lambda *o: tf.stack(o)))
+        rows = tf.constant([seeds.index(seed) for seed in self.seeds])
+        self._orders = iter(
+            tf.data.Dataset.zip(tuple(orders)).map(lambda *o: tf.gather(tf.stack(o), rows))
+        )
         self._stack()
         self.inputs = {split: self._prepared(split) for split in ("train", "validation", "test")}
         # Every stacked variable has the members on its first axis and rank 3 (biases are
