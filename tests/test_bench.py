@@ -141,3 +141,31 @@ def test_packs_are_timed_against_plain_keras_in_the_same_run(digits):
         assert pack["test_accuracy"] > 0.5  # every member learned: 10 classes, chance is 0.1
     text = format_packs({"tiny": figures})
     assert "pack, float32 K=3" in text and "plain Keras fit, float32" in text
+
+
+def test_packs_the_rule_compiles_are_timed_both_ways_on_asking(digits, monkeypatch):
+    from dlkit.bench.packs import packed
+    from dlkit.nn import pack
+
+    recipe = Recipe(name="tiny", depth=1, width=16, batch_size=64, learning_rate=0.01)
+    # A tiny pack of 3 members compiles, one member alone does not.
+    steps = math.ceil(digits.info.train_size / recipe.batch_size) * 2  # 2 epochs
+    monkeypatch.setattr(pack, "COMPILE_UPDATE_AT", 3 * recipe.param_count(64, 10) * steps)
+    figures = packed(
+        recipe,
+        digits,
+        2,
+        sizes=(1, 3),
+        precisions=("float32",),
+        repeats=1,
+        peak_seconds=0.1,
+        both_updates=True,
+    )
+    assert set(figures) == {
+        "plain",
+        "float32 K=1",
+        "float32 K=3",
+        "float32 K=3, update not compiled",
+    }
+    compiled, not_compiled = figures["float32 K=3"], figures["float32 K=3, update not compiled"]
+    assert compiled["test_accuracy"] == pytest.approx(not_compiled["test_accuracy"], abs=0.02)

@@ -42,8 +42,13 @@ def packed(
     precisions: tuple[str, ...] = PRECISIONS,
     repeats: int = 3,
     peak_seconds: float = 3.0,
+    both_updates: bool = False,
 ) -> dict[str, Any]:
     """Times packs of each size and precision against plain Keras float32, alternating.
+
+    With `both_updates`, each pack whose optimizer's update the pack's rule
+    compiles with XLA trains a second time with the update as Keras runs it
+    (a row `"<precision> K=<k>, update not compiled"`): what compiling buys.
 
     Returns:
         `plain` (samples/s and test accuracy of plain Keras) and, per
@@ -52,23 +57,25 @@ def packed(
         with each), its model-FLOP utilization against the matmul peak of its
         precision, and the members' test accuracy (mean ± std).
     """
-    from dlkit.nn.training import fit
+    from dlkit.nn.pack import compiles_update
 
     runs: dict[str, list[dict[str, float]]] = {}
     for rep in range(repeats):
         plain = plain_keras(recipe, data, epochs, seed=rep)
         runs.setdefault("plain", []).append(plain)
         for precision in precisions:
+            member = recipe.replace(epochs=epochs, precision=precision)
             for k in sizes:
                 seeds = [100 * rep + i for i in range(k)]
-                members = fit(recipe.replace(epochs=epochs, precision=precision), data, seeds=seeds)
-                runs.setdefault(f"{precision} K={k}", []).append(
-                    {
-                        "samples_per_second": members[0].samples_per_second,
-                        "ratio": members[0].samples_per_second / plain["samples_per_second"],
-                        "test_accuracies": [m.test_accuracy for m in members],
-                    }
-                )
+                updates = [None]  # as the pack's rule decides
+                if both_updates and compiles_update([member] * k, data):
+                    updates.append(False)
+                for compiled in updates:
+                    name = f"{precision} K={k}"
+                    if compiled is False:
+                        name += ", update not compiled"
+                    row = _pack_row(member, data, seeds, plain, compiled)
+                    runs.setdefault(name, []).append(row)
     flops = 6 * recipe.param_count(int(np.prod(data.info.input_shape)), data.info.num_classes)
     peaks = {p: matmul_peak(dtype=_PEAK_DTYPE[p], seconds=peak_seconds) for p in precisions}
     return {
@@ -81,6 +88,17 @@ def packed(
             for name, rows in runs.items()
             if name != "plain"
         },
+    }
+
+
+def _pack_row(recipe, data, seeds, plain, compiled: bool | None) -> dict[str, Any]:
+    from dlkit.nn.training import fit_pack
+
+    members = fit_pack([recipe] * len(seeds), data, seeds, compile_update=compiled)
+    return {
+        "samples_per_second": members[0].samples_per_second,
+        "ratio": members[0].samples_per_second / plain["samples_per_second"],
+        "test_accuracies": [m.test_accuracy for m in members],
     }
 
 

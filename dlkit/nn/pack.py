@@ -132,7 +132,7 @@ class Pack:
         self.optimizer.learning_rate = lambda: self.learning_rates
         self.optimizer.build(self.variables)
         if compile_update is None:
-            compile_update = self._update_work() >= COMPILE_UPDATE_AT
+            compile_update = compiles_update(self.recipes, data)
         self.compiled_update = compile_update
         self._update = self._apply
         if compile_update:
@@ -268,12 +268,6 @@ class Pack:
     def _apply(self, gradients: list[tf.Tensor]) -> None:
         self.optimizer.apply(gradients, self.variables)
 
-    def _update_work(self) -> float:
-        """Weights x training steps: what compiling the optimizer's update pays back on."""
-        weights = sum(math.prod(v.shape) for v in self.variables)
-        steps = math.ceil(self.data.info.train_size / self.shape.batch_size)
-        return weights * steps * max(r.epochs for r in self.recipes)
-
     def _max_norm(self) -> None:
         # Keras's MaxNorm(axis=0) on each member's kernel: the weights into each unit.
         limit = self.max_norm[:, None, None]
@@ -347,6 +341,14 @@ class Pack:
             layer.kernel.assign(kernel.value[k])
             layer.bias.assign(bias.value[k, 0])
         return compile_model(model, self.recipes[k])
+
+
+def compiles_update(recipes: Sequence[Recipe], data: Dataset) -> bool:
+    """Whether a pack of these members compiles its optimizer's update by default: when its
+    weights x training steps, what compiling pays back on, reach `COMPILE_UPDATE_AT`."""
+    weights = len(recipes) * recipes[0].param_count(*data.info.dims)
+    steps = math.ceil(data.info.train_size / recipes[0].batch_size)
+    return weights * steps * max(r.epochs for r in recipes) >= COMPILE_UPDATE_AT
 
 
 def _built(recipe: Recipe, seed: int, data: Dataset) -> keras.Sequential:

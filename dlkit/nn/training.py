@@ -374,6 +374,7 @@ def fit_pack(
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
     models: Sequence[bool] | None = None,
+    compile_update: bool | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Trains members, a (recipe, seed) each, together in one pack (see `dlkit.nn.pack`).
 
@@ -392,13 +393,17 @@ def fit_pack(
         models: Whether each member's result holds its trained Keras model;
             one that does not (a tuning sweep's) has `model=None`, and its
             pack builds no model for it. Defaults to every member.
+        compile_update: Compile the optimizer's update with XLA, or not; `None`
+            leaves it to the pack's rule (`COMPILE_UPDATE_AT`). Defaults to `None`.
 
     Returns:
         For each member in order, its `TrainResult`, or the `TrainingDiverged`
         error that ended it (the others train on).
     """
     recipes = [_trainable(recipe, data.info) for recipe in recipes]
-    members, wall_time, seconds = train_pack(recipes, seeds, data, on_epoch=on_epoch, models=models)
+    members, wall_time, seconds = train_pack(
+        recipes, seeds, data, on_epoch=on_epoch, models=models, compile_update=compile_update
+    )
     size = len(members)
     timed = seconds[1:] or seconds  # the first epoch includes tracing
     return [
