@@ -80,6 +80,25 @@ def test_a_member_trains_one_epoch_as_its_seed_alone(digits, optimizer):
     assert not np.allclose(weights(members[0].model)[0], weights(packed.model)[0])
 
 
+def test_members_of_other_activations_and_initializers_train_as_each_alone(digits):
+    # ReLU beside sigmoid beside tanh, each drawn by its own initializer: one pack.
+    recipes = [
+        SMALL.replace(initializer="he_normal"),
+        SMALL.replace(activation="sigmoid", learning_rate=0.1),
+        SMALL.replace(activation="tanh", initializer="glorot_normal", epochs=2),
+    ]
+    seeds = [1, 1, 2]
+    members = fit_pack(recipes, digits, seeds)
+    for recipe, seed, packed in zip(recipes, seeds, members, strict=True):
+        own = fit_pack([recipe], digits, [seed])[0]  # its pack-mates change nothing
+        assert_same_weights(own.model, packed.model, atol=1e-6)
+        alone = fit(recipe, digits, seed=seed, verbose=0, keras_loop=True)
+        # Keras's own loop rounds otherwise: sigmoid at Adam's 0.1 drifts most (5e-5).
+        assert_same_weights(alone.model, packed.model, atol=2e-4)
+        np.testing.assert_allclose(packed.history["loss"], alone.history["loss"], rtol=1e-4)
+        assert packed.test_accuracy == pytest.approx(alone.test_accuracy, abs=0.01)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop"])
 def test_an_update_compiled_with_xla_trains_as_keras_alone(digits, optimizer):
     recipe = SMALL.replace(optimizer=optimizer, max_norm=2.0)

@@ -15,7 +15,7 @@ from dlkit.execution.packs import MAX_PACK, auto_size, units
 from dlkit.execution.runs import ChildSpec
 from dlkit.recipes.recipe import Recipe
 
-# The tiny comparison's variants differ in activation: two packs of two seeds.
+# The tiny comparison's variants differ in their inputs' normalization: two packs of two seeds.
 PACKED = tiny("packed")
 
 
@@ -35,16 +35,20 @@ def spec(recipe: Recipe, seed: int = 0, **fields) -> ChildSpec:
 def test_children_of_one_shape_pack_together_in_plan_order():
     relu = Recipe(name="relu", depth=2, width=16)
     dropped = relu.replace(name="dropped", dropout=0.5, learning_rate=0.01)  # per member
-    sigmoid = relu.replace(name="sigmoid", activation="sigmoid")
-    specs = [spec(relu, 0), spec(sigmoid, 0), spec(dropped, 1), spec(relu, 1)]
+    sigmoid = relu.replace(name="sigmoid", activation="sigmoid", initializer="he_normal")  # too
+    maxout = relu.replace(name="maxout", activation="maxout")  # wider kernels: another shape
+    batch = relu.replace(name="batch", batch_size=64)  # another shape
+    specs = [spec(relu, 0), spec(maxout, 0), spec(dropped, 1), spec(sigmoid, 1)]
+    specs += [spec(batch, 0), spec(relu, 1)]
     found = units(specs, 0, 64, 10)
     assert [[s.run_name for s in u.specs] for u in found] == [
-        ["relu/0", "dropped/1", "relu/1"],
-        ["sigmoid/0"],
+        ["relu/0", "dropped/1", "sigmoid/1", "relu/1"],
+        ["maxout/0"],
+        ["batch/0"],
     ]
     assert all(u.packed for u in found)
     capped = units(specs, 2, 64, 10)
-    assert [len(u.specs) for u in capped] == [2, 1, 1]
+    assert [len(u.specs) for u in capped] == [2, 2, 1, 1]
 
 
 def test_children_that_need_keras_fit_train_alone():

@@ -7,7 +7,10 @@ an epoch of every member. Each member still trains as it would alone:
 
 - its initial weights are those `build_model` gives under its seed (each
   member's own Keras model is built and its weights stacked, so the fans, and
-  so the Glorot/He limits, are the member's own, not those of a 3-D kernel);
+  so the Glorot/He limits, are the member's own, not those of a 3-D kernel,
+  and so is its initializer);
+- its units take its own activation: members of another (sigmoid beside
+  ReLU) take theirs, chosen element by element;
 - each epoch it reads the training split in the order its seed gives alone
   (`Dataset.epoch_orders`), and its dropout masks come from its own seed;
 - its gradient is that of its own loss: the pack minimises the sum of the
@@ -157,6 +160,10 @@ class Pack:
         self.biases = [_stacked([la.bias for la in same], rows=1) for same in zip(*per_model)]
         self.variables = [v for pair in zip(self.kernels, self.biases) for v in pair]
         self.layers = per_model[0]
+        # Each hidden layer's activation per member: one for all, or each member's own.
+        self.activations = [
+            [getattr(la, "activation", None) for la in same] for same in zip(*per_model)
+        ]
 
         def column(name: str) -> tf.Tensor:
             return tf.constant([float(getattr(r, name)) for r in self.recipes], tf.float32)
@@ -201,8 +208,20 @@ class Pack:
             z = tf.einsum(spec, h, w) + tf.cast(bias.value, dtype)
             if i == last:
                 return z  # the logits of the softmax output
-            h = _activation(layer, z)
+            h = self._activated(i, layer, z)
         raise AssertionError("every network has an output layer")
+
+    def _activated(self, i: int, layer: keras.layers.Layer, z: tf.Tensor) -> tf.Tensor:
+        # Members of other activations (relu and sigmoid, say) each take their own, chosen
+        # element by element: what it gives and its gradient are exactly the member's own.
+        functions = list(dict.fromkeys(self.activations[i]))
+        if len(functions) == 1:
+            return _activation(layer, z)
+        h = None
+        for function in functions:
+            mine = tf.constant([f is function for f in self.activations[i]])[:, None, None]
+            h = function(z) if h is None else tf.where(mine, function(z), h)
+        return h
 
     def _dropout(self, h: tf.Tensor, rates: tf.Tensor, step: tf.Tensor, layer: int) -> tf.Tensor:
         # Keras's Dropout (scaled at training time), each member's mask from its own seed,
@@ -361,7 +380,7 @@ def _built(recipe: Recipe, seed: int, data: Dataset) -> keras.Sequential:
 _TRAINING_ONLY = {
     name: default
     for name, default in PER_MEMBER_DEFAULTS.items()
-    if name not in ("dropout", "input_dropout")
+    if name not in ("dropout", "input_dropout", "initializer", "activation")
 }
 
 

@@ -379,10 +379,11 @@ def fit_pack(
     """Trains members, a (recipe, seed) each, together in one pack (see `dlkit.nn.pack`).
 
     The recipes must share a network shape (`pack_shape`); they may differ
-    in learning rate and its decay, weight decay, dropout rates, max-norm and
-    when they stop. A member's figures do not depend on the pack it trained
-    in, beyond float rounding. Its `wall_time` and `samples_per_second` are
-    its share of the pack's: the pack's time divided among its members.
+    in activation (maxout aside), initializer, learning rate and its decay,
+    weight decay, dropout rates, max-norm and when they stop. A member's
+    figures do not depend on the pack it trained in, beyond float rounding.
+    Its `wall_time` and `samples_per_second` are its share of the pack's: the
+    pack's time divided among its members.
 
     Args:
         recipes: One per member.

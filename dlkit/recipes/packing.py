@@ -8,9 +8,12 @@ from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
 # Fields the members of one pack may differ in: each acts on the member's own
-# weights element by element, or on when the member stops.
+# weights or units element by element, draws its initial weights, or says when it stops.
+# (A maxout member's kernels are wider, so maxout packs with maxout only: `pack_shape`.)
 PER_MEMBER = (
     "name",
+    "activation",
+    "initializer",
     "learning_rate",
     "lr_decay",
     "lr_decay_epochs",
@@ -31,7 +34,10 @@ PER_MEMBER_DEFAULTS = {
 
 def pack_shape(recipe: Recipe) -> Recipe:
     """Returns what the members of a pack share: the recipe less its per-member fields."""
-    return recipe.replace(**PER_MEMBER_DEFAULTS, precision=resolve_precision(recipe.precision))
+    shared = recipe.replace(**PER_MEMBER_DEFAULTS, precision=resolve_precision(recipe.precision))
+    if recipe.activation == "maxout":  # kernels `maxout_pieces` times as wide, then a max
+        return shared.replace(activation="maxout")
+    return shared
 
 
 def packable(recipe: Recipe) -> bool:
