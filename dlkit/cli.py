@@ -43,10 +43,14 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             signals.stop_at_once_on_another()
             code = getattr(interrupt, "exit_code", 130)
             name = "Ctrl-C" if code == 130 else signal.Signals(code - 128).name
+            # A comparison resumes; any other command starts over when run again.
+            again = (
+                "run the same command again to continue where it stopped"
+                if command.__name__ == "compare"
+                else "the interrupted one ends KILLED, with what it had logged"
+            )
             click.echo(
-                f"\nInterrupted ({name}). Finished runs are kept in MLflow; run the same "
-                "command again to continue where it stopped.",
-                err=True,
+                f"\nInterrupted ({name}). Finished runs are kept in MLflow; {again}.", err=True
             )
             sys.exit(code)
 

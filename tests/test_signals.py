@@ -242,3 +242,33 @@ def test_two_processes_starting_on_one_fresh_store_both_succeed(tmp_path):
     client = MlflowClient(uri)
     assert {e.name for e in client.search_experiments()} >= {"same", "other"}
     assert not list(tmp_path.glob("**/.*.tmp"))
+
+
+def test_a_single_training_interrupted_ends_killed_and_says_a_rerun_starts_over(tmp_path):
+    # `dlkit train` is a pack of one: a Ctrl-C mid-training ends its run KILLED with the
+    # curves it had, and the message does not promise a resume that `train` has not got.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "dlkit.cli", "train", "deep-relu", "-d", "digits"]
+        + ["--epochs", "2000", "--tracking-uri", store],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each epoch's line as it comes
+    )
+    lines = []
+    for line in popen.stdout:
+        lines.append(line)
+        if line.startswith("Epoch 3/"):
+            break
+    popen.send_signal(signal.SIGINT)
+    output = "".join(lines) + popen.stdout.read()
+    assert popen.wait(timeout=120) == 130, output
+    assert "Traceback" not in output, output
+    assert "Interrupted (Ctrl-C)" in output and "ends KILLED" in output, output
+    assert "continue where it stopped" not in output
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("dlkit").experiment_id])
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 3  # its curve so far
