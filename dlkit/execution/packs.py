@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from dlkit.execution.runs import ChildSpec
-from dlkit.recipes.packing import pack_shape, packable
+from dlkit.recipes.packing import pack_shape, trains_alone
 from dlkit.recipes.recipe import BYTES_PER_PARAM, Recipe, physical_memory
 
 MAX_PACK = 32  # members per pack when memory allows: past about 16 a member costs no less
@@ -47,15 +47,10 @@ def units(
     groups: dict[object, list[ChildSpec]] = {}
     for i, spec in enumerate(specs):
         recipe = Recipe(**spec.recipe)
-        alone = size == 1 or not packable(recipe) or spec.gradient_norms
-        key = (
-            ("alone", i)
-            if alone or spec.devices not in (1, "1")
-            else (
-                pack_shape(recipe),
-                spec.parent_id,
-            )
+        alone = size == 1 or trains_alone(
+            recipe, gradient_norms=spec.gradient_norms, devices=spec.devices
         )
+        key = ("alone", i) if alone else (pack_shape(recipe), spec.parent_id)
         groups.setdefault(key, []).append(spec)
     found = []
     for key, members in groups.items():

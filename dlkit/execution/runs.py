@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlkit import keys
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
-from dlkit.recipes.packing import packable
+from dlkit.recipes.packing import trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
 from dlkit.tracking.claims import ClaimedElsewhere, contested
@@ -120,7 +120,7 @@ def train(
         return fit(recipe, data, seed=seed, verbose=verbose, devices=devices)
     tracker = Tracker(tracking_uri, experiment)
     name = run_name or f"{recipe.name}/seed{seed}"
-    if gradient_norms or devices not in (1, "1") or not packable(recipe):  # Keras's loop
+    if trains_alone(recipe, gradient_norms=gradient_norms, devices=devices):  # Keras's loop
         run_id, result = tracked_fit(
             tracker,
             recipe,

@@ -20,7 +20,7 @@ from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_for, compile_model
 from dlkit.nn.pack import train_pack
-from dlkit.recipes.packing import packable
+from dlkit.recipes.packing import trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
@@ -210,11 +210,12 @@ def fit(
     needs_keras = (
         keras_loop
         or reuse
+        or callbacks
         or steps_per_execution != STEPS_PER_EXECUTION
         or jit_compile != "auto"
-        or not packable(recipe)
+        or trains_alone(recipe, devices=devices)
     )
-    if not needs_keras and not callbacks and devices in (1, "1"):
+    if not needs_keras:
         on_epoch = EpochLines(recipe.epochs) if verbose else None
         return _fit_seeds(recipe, data, [seed], callbacks=(), devices=1, on_epoch=on_epoch)[0]
     with signals.deferred():
