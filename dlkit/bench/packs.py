@@ -95,6 +95,9 @@ def _pack_row(recipe, data, seeds, plain, compiled: bool | None) -> dict[str, An
     from dlkit.nn.training import fit_pack
 
     members = fit_pack([recipe] * len(seeds), data, seeds, compile_update=compiled)
+    for member in members:
+        if isinstance(member, Exception):
+            raise member  # a member that diverged, said as fit says it
     return {
         "samples_per_second": members[0].samples_per_second,
         "ratio": members[0].samples_per_second / plain["samples_per_second"],
