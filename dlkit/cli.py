@@ -23,11 +23,18 @@ from dlkit.recipes.recipe import PRECISIONS, get_recipe, list_recipes, parse_ass
 from dlkit.text import text_table
 
 
+def _resumes(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a command that, run again after an interrupt, continues where it stopped."""
+    command.resumes = True  # type: ignore[attr-defined]
+    return command
+
+
 def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turns user mistakes into one clear message and a non-zero exit, no traceback.
 
     Ctrl-C and SIGTERM stop the command the same way: the running MLflow run
-    ends KILLED, finished runs stay, and the exit code is 128 + the signal.
+    ends KILLED, finished runs stay, and the exit code is 128 + the signal. The
+    message says a rerun continues only for a command marked `_resumes`.
     """
 
     @functools.wraps(command)
@@ -43,10 +50,9 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             signals.stop_at_once_on_another()
             code = getattr(interrupt, "exit_code", 130)
             name = "Ctrl-C" if code == 130 else signal.Signals(code - 128).name
-            # A comparison resumes; any other command starts over when run again.
             again = (
                 "run the same command again to continue where it stopped"
-                if command.__name__ == "compare"
+                if getattr(command, "resumes", False)
                 else "the interrupted one ends KILLED, with what it had logged"
             )
             click.echo(
@@ -438,6 +444,7 @@ def train(
 )
 @output_option
 @_handle_errors
+@_resumes  # finished children are reused
 def compare(
     targets: Sequence[str],
     assignments: Sequence[str],
