@@ -17,6 +17,11 @@ from dlkit.nn.pack import Pack, train_pack
 from dlkit.nn.training import TrainingDiverged, fit, fit_pack
 
 SMALL = Recipe(name="small", depth=2, width=32, epochs=1, batch_size=32, learning_rate=0.01)
+# A member among others against the same member alone: float rounding only. How much depends
+# on the CPU: where TensorFlow's batched matmul sums in another order for another number of
+# members (AVX2 without AVX-512: up to 2.3e-5 after two epochs; 1e-6 with AVX-512), the
+# difference grows over the steps. A wrong mask, data order or initial weight is off by 1e-2.
+PACK_SIZE_ROUNDING = 1e-4
 
 
 def weights(model: keras.Model) -> list[np.ndarray]:
@@ -91,7 +96,7 @@ def test_members_of_other_activations_and_initializers_train_as_each_alone(digit
     members = fit_pack(recipes, digits, seeds)
     for recipe, seed, packed in zip(recipes, seeds, members, strict=True):
         own = fit_pack([recipe], digits, [seed])[0]  # its pack-mates change nothing
-        assert_same_weights(own.model, packed.model, atol=1e-6)
+        assert_same_weights(own.model, packed.model, atol=PACK_SIZE_ROUNDING)
         alone = fit(recipe, digits, seed=seed, verbose=0, keras_loop=True)
         # Keras's own loop rounds otherwise: sigmoid at Adam's 0.1 drifts most (5e-5).
         assert_same_weights(alone.model, packed.model, atol=2e-4)
@@ -139,8 +144,8 @@ def test_a_member_does_not_depend_on_the_pack_it_trains_in(digits):
     recipe = SMALL.replace(activation="maxout", dropout=0.3, input_dropout=0.1, epochs=2)
     alone = fit_pack([recipe], digits, [3])[0]
     among = fit_pack([recipe.replace(dropout=0.5), recipe, recipe], digits, [0, 3, 5])
-    assert_same_weights(alone.model, among[1].model, atol=1e-5)
-    assert alone.history["loss"] == pytest.approx(among[1].history["loss"], rel=1e-5)
+    assert_same_weights(alone.model, among[1].model, atol=PACK_SIZE_ROUNDING)
+    assert alone.history["loss"] == pytest.approx(among[1].history["loss"], rel=1e-4)
     assert among[1].model is not alone.model
 
 
