@@ -251,6 +251,25 @@ def test_epoch_metrics_are_written_in_batches_each_stamped_with_its_epoch(tracki
     assert history[0].timestamp < history[1].timestamp  # the epoch's time, not the write's
 
 
+def test_a_packs_sinks_write_in_rounds_spaced_by_what_a_round_takes(tracking_uri):
+    tracker = Tracker(tracking_uri, "epochs")
+
+    def losses(run_id):
+        return [m.value for m in tracker.client.get_metric_history(run_id, "loss")]
+
+    with tracker.runs(["a", "b"], tags=[{}, {}]) as (a, b):
+        sink_a, sink_b = tracker.pack_metrics([a, b], every=0)
+        sink_a({"loss": 1.0}, step=1)  # due: a round writes what every sink holds
+        assert losses(a) == [1.0] and losses(b) == []
+        sink_a.rounds.took = 3600.0  # as if that round took an hour: the next waits 20
+        sink_b({"loss": 2.0}, step=1)
+        sink_a({"loss": 0.5}, step=2)
+        assert losses(a) == [1.0] and losses(b) == []
+        sink_a.rounds.took = 0.0
+        sink_b({"loss": 1.5}, step=2)  # one round writes both members' epochs
+        assert losses(a) == [1.0, 0.5] and losses(b) == [2.0, 1.5]
+
+
 def test_a_withdrawn_run_takes_the_model_it_logged_with_it(tracking_uri, digits):
     from dlkit.nn.models import build_for
 

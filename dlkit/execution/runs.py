@@ -535,7 +535,7 @@ def tracked_pack(
         for k in mine:
             _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k], sweep=sweeps[k])
         # Each member's per-epoch metrics: written every few seconds, the rest with its end.
-        curves = [tracker.epoch_metrics(run_ids[k]) for k in mine]
+        curves = tracker.pack_metrics([run_ids[k] for k in mine])
         try:
             trained = _fit_members(
                 [recipes[k] for k in mine],

@@ -591,7 +591,14 @@ class Tracker:
 
     def epoch_metrics(self, run_id: str, every: float = 2.0) -> EpochMetrics:
         """A sink for per-epoch metrics that writes to MLflow at most every `every` seconds."""
-        return EpochMetrics(self.client, run_id, every)
+        return self.pack_metrics([run_id], every)[0]
+
+    def pack_metrics(self, run_ids: Sequence[str], every: float = 2.0) -> list[EpochMetrics]:
+        """One sink per run for runs that train together (a pack's members): they write in
+        rounds, all at once, at most every `every` seconds (see `EpochMetrics`)."""
+        rounds = _Rounds(every)
+        rounds.sinks = [EpochMetrics(self.client, run_id, rounds) for run_id in run_ids]
+        return list(rounds.sinks)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -864,20 +871,22 @@ class EpochMetrics:
 
     A write to the store costs about as much as a small model's epoch, so a
     short training sends its curves in a batch or two instead of one per
-    epoch; a long one still shows live in the MLflow UI. When training ends,
-    hand what is left to the write that ends the run (`Tracker.log_batch`), or
-    `flush` it (an interrupt, a failure).
+    epoch; a long one still shows live in the MLflow UI. The sinks of runs
+    that train together write in rounds (`_Rounds`): a pack of 32 members
+    makes 32 writes a round, so rounds are spaced to keep the writing to a
+    small share of the training. When training ends, hand what is left to the
+    write that ends the run (`Tracker.log_batch`), or `flush` it (an
+    interrupt, a failure).
     """
 
-    def __init__(self, client: StoreCalls, run_id: str, every: float):
-        self.client, self.run_id, self.every = client, run_id, every
+    def __init__(self, client: StoreCalls, run_id: str, rounds: _Rounds):
+        self.client, self.run_id, self.rounds = client, run_id, rounds
         self._pending: list[Metric] = []
-        self._sent = time.monotonic()
 
     def __call__(self, metrics: dict[str, float], step: int = 0) -> None:
         self._pending += _stamped(metrics, step)
-        if time.monotonic() - self._sent >= self.every:
-            self.flush()
+        if self.rounds.due():
+            self.rounds.write()
 
     def flush(self) -> None:
         pending = self.take()
@@ -888,8 +897,33 @@ class EpochMetrics:
         """Returns the metrics not written yet, for the caller to write (`Tracker.log_batch`
         takes them into the write that ends a run)."""
         pending, self._pending = self._pending, []
-        self._sent = time.monotonic()
         return pending
+
+
+class _Rounds:
+    """When the sinks of runs that train together write: all of them in one round, at
+    most every `every` seconds, and never so often that the rounds take more than
+    `_WRITE_SHARE` of the time (the pause after a round is at least its own duration
+    divided by that share)."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self.sinks: list[EpochMetrics] = []
+        self._sent = time.monotonic()
+        self.took = 0.0  # how long the last round's writes took, in seconds
+
+    def due(self) -> bool:
+        return time.monotonic() - self._sent >= max(self.every, self.took / _WRITE_SHARE)
+
+    def write(self) -> None:
+        start = time.monotonic()
+        for sink in self.sinks:
+            sink.flush()
+        self._sent = time.monotonic()
+        self.took = self._sent - start
+
+
+_WRITE_SHARE = 0.05
 
 
 class StoreCalls:
