@@ -17,9 +17,16 @@ console) sits at the root below them all, and the CLI (`cli`) on top.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# TensorFlow turns on its oneDNN kernels by itself only on CPUs with AVX512-VNNI or newer
+# (Intel from Cascade Lake, AMD from Zen 4); on the others (AVX2 only) it runs Eigen's, and a
+# pack's batched matmuls and a convnet train 1.4-2x slower (docs/speed.md). It reads the switch
+# once, as it loads: set here, before anything of dlkit imports it. A user's own setting wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from dlkit.data.sources import register_source  # noqa: E402
 from dlkit.errors import DlkitError  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 import weakref
@@ -18,6 +19,25 @@ from dlkit.data.dataset import load_dataset
 from dlkit.nn.training import TrainingDiverged, fit
 
 SMALL = Recipe(depth=2, width=32, epochs=3, batch_size=64)
+
+
+def test_tensorflow_runs_its_onednn_kernels_unless_the_user_turned_them_off():
+    # TensorFlow turns them on by itself only on CPUs with AVX512-VNNI or newer; dlkit asks for
+    # them on every CPU (docs/speed.md). A private reach, as TensorFlow's own tests make it.
+    code = (
+        "import dlkit, tensorflow\n"
+        "from tensorflow.python.util import _pywrap_util_port\n"
+        "print(_pywrap_util_port.IsMklEnabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+
+    def enabled(**extra: str) -> str:
+        run = [sys.executable, "-c", code]
+        done = subprocess.run(run, env={**env, **extra}, capture_output=True, text=True, check=True)
+        return done.stdout.split()[-1]
+
+    assert enabled() == "True"
+    assert enabled(TF_ENABLE_ONEDNN_OPTS="0") == "False"
 
 
 def test_same_seed_same_result_other_seed_differs(digits):
