@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 from typing import Any
 
 __version__ = "0.1.0"
 
-# TensorFlow turns on its oneDNN kernels by itself only on CPUs with AVX512-VNNI or newer
-# (Intel from Cascade Lake, AMD from Zen 4); on the others (AVX2 only) it runs Eigen's, and a
-# pack's batched matmuls and a convnet train 1.4-2x slower (docs/speed.md). It reads the switch
-# once, as it loads: set here, before anything of dlkit imports it. A user's own setting wins.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow's x86 builds turn on their oneDNN kernels by themselves only on Linux and only on
+# CPUs with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX; elsewhere (AVX2 only, say) they run
+# Eigen's, and a pack trains 1.1-1.8x and a convnet 2x slower (docs/speed.md). TensorFlow reads
+# the switch once, as it loads: set here, before anything of dlkit imports it. A user's own
+# setting wins. Not on ARM, where oneDNN is experimental and was not measured.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from dlkit.data.sources import register_source  # noqa: E402
 from dlkit.errors import DlkitError  # noqa: E402

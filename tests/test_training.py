@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from dlkit.nn.training import TrainingDiverged, fit
 SMALL = Recipe(depth=2, width=32, epochs=3, batch_size=64)
 
 
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="dlkit sets it on x86 only"
+)
 def test_tensorflow_runs_its_onednn_kernels_unless_the_user_turned_them_off():
     # TensorFlow turns them on by itself only on CPUs with AVX512-VNNI or newer; dlkit asks for
     # them on every CPU (docs/speed.md). A private reach, as TensorFlow's own tests make it.
