@@ -34,7 +34,9 @@ from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, safe_name
-from dlkit.tracking.claims import holders, member
+from dlkit.tracking.claims import holders
+from dlkit.tracking.members import finished as finished_runs
+from dlkit.tracking.members import member_key, members
 from dlkit.tracking.tracker import Tracker
 
 _WAIT = 1.0  # seconds between looks at runs another process trains
@@ -229,7 +231,11 @@ def _open_parent(run: _Run, data: Any) -> _Parent:
         run.log(f"Joined parent run {resume_id}, which another process opened at the same time.")
     if orphans:
         run.log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
-    finished = _finished(tracker, resume_id) if resume_id else {}
+    finished = (
+        {role: finished_runs(tracker, resume_id, role) for role in ("child", "tuning")}
+        if resume_id
+        else {}
+    )
     claimed = resume_id is not None and not (resumed or joined)
     return _Parent(resume_id, tags, resumed, joined, claimed, finished)
 
@@ -313,7 +319,7 @@ class _Run:
         )
         while True:
             state = holders(self.tracker, parent_id)
-            status = {id(spec): state.get(member(spec.tags)) for spec in pending}
+            status = {id(spec): state.get(member_key(spec.tags)) for spec in pending}
             for spec in pending:
                 if status[id(spec)] in ("FINISHED", "FAILED"):
                     done(spec, f"{status[id(spec)]} in another process")
@@ -353,16 +359,6 @@ def _check_size(experiment: Experiment, options: Options) -> None:
             f"{len(experiment.seeds):,} seeds{swept}), more than {LARGE_COMPARISON}. If that "
             "is the plan, pass --yes (yes=True in Python)."
         )
-
-
-def _finished(tracker: Tracker, parent_id: str) -> dict[str, dict[str, str]]:
-    """The parent's finished runs by role (`child`, `tuning`), then by config hash."""
-    found: dict[str, dict[str, str]] = {}
-    for run in tracker.children(parent_id, status="FINISHED"):
-        if keys.CONFIG_HASH in run.tags:
-            role = run.tags.get(keys.ROLE, "child")
-            found.setdefault(role, {})[run.tags[keys.CONFIG_HASH]] = run.run_id
-    return found
 
 
 def _plan(experiment: Experiment, recipes: dict[str, Recipe], options: Options) -> list[dict]:
@@ -500,18 +496,12 @@ def _choice_lines(label: str, choice: Choice, seeds: int, values: dict) -> list[
 
 
 def _sweep_scores(tracker: Tracker, parent_id: str) -> dict[str, float | None]:
-    """Each sweep run's validation accuracy by config hash; `None` for one that did not
-    finish (a finished run wins over a failed try of the same configuration)."""
-    scores: dict[str, float | None] = {}
-    for run in tracker.children(parent_id):
-        if run.tags.get(keys.ROLE) != "tuning" or keys.CONFIG_HASH not in run.tags:
-            continue
-        key = run.tags[keys.CONFIG_HASH]
-        if run.status == "FINISHED":
-            scores[key] = run.metrics.get(SCORE)
-        else:
-            scores.setdefault(key, None)
-    return scores
+    """Each sweep run's validation accuracy by config hash, from the run that counts
+    (`members`); `None` for a member that did not finish."""
+    return {
+        held.config_hash: held.run.metrics.get(SCORE) if held.state == "FINISHED" else None
+        for held in members(tracker, parent_id, "tuning").values()
+    }
 
 
 def report(

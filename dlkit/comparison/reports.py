@@ -451,7 +451,10 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         )
     plan = json.loads(text)
 
-    by_hash = _child_by_hash(tracker, parent_run_id)
+    from dlkit.tracking.members import members
+
+    # The run that counts for each planned config (a tuning sweep's runs are read from the plan).
+    by_hash = {m.config_hash: m.run for m in members(tracker, parent_run_id, "child").values()}
     rows, histories, gradients, correct = [], {}, {}, {}
     for entry in plan["runs"]:
         child = by_hash.get(entry["config_hash"])
@@ -483,19 +486,6 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         context=plan.get("context"),
         tuning=plan.get("tuning"),
     )
-
-
-def _child_by_hash(tracker: Tracker, parent_run_id: str) -> dict[str | None, RunRecord]:
-    """The child run behind each config hash: the newest finished, else the newest."""
-    by_hash: dict[str | None, RunRecord] = {}
-    for child in tracker.children(parent_run_id):  # newest first
-        if child.tags.get(keys.ROLE, "child") != "child":
-            continue  # a tuning sweep's run: the report reads the sweep from the plan
-        key = child.tags.get(keys.CONFIG_HASH)
-        current = by_hash.get(key)
-        if current is None or (current.status != "FINISHED" and child.status == "FINISHED"):
-            by_hash[key] = child
-    return by_hash
 
 
 def _row(entry: dict[str, Any], child: RunRecord | None) -> dict[str, Any]:

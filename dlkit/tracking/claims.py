@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 
 from dlkit import keys
+from dlkit.tracking.members import member_key, members
 from dlkit.tracking.tracker import RunRecord, Tracker, process_alive
 
 
@@ -39,13 +40,6 @@ class ClaimedElsewhere(Exception):
         where = "finished" if rival.status == "FINISHED" else f"training in pid {pid} on {host}"
         super().__init__(f"claimed by run {rival.run_id} ({where})")
         self.rival = rival
-
-
-def member(tags: dict[str, str]) -> tuple[str, str | None]:
-    """What a run trains for its comparison: its role (a measuring child, or a tuning
-    sweep's run) and its config hash. A sweep run and a child of one configuration and seed
-    are two members: the child logs a model and is what the report reads."""
-    return tags.get(keys.ROLE, "child"), tags.get(keys.CONFIG_HASH)
 
 
 def rival(mine: RunRecord, others: Sequence[RunRecord], *, running: bool) -> RunRecord | None:
@@ -76,7 +70,7 @@ def undecided(mine: RunRecord, others: Sequence[RunRecord]) -> list[RunRecord]:
 
 
 def _same_member(mine: RunRecord, other: RunRecord) -> bool:
-    return other.run_id != mine.run_id and member(other.tags) == member(mine.tags)
+    return other.run_id != mine.run_id and member_key(other.tags) == member_key(mine.tags)
 
 
 def _live(run: RunRecord) -> bool:
@@ -124,14 +118,12 @@ def contested(
 _DECIDING_POLL = 0.05  # seconds between looks while a later claim decides
 
 
-def holders(tracker: Tracker, parent_id: str) -> dict[tuple[str, str | None], str]:
-    """How each member (`member`) of the parent stands: `FINISHED`, `FAILED` (it diverged:
-    training it again would too) or `LIVE` (RUNNING in a live process). Others are free."""
-    state: dict[tuple[str, str | None], str] = {}
-    rank = {"FINISHED": 3, "FAILED": 2, "LIVE": 1}
-    for run in tracker.children(parent_id):
-        key = member(run.tags)
-        status = "LIVE" if run.status == "RUNNING" and process_alive(run.tags) else run.status
-        if key[1] and status in rank and rank[status] > rank.get(state.get(key, ""), 0):
-            state[key] = status
-    return state
+def holders(tracker: Tracker, parent_id: str) -> dict[tuple[str, str], str]:
+    """How each member of the parent stands, by (role, config hash): `FINISHED`, `FAILED`
+    (it diverged: training it again would too) or `LIVE` (RUNNING in a live process), as
+    `dlkit.tracking.members` rules. Others are free."""
+    return {
+        key: held.state
+        for key, held in members(tracker, parent_id).items()
+        if held.state in ("FINISHED", "FAILED", "LIVE")
+    }
