@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dlkit.comparison.sequential import ALPHA, Look, quantile, running_interval
 from dlkit.errors import DlkitError, closest
 
 METRICS = (
@@ -58,7 +59,9 @@ class Expectation:
 
 
 CONFIDENCE = 0.95
-STATUSES = ("held", "contradicted", "inconclusive", "unchecked")
+STATUSES = ("held", "contradicted", "equivalent", "inconclusive", "unchecked")
+# Metrics on the accuracy scale, where an equivalence margin such as 0.01 means one point.
+ACCURACY_SCALE = ("test_accuracy", "best_val_accuracy", "train_accuracy", "gap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +73,28 @@ class Sample:
         correct: For each finished seed, which test examples it classified
             correctly (same order in every variant); empty when not logged.
         diverged: Every run of the variant diverged (NaN loss).
+        seeds: The seed of each finished run, in the order of `values` and
+            `correct`. Defaults to `None`: 0, 1, 2, ...
     """
 
     values: dict[str, list[float]]
     correct: list[np.ndarray] = dataclasses.field(default_factory=list)
     diverged: bool = False
+    seeds: list[int] | None = None
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        """A metric's finite values keyed by seed."""
+        values = self.values.get(metric, [])
+        seeds = self.seeds if self.seeds is not None else range(len(values))
+        return {
+            int(s): float(v) for s, v in zip(seeds, values) if v is not None and math.isfinite(v)
+        }
+
+    def correct_at(self, seeds: Sequence[int]) -> list[np.ndarray]:
+        """The per-example results of these seeds (those that have them)."""
+        own = self.seeds if self.seeds is not None else range(len(self.correct))
+        by_seed = dict(zip(own, self.correct))
+        return [by_seed[s] for s in seeds if s in by_seed]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +117,13 @@ class Verdict:
             counting half (Bouthillier et al. 2021); NaN otherwise.
         p_low: Lower end of its 95% bootstrap interval (seeds resampled).
         p_high: Upper end of that interval.
+        seeds: Seeds (pairs, when paired) behind the final interval.
+        looks: Looks that computed an interval (see `dlkit.comparison.sequential`).
+        decided_at: The 1-based look that decided it, or `None`.
+        margin: For an undecided `>` or `<`: the smallest δ with the interval
+            inside ±δ ("no difference beyond ±δ"); NaN otherwise.
+        futile: More seeds cannot decide it: a fixed test set's sampling error
+            alone is wider than the distance to the boundary.
     """
 
     expectation: str
@@ -109,6 +136,16 @@ class Verdict:
     p_better: float = math.nan
     p_low: float = math.nan
     p_high: float = math.nan
+    seeds: int = 0
+    looks: int = 0
+    decided_at: int | None = None
+    margin: float = math.nan
+    futile: bool = False
+
+    @property
+    def decided(self) -> bool:
+        """Held, contradicted or equivalent: more seeds are not needed."""
+        return self.status in ("held", "contradicted", "equivalent")
 
     @property
     def held(self) -> bool | None:
@@ -158,17 +195,38 @@ def parse_expectation(text: str, labels: Sequence[str]) -> Expectation:
     return Expectation(text, metric, left, op, right, margin)
 
 
-def evaluate(expectation: Expectation, samples: dict[str, Sample]) -> Verdict:
+def evaluate(
+    expectation: Expectation,
+    samples: dict[str, Sample],
+    *,
+    looks: Sequence[Look] | None = None,
+    paired: bool = False,
+    equivalence: float | None = None,
+    odds: bool = True,
+) -> Verdict:
     """Checks an expectation against each variant's per-seed results.
 
     Args:
         expectation: From `parse_expectation`.
         samples: For each variant label, its `Sample`.
+        looks: The looks a comparison that adds seeds made (see
+            `dlkit.comparison.sequential`). Defaults to `None`: one look at
+            every seed, an ordinary 95% interval.
+        paired: Every seed drew its own data split, shared by the variants:
+            the interval is a paired t interval on the per-seed differences,
+            which carry the split, initialization, order and test-sampling
+            variation together. Otherwise (one fixed test set) it is Welch's
+            over the seeds plus the test set's sampling error. Defaults to `False`.
+        equivalence: For `>` and `<` on an accuracy-scale metric: an interval
+            inside ±`equivalence` decides "equivalent". Defaults to `None`.
+        odds: Estimate P(a run of one beats one of the other) by bootstrap, for
+            the detail. Defaults to `True`.
 
     Returns:
-        A `Verdict`: held when the whole 95% interval of the difference lies
-        on the expected side of the margin, contradicted when it lies wholly
-        on the other side, inconclusive when it straddles it.
+        A `Verdict`: held when the whole interval of the difference lies on the
+        expected side of the margin, contradicted when it lies wholly on the
+        other side, equivalent when it lies inside ±`equivalence`, inconclusive
+        otherwise.
     """
     e = expectation
     diverged = [
@@ -181,52 +239,160 @@ def evaluate(expectation: Expectation, samples: dict[str, Sample]) -> Verdict:
     left = samples.get(e.left, Sample({}))
     right = e.right if isinstance(e.right, float) else samples.get(e.right, Sample({}))
     name = e.right if isinstance(e.right, str) else "the threshold"
-    a = _finite(left.values.get(e.metric, []))
-    b = [e.right] if isinstance(right, float) else _finite(right.values.get(e.metric, []))
-    if not a or not b:
+    a = left.by_seed(e.metric)
+    b = {} if isinstance(right, float) else right.by_seed(e.metric)
+    if not a or (not b and not isinstance(right, float)):
         return Verdict(e.text, "unchecked", f"cannot check: no finished run for {e.left} or {name}")
-    correct_b = [] if isinstance(right, float) else right.correct
-    # The test set's sampling error needs the per-example results of both sides.
-    paired = (
-        e.metric == "test_accuracy"
-        and bool(left.correct)
-        and (isinstance(right, float) or bool(correct_b))
-        and len({len(c) for c in [*left.correct, *correct_b]}) == 1
-    )
-    difference, low, high, parts = interval(
-        a,
-        None if isinstance(right, float) else b,
-        threshold=right if isinstance(right, float) else None,
-        correct_a=left.correct if paired else None,
-        correct_b=correct_b if paired else None,
-    )
+    if e.metric not in ACCURACY_SCALE or e.op == "~":
+        equivalence = None
+    seeds = sorted(set(a) | set(b))
+    looks = list(looks) if looks else [Look(tuple(seeds), 0)]
+    computed = [
+        _look(e, left, right, [s for s in look.seeds if s in seeds], paired) for look in looks
+    ]
+    intervals = [
+        (n, look.budget or n, center, se, df)
+        for look, (n, center, se, df, _) in zip(looks, computed)
+    ]
+    run = running_interval(intervals, lambda low, high: _settles(e, low, high, equivalence))
+    n, center, _, _, parts = computed[-1]
+    difference, low, high = center, run.low, run.high
     status, distance = _decide(e, difference, low, high)
-    seeds = _seeds_needed(status, distance, parts, min(len(a), len(b)))
-    right_text = f"{np.mean(b):.4g}"
+    if status == "inconclusive" and _equivalent(low, high, equivalence):
+        status = "equivalent"
+    futile = status == "inconclusive" and _futile(e, difference, parts, run.level)
+    seeds_needed = None if looks[-1].budget else _seeds_needed(status, distance, parts, n)
+    a_values = [a[s] for s in seeds if s in a]
+    b_values = [b[s] for s in seeds if s in b] if b else [e.right]
     detail = (
-        f"{e.metric}: {e.left} {np.mean(a):.4g} vs {name} {right_text}, difference "
-        f"{difference:+.4g}, 95% interval [{low:+.4g}, {high:+.4g}] ({_need(e)})"
+        f"{e.metric}: {e.left} {np.mean(a_values):.4g} vs {name} {np.mean(b_values):.4g}, "
+        f"difference {difference:+.4g}, {_percent(run.level)} interval "
+        f"[{low:+.4g}, {high:+.4g}] ({_need(e)})"
     )
     if not math.isfinite(low):
         detail += "; one seed and no per-example results: no interval, so no verdict"
-    elif parts["seeds"] is None:
+    elif not paired and parts["seeds"] is None:
         detail += "; one seed: the interval covers only the test set's sampling error"
     p = (math.nan,) * 3
-    if e.op != "~" and not isinstance(right, float) and len(a) > 1 and len(b) > 1:
-        p = probability_better(a, b) if e.op == ">" else probability_better(b, a)
+    if odds and e.op != "~" and not isinstance(right, float) and min(len(a_values), len(b_values)) > 1:
+        p = (
+            probability_better(a_values, b_values)
+            if e.op == ">"
+            else probability_better(b_values, a_values)
+        )
         word = "beats" if e.op == ">" else "is below"
         detail += (
             f"; P({e.left} {word} {e.right}) over seed pairs {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
         )
-    if status == "inconclusive" and math.isfinite(low):
+        if status == "inconclusive" and not paired and p[0] in (0.0, 1.0):
+            detail += (
+                " (the seed pairs agree, but on one fixed test set; the interval also counts "
+                "how much another test sample could move the difference)"
+            )
+    margin = math.nan
+    if status == "inconclusive" and e.op != "~" and math.isfinite(low):
+        margin = max(abs(low), abs(high))
+        if low <= 0 <= high:
+            detail += f"; no difference beyond ±{margin:.2g}"
+    if status == "inconclusive" and math.isfinite(low) and not looks[-1].budget:
         detail += (
-            f"; about {seeds} seeds per variant would likely decide it"
-            if seeds
+            f"; about {seeds_needed} seeds per variant would likely decide it"
+            if seeds_needed
             else "; more seeds alone would not decide it"
-            if parts["seeds"] is not None
+            if paired or parts["seeds"] is not None
             else "; run at least 3 seeds to see the spread"
         )
-    return Verdict(e.text, status, detail, difference, low, high, seeds, *p)
+    return Verdict(
+        e.text,
+        status,
+        detail,
+        difference,
+        low,
+        high,
+        seeds_needed,
+        *p,
+        seeds=n,
+        looks=run.looks,
+        decided_at=run.decided_at,
+        margin=margin,
+        futile=futile,
+    )
+
+
+def _look(
+    e: Expectation, left: Sample, right: Sample | float, seeds: list[int], paired: bool
+) -> tuple[int, float, float, float, dict]:
+    """One look's interval on these seeds: `(n, center, standard error, df, parts)`."""
+    a = left.by_seed(e.metric)
+    threshold = right if isinstance(right, float) else None
+    b = {} if threshold is not None else right.by_seed(e.metric)
+    if paired:
+        if threshold is not None:
+            d = np.array([a[s] - threshold for s in seeds if s in a])
+        else:
+            d = np.array([a[s] - b[s] for s in seeds if s in a and s in b])
+        n = len(d)
+        center = float(d.mean()) if n else math.nan
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        return n, center, se, n - 1.0 if n > 1 else math.nan, {"seeds": se**2, "test": None}
+    a_values = [a[s] for s in seeds if s in a]
+    b_values = None if threshold is not None else [b[s] for s in seeds if s in b]
+    correct_a = left.correct_at([s for s in seeds if s in a])
+    correct_b = [] if threshold is not None else right.correct_at([s for s in seeds if s in b])
+    # The test set's sampling error needs the per-example results of both sides.
+    usable = (
+        e.metric == "test_accuracy"
+        and len(correct_a) == len(a_values)
+        and (threshold is not None or len(correct_b) == len(b_values))
+        and len({len(c) for c in [*correct_a, *correct_b]}) == 1
+    )
+    if not a_values or (b_values is not None and not b_values):
+        return 0, math.nan, math.nan, math.nan, {"seeds": None, "test": None, "df": math.inf}
+    difference, _, _, parts = interval(
+        a_values,
+        b_values,
+        threshold=threshold,
+        correct_a=correct_a if usable else None,
+        correct_b=correct_b if usable else None,
+    )
+    if parts["seeds"] is None and parts["test"] is None:
+        se = math.nan
+    else:
+        se = math.sqrt((parts["seeds"] or 0.0) + (parts["test"] or 0.0))
+    n = min(len(a_values), len(b_values)) if b_values is not None else len(a_values)
+    return n, difference, se, parts["df"], parts
+
+
+def _settles(e: Expectation, low: float, high: float, equivalence: float | None) -> bool:
+    return _decide(e, (low + high) / 2, low, high)[0] != "inconclusive" or _equivalent(
+        low, high, equivalence
+    )
+
+
+def _equivalent(low: float, high: float, equivalence: float | None) -> bool:
+    return equivalence is not None and -equivalence <= low and high <= equivalence
+
+
+def _futile(e: Expectation, difference: float, parts: dict, level: float) -> bool:
+    """A fixed test set's own sampling error, at the level still unspent, is wider than the
+    distance to the boundary: no number of seeds would likely decide it."""
+    test = parts.get("test")
+    if not test:
+        return False
+    left = ALPHA - level
+    if left <= 0:
+        return True
+    boundary = e.margin if e.op != "<" else -e.margin
+    floor = quantile(1 - left / 2, math.inf) * math.sqrt(test)
+    if e.op == "~":
+        return abs(abs(difference) - e.margin) <= floor
+    return abs(difference - boundary) <= floor
+
+
+def _percent(level: float) -> str:
+    """`95%` for one look at 0.05; the level actually spent when the looks spent less."""
+    confidence = 100 * (1 - level) if level > 0 else 100 * CONFIDENCE
+    return f"{confidence:.4g}%"
 
 
 def probability_better(

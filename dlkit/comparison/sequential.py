@@ -1,0 +1,118 @@
+"""Sequential verdicts: intervals that stay valid when seeds are added until a verdict decides.
+
+A comparison that adds seeds while an expectation is undecided, and stops once
+it decides, looks at its data many times. An ordinary 95% interval at every
+look would decide a false claim far more often than 5% of the time (optional
+stopping). dlkit spends its error rate over the looks instead (Lan & DeMets
+1983), with the power family of spending functions `alpha * t**2` (Kim &
+DeMets 1987), where `t` is the share of the seed budget used so far:
+
+- at each look, the interval is an ordinary t interval at the level not yet
+  spent, `alpha * t_k**2 - alpha * t_(k-1)**2`;
+- the verdict reads the intersection of every look's interval so far. By the
+  union bound it holds the true difference at every look at once with
+  probability at least `1 - alpha`, whatever the looks, whenever one stops;
+- a budget raised after the fact (a rerun with a larger `max_seeds`) keeps
+  that guarantee: the looks already made keep what they spent, and the new
+  schedule spends only what is left, so the next looks get less until the
+  new schedule has caught up.
+
+The union bound ignores how correlated the looks are, so the rule is
+conservative: its measured false-decision rate (tests/test_sequential.py,
+docs/comparisons.md) is well under `alpha`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+ALPHA = 0.05
+SPENDING_POWER = 2.0  # alpha * t**2: little spent at a handful of seeds, most near the budget
+
+
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """One look at a comparison's results: the seeds trained so far and the budget then.
+
+    Attributes:
+        seeds: The seeds every variant had been planned with at this look.
+        budget: The most seeds per variant the comparison could then reach.
+    """
+
+    seeds: tuple[int, ...]
+    budget: int
+
+    def to_dict(self) -> dict:
+        return {"seeds": list(self.seeds), "budget": self.budget}
+
+    @classmethod
+    def of(cls, raw: dict) -> Look:
+        return cls(tuple(int(s) for s in raw["seeds"]), int(raw["budget"]))
+
+
+def spent(used: float, alpha: float = ALPHA) -> float:
+    """The error rate spent once a share `used` (0 to 1) of the seed budget is used."""
+    return alpha * min(max(used, 0.0), 1.0) ** SPENDING_POWER
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """What the looks at one expectation found.
+
+    Attributes:
+        low: Lower end of the running interval (the intersection of the looks').
+        high: Upper end.
+        looks: How many looks computed an interval.
+        level: The error rate spent on those looks together.
+        decided_at: The 1-based look at which the interval first decided, or `None`.
+    """
+
+    low: float
+    high: float
+    looks: int
+    level: float
+    decided_at: int | None
+
+
+def running_interval(
+    intervals: Sequence[tuple[int, int, float, float, float]],
+    decides: Callable[[float, float], bool],
+    alpha: float = ALPHA,
+) -> Running:
+    """Intersects the looks' intervals, each at the level its look may spend.
+
+    Args:
+        intervals: Per look, `(n, budget, center, scale, df)`: the pairs (or seeds)
+            it saw, the seed budget then, and the t interval's center, standard error and
+            degrees of freedom (`df` infinite for a normal quantile). A look with no
+            interval (one seed) has a NaN scale and spends nothing.
+        decides: Tells whether an interval `(low, high)` decides; the looks stop there.
+        alpha: The error rate for all looks together. Defaults to `0.05`.
+
+    Returns:
+        The running interval, how many looks it took, and the level spent.
+    """
+    low, high, used, looks = -math.inf, math.inf, 0.0, 0
+    for k, (n, budget, center, scale, df) in enumerate(intervals, 1):
+        level = spent(n / budget, alpha) - used
+        if not (level > 0 and math.isfinite(scale)):
+            continue
+        used += level
+        looks += 1
+        half = quantile(1 - level / 2, df) * scale
+        low, high = max(low, center - half), min(high, center + half)
+        if decides(low, high):
+            return Running(low, high, looks, used, k)
+    if not looks:
+        return Running(math.nan, math.nan, 0, 0.0, None)
+    return Running(low, high, looks, used, None)
+
+
+def quantile(p: float, df: float) -> float:
+    """Student's t quantile (normal when `df` is infinite); scipy.special's, since importing
+    scipy.stats costs a second or more."""
+    from scipy.special import ndtri, stdtrit
+
+    return float(stdtrit(df, p)) if math.isfinite(df) else float(ndtri(p))
