@@ -353,6 +353,27 @@ def train(
     help="Train every variant with seeds 0..N-1.  [default: the file's, else 1]",
 )
 @click.option(
+    "--max-seeds",
+    type=click.IntRange(2, MAX_SEEDS),
+    default=None,
+    help="Add seeds while an expectation is undecided, up to N per variant, with an error "
+    "rate that holds whenever it stops.  [default: the file's, else none added]",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["fixed", "random"]),
+    default=None,
+    help="fixed: the source's own test set for every seed; random: each seed draws its own "
+    "stratified split, shared by the variants.  [default: the file's, else fixed]",
+)
+@click.option(
+    "--equivalence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="An accuracy difference inside ±this reads 'equivalent'.  "
+    "[default: the file's, else 0.01]",
+)
+@click.option(
     "--yes",
     is_flag=True,
     help="Start a comparison of more than 500 runs (variants x seeds).",

@@ -36,3 +36,21 @@ def safe_name(name: str) -> str:
 def plural(count: int, noun: str) -> str:
     """Returns `1 seed`, `2 seeds`: the count with its noun in the right number."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+WIDTH = 100  # columns of the terminal report's wrapped lines
+
+
+def wrap(text: str, *, initial: str = "", subsequent: str = "", width: int = WIDTH) -> list[str]:
+    """Returns `text` wrapped to `width` columns, the first line after `initial`, the rest
+    after `subsequent`; a long word (a number with its interval) is never split."""
+    import textwrap
+
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=initial,
+        subsequent_indent=subsequent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )

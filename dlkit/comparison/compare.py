@@ -145,24 +145,33 @@ def _compare(
         tuning = None
         if experiment.tune:
             recipes, tuning = _tune(run, recipes, parent_id, parent.finished.get("tuning", {}))
-        plan = _plan(experiment, recipes, options)
-        done = parent.finished.get("child", {})
-        if parent.resumed or parent.joined:
-            log(
-                f"Resuming parent run {parent_id}; {sum(p['config_hash'] in done for p in plan)} "
-                f"of {len(plan)} runs already finished (use --force to retrain them)."
-            )
         context = _context(experiment, recipes, data)
-        _log_plan(tracker, parent_id, experiment, plan, context, tuning)
-        run.execute(
-            [
-                _spec(run, recipes[entry["variant"]], entry, parent_id)
-                for entry in plan
-                if entry["config_hash"] not in done
-            ]
-        )
-        tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
-        signals.check()
+        seeds = _Seeds.start(experiment, tracker.read_artifact(parent_id, PLAN_ARTIFACT))
+        while True:
+            plan = _plan(experiment, recipes, options, seeds.by_variant)
+            done = finished_runs(tracker, parent_id) if parent_id else {}
+            if parent.resumed or parent.joined:
+                log(
+                    f"Resuming parent run {parent_id}; "
+                    f"{sum(p['config_hash'] in done for p in plan)} of {len(plan)} runs "
+                    "already finished (use --force to retrain them)."
+                )
+                parent = dataclasses.replace(parent, resumed=False, joined=False)
+            context["seeds"] = seeds.all
+            _log_plan(tracker, parent_id, experiment, plan, context, tuning, seeds.record())
+            run.execute(
+                [
+                    _spec(run, recipes[entry["variant"]], entry, parent_id)
+                    for entry in plan
+                    if entry["config_hash"] not in done
+                ]
+            )
+            tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
+            signals.check()
+            comparison = load_comparison(tracker, parent_id)
+            if not seeds.more(comparison, log):
+                break
+        _log_plan(tracker, parent_id, experiment, plan, context, tuning, seeds.record())
         comparison = _report(tracker, parent_id, folder)
     if options.register_best and comparison.best_run():
         comparison.registered = tracker.register_model(
@@ -351,17 +360,110 @@ def _check_size(experiment: Experiment, options: Options) -> None:
     tune = experiment.tune
     recipes = experiment.recipes().values()
     sweep = sum(len(tune.points(r)) * tune.seeds for r in recipes) if tune else 0
-    runs = len(experiment.variants) * len(experiment.seeds) + sweep
+    seeds = experiment.max_seeds or len(experiment.seeds)
+    runs = len(experiment.variants) * seeds + sweep
     if runs > LARGE_COMPARISON and not options.yes:
         swept = f", {sweep:,} of them tuning" if sweep else ""
         raise DlkitError(
             f"{experiment.name!r} plans {runs:,} runs ({len(experiment.variants):,} variants x "
-            f"{len(experiment.seeds):,} seeds{swept}), more than {LARGE_COMPARISON}. If that "
+            f"{seeds:,} seeds{swept}), more than {LARGE_COMPARISON}. If that "
             "is the plan, pass --yes (yes=True in Python)."
         )
 
 
-def _plan(experiment: Experiment, recipes: dict[str, Recipe], options: Options) -> list[dict]:
+@dataclasses.dataclass
+class _Seeds:
+    """The seeds each variant trains with, and the looks at the verdicts that added them.
+
+    Without `max_seeds`, every variant trains the experiment's seeds and the
+    verdicts look once. With it, after each round the undecided expectations'
+    variants get a pack's worth more (as many as the experiment starts with),
+    until every expectation is decided, the budget is reached, or more seeds
+    cannot decide (see `dlkit.comparison.sequential`).
+    """
+
+    by_variant: dict[str, list[int]]
+    budget: int | None
+    equivalence: float
+    step: int
+    looks: list[dict]
+    stopped: str = ""
+
+    @classmethod
+    def start(cls, experiment: Experiment, plan_text: str | None) -> _Seeds:
+        """The first round: the experiment's seeds, or, resuming a parent that added seeds,
+        where it stopped, with its looks kept (what they spent stays spent)."""
+        labels = [variant.label for variant in experiment.variants]
+        by_variant = {label: list(experiment.seeds) for label in labels}
+        looks: list[dict] = []
+        earlier = json.loads(plan_text) if plan_text else {}
+        record = earlier.get("sequential") or {}
+        if experiment.max_seeds and record.get("looks"):
+            looks = record["looks"]
+            for entry in earlier.get("runs", []):
+                seeds = by_variant.get(entry["variant"])
+                if seeds is not None and entry["seed"] not in seeds:
+                    seeds.append(entry["seed"])
+        seeds = cls(by_variant, experiment.max_seeds, experiment.equivalence,
+                    len(experiment.seeds), looks)  # fmt: skip
+        if not looks:
+            seeds.looks.append({"seeds": seeds.all, "budget": seeds.budget or 0})
+        return seeds
+
+    @property
+    def all(self) -> list[int]:
+        return sorted({seed for seeds in self.by_variant.values() for seed in seeds})
+
+    def record(self) -> dict[str, Any]:
+        """What the plan keeps of it, for the report to reach the same verdicts."""
+        return {
+            "max_seeds": self.budget,
+            "equivalence": self.equivalence,
+            "looks": self.looks,
+            "stopped": self.stopped,
+        }
+
+    def more(self, comparison: Comparison, log: Callable[[str], None]) -> bool:
+        """Adds seeds to the variants of undecided expectations; returns whether it did."""
+        if not self.budget:
+            return False
+        open_ = [
+            (verdict, expectation)
+            for verdict, expectation in zip(comparison.expectations, comparison.parsed)
+            if verdict.status == "inconclusive" and not verdict.futile
+        ]
+        if not open_:
+            self.stopped = (
+                "every expectation decided"
+                if not any(v.futile for v in comparison.expectations)
+                else "more seeds cannot decide what is open"
+            )
+            return False
+        labels = {label for _, e in open_ for label in (e.left, e.right) if isinstance(label, str)}
+        have = max(len(self.by_variant[label]) for label in labels)
+        if have >= self.budget:
+            self.stopped = f"the budget of {self.budget} seeds is reached"
+            return False
+        count = min(self.step, self.budget - have)
+        first = max(self.all) + 1
+        added = list(range(first, first + count))
+        for label in labels:
+            self.by_variant[label] += added
+        self.looks.append({"seeds": self.all, "budget": self.budget})
+        log(
+            f"{plural(len(open_), 'expectation')} undecided after {plural(have, 'seed')}: "
+            f"adding {plural(count, 'seed')} to {', '.join(sorted(labels))} "
+            f"(look {len(self.looks)}, budget {self.budget})."
+        )
+        return True
+
+
+def _plan(
+    experiment: Experiment,
+    recipes: dict[str, Recipe],
+    options: Options,
+    seeds: dict[str, list[int]],
+) -> list[dict]:
     return [
         {
             "variant": variant.label,
@@ -372,7 +474,7 @@ def _plan(experiment: Experiment, recipes: dict[str, Recipe], options: Options) 
             ),
         }
         for variant in experiment.variants
-        for seed in experiment.seeds
+        for seed in seeds[variant.label]
     ]
 
 
@@ -568,6 +670,7 @@ def _context(experiment: Experiment, recipes: dict[str, Any], data: Any) -> dict
         "validation_size": info.validation_size,
         "test_size": info.test_size,
         "seeds": list(experiment.seeds),
+        "split": experiment.data.split,
         "epochs": sorted({recipe.epochs for recipe in recipes.values()}),
         "precision": sorted({recipe.precision for recipe in recipes.values()}),
         "versions": {
@@ -586,9 +689,11 @@ def _log_plan(
     plan: list[dict],
     context: dict[str, Any],
     tuning: dict[str, Any] | None = None,
+    sequential: dict[str, Any] | None = None,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
         content = {
+            "sequential": sequential,
             "name": experiment.name,
             "question": experiment.question,
             "expect": list(experiment.expect),

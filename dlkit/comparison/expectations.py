@@ -262,8 +262,10 @@ def evaluate(
         status = "equivalent"
     futile = status == "inconclusive" and _futile(e, difference, parts, run.level)
     seeds_needed = None if looks[-1].budget else _seeds_needed(status, distance, parts, n)
-    a_values = [a[s] for s in seeds if s in a]
-    b_values = [b[s] for s in seeds if s in b] if b else [e.right]
+    # The means shown are over the seeds the difference is: under pairing, both sides'.
+    shown = [s for s in seeds if s in a and (not paired or not b or s in b)]
+    a_values = [a[s] for s in shown]
+    b_values = [b[s] for s in seeds if s in b and (not paired or s in a)] if b else [e.right]
     detail = (
         f"{e.metric}: {e.left} {np.mean(a_values):.4g} vs {name} {np.mean(b_values):.4g}, "
         f"difference {difference:+.4g}, {_percent(run.level)} interval "
@@ -274,7 +276,12 @@ def evaluate(
     elif not paired and parts["seeds"] is None:
         detail += "; one seed: the interval covers only the test set's sampling error"
     p = (math.nan,) * 3
-    if odds and e.op != "~" and not isinstance(right, float) and min(len(a_values), len(b_values)) > 1:
+    if (
+        odds
+        and e.op != "~"
+        and not isinstance(right, float)
+        and min(len(a_values), len(b_values)) > 1
+    ):
         p = (
             probability_better(a_values, b_values)
             if e.op == ">"

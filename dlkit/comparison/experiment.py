@@ -22,7 +22,7 @@ import yaml
 from dlkit.comparison.options import MAX_SEED, MAX_SEEDS, Options
 from dlkit.comparison.tuning import Tune, parse_tune
 from dlkit.comparison.tuning import with_options as tune_with_options
-from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpec
+from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, SPLITS, DataSpec
 from dlkit.errors import DlkitError, closest
 from dlkit.recipes.recipe import Recipe, coerce_overrides, get_recipe
 
@@ -38,8 +38,10 @@ TOP_KEYS = (
     "gradient_norms",
     "published",
     "tune",
+    "max_seeds",
+    "equivalence",
 )
-DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split")
+DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split", "split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
 GRID_KEYS = ("recipe", "axes")
 MAX_NAME = 100
@@ -75,6 +77,11 @@ class Experiment:
             the measured one in the report.
         tune: What to tune for each variant before its seeds train (see
             `dlkit.comparison.tuning`); `None` trains each as given.
+        max_seeds: Add seeds, a pack's worth at a time, while an expectation is
+            undecided, up to this many per variant (see
+            `dlkit.comparison.sequential`); `None` trains `seeds` only.
+        equivalence: A `>` or `<` on an accuracy-scale metric whose interval lies
+            inside ±this is decided "equivalent". Defaults to `0.01`.
         path: The file it was read from, if any.
     """
 
@@ -88,6 +95,8 @@ class Experiment:
     gradient_norms: bool = False
     published: dict[str, float] = dataclasses.field(default_factory=dict)
     tune: Tune | None = None
+    max_seeds: int | None = None
+    equivalence: float = 0.01
     path: str | None = None
 
     def recipes(self) -> dict[str, Recipe]:
@@ -120,6 +129,7 @@ class Experiment:
             "train_offset": options.train_offset,
             "validation_split": options.validation_split,
             "data_dir": options.data_dir,
+            "split": options.split,
         }
         data = dataclasses.replace(
             self.data,
@@ -145,7 +155,19 @@ class Experiment:
                 self.gradient_norms if options.gradient_norms is None else options.gradient_norms
             ),
             tune=tune_with_options(self.tune, options.tune, options.tune_seeds),
+            max_seeds=_max_seeds(
+                self.max_seeds if options.max_seeds is None else options.max_seeds, "--max-seeds"
+            ),
+            equivalence=_equivalence(
+                self.equivalence if options.equivalence is None else options.equivalence,
+                "--equivalence",
+            ),
         )
+        if experiment.max_seeds is not None and experiment.max_seeds < len(experiment.seeds):
+            raise DlkitError(
+                f"max_seeds ({experiment.max_seeds}) is below the {len(experiment.seeds)} seeds "
+                "the comparison starts with. Raise max_seeds or give fewer seeds."
+            )
         experiment.recipes()  # validate the result before anything trains
         return experiment
 
@@ -273,6 +295,8 @@ def parse_experiment(
         gradient_norms=gradient_norms,
         published=published,
         tune=parse_tune(raw.get("tune")),
+        max_seeds=_max_seeds(raw.get("max_seeds"), "max_seeds"),
+        equivalence=_equivalence(raw.get("equivalence", 0.01), "equivalence"),
         path=path,
     )
     experiment.recipes()
@@ -284,6 +308,26 @@ def parse_experiment(
         except DlkitError as error:
             raise DlkitError(f"expect[{i}]: {error}") from None
     return experiment
+
+
+def _max_seeds(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_SEEDS:
+        raise DlkitError(
+            f"{where}: expected a whole number of seeds from 2 to {MAX_SEEDS:,}. "
+            f"Received: {value!r}"
+        )
+    return value
+
+
+def _equivalence(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise DlkitError(
+            f"{where}: expected a margin above 0 and below 1 (0.01 is one point of accuracy). "
+            f"Received: {value!r}"
+        )
+    return float(value)
 
 
 def _variants(raw: dict[str, Any]) -> list[Variant]:
@@ -519,8 +563,15 @@ def _data_spec(raw: Any) -> DataSpec:
         raise DlkitError(
             f"dataset.validation_split: expected a number in [0, 1). Received: {split!r}"
         )
+    mode = raw.get("split", "fixed")
+    if mode not in SPLITS:
+        raise DlkitError(f"dataset.split: expected one of {', '.join(SPLITS)}. Received: {mode!r}")
     return DataSpec(
-        source=source, train_size=train_size, train_offset=offset, validation_split=float(split)
+        source=source,
+        train_size=train_size,
+        train_offset=offset,
+        validation_split=float(split),
+        split=mode,
     )
 
 

@@ -38,6 +38,12 @@ class Options:
             `tune:`. `False` trains every variant as given. Defaults to `None`.
         tune_seeds: Seeds per point of the sweep. Defaults to `None` (the
             file's, else 2).
+        split: `"fixed"` or `"random"` data splits (see `DataSpec`). Defaults
+            to `None` (the file's, else `"fixed"`).
+        max_seeds: Add seeds while an expectation is undecided, up to this many
+            per variant. Defaults to `None` (the file's, else none added).
+        equivalence: The margin within which a `>` or `<` on accuracy reads
+            "equivalent". Defaults to `None` (the file's, else 0.01).
         data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`).
         download: Let TFDS download data. Defaults to `True`.
         force: Retrain everything in a new parent run. Defaults to `False`.
@@ -91,6 +97,9 @@ class Options:
     gradient_norms: bool | None = None
     tune: Mapping[str, Sequence[float] | None] | bool | None = None
     tune_seeds: int | None = None
+    split: str | None = None
+    max_seeds: int | None = None
+    equivalence: float | None = None
     data_dir: str | None = None
     download: bool = True
     force: bool = False

@@ -17,10 +17,11 @@ import pandas as pd
 import dlkit
 from dlkit import keys
 from dlkit.comparison.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
+from dlkit.comparison.sequential import Look
 from dlkit.comparison.tuning import point_label
 from dlkit.errors import DlkitError
 from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
-from dlkit.text import plural, text_table
+from dlkit.text import plural, text_table, wrap
 
 if TYPE_CHECKING:
     from dlkit.tracking.tracker import RunRecord, Tracker
@@ -71,6 +72,7 @@ class Comparison:
         correct: dict[str, list[np.ndarray]] | None = None,
         context: dict | None = None,
         tuning: dict | None = None,
+        sequential: dict | None = None,
     ):
         self.name = name
         self.question = question
@@ -92,7 +94,20 @@ class Comparison:
             self.table["published_accuracy"] = self.table["variant"].map(self.published)
         labels = list(self.table["variant"])
         samples = samples_by_variant(runs, self.table, correct or {})
-        self.expectations = [evaluate(parse_expectation(e, labels), samples) for e in expect]
+        # How seeds were added: the looks, the budget, the equivalence margin (see `sequential`).
+        self.sequential = sequential or {}
+        looks = [Look.of(look) for look in self.sequential.get("looks", [])]
+        self.parsed = [parse_expectation(e, labels) for e in expect]
+        self.expectations = [
+            evaluate(
+                e,
+                samples,
+                looks=looks,
+                paired=self.context.get("split") == "random",
+                equivalence=self.sequential.get("equivalence"),
+            )
+            for e in self.parsed
+        ]
 
     @property
     def failed(self) -> int:
@@ -140,6 +155,27 @@ class Comparison:
 
         return plot_gradient_norms(self.gradients)
 
+    def how_decided(self, verdict: Verdict) -> str:
+        """How a verdict was reached: the seeds, the looks, and why the seeds stopped there."""
+        budget = self.sequential.get("max_seeds")
+        seeds = f"{plural(verdict.seeds, 'seed')}" + (
+            " (paired on their random splits)" if self.context.get("split") == "random" else ""
+        )
+        if verdict.status == "unchecked":
+            return "not checked"
+        if not budget:
+            return f"{seeds}, one look"
+        looks = plural(verdict.looks, "look")
+        if verdict.decided:
+            return f"decided at look {verdict.looks}, budget {budget}; {seeds}"
+        if verdict.futile:
+            return (
+                f"{seeds}, {looks}; stopped: the fixed test set's sampling error alone keeps "
+                "it open, so more seeds cannot decide it"
+            )
+        reason = self.sequential.get("stopped", "")
+        return f"{seeds}, {looks}; stopped: {reason or f'the budget of {budget} seeds'}"
+
     def format(self) -> str:
         """Returns the report as terminal text: table, failures, expectations."""
         lines = [f"{self.name}: {self.question}".rstrip(": ")]
@@ -156,8 +192,11 @@ class Comparison:
             lines.append("")
             lines.append(f"Expectations ({self.how_compared()}):")
             for verdict in self.expectations:
-                mark = verdict.status.upper()
-                lines.append(f"  [{mark}] {verdict.expectation}  ({verdict.detail})")
+                text = (
+                    f"[{verdict.status.upper()}] {verdict.expectation}: {self.how_decided(verdict)}"
+                )
+                lines += wrap(text, initial="  ", subsequent="      ")
+                lines += wrap(verdict.detail, initial="      ", subsequent="      ")
         if self.replication is not None:
             lines += [
                 "",
@@ -191,7 +230,10 @@ class Comparison:
             lines += ["", f"Expectations ({self.how_compared()}):", ""]
             for verdict in self.expectations:
                 mark = {"contradicted": "**contradicted**"}.get(verdict.status, verdict.status)
-                lines.append(f"- `{verdict.expectation}`: {mark} ({verdict.detail})")
+                lines.append(
+                    f"- `{verdict.expectation}`: {mark}, {self.how_decided(verdict)} "
+                    f"({verdict.detail})"
+                )
         if self.replication is not None and self.expectations:
             rows = self._side_by_side()
             lines += ["", "Verdicts on both slices:", ""]
@@ -485,6 +527,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         correct={variant: runs for variant, runs in correct.items() if runs},
         context=plan.get("context"),
         tuning=plan.get("tuning"),
+        sequential=plan.get("sequential"),
     )
 
 

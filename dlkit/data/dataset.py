@@ -23,6 +23,7 @@ from dlkit.errors import DlkitError
 
 DEFAULT_SOURCE = "mnist"
 DEFAULT_VALIDATION_SPLIT = 0.1
+SPLITS = ("fixed", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,11 @@ class DataSpec:
             else `~/tensorflow_datasets`).
         download: Let TFDS download data that is not prepared.
             Defaults to `True`.
+        split: `"fixed"`: the source's own test set, and the validation split
+            from the training pool's end, the same for every seed. `"random"`:
+            each seed draws its own stratified partition of all the source's
+            examples, of the same sizes, shared by every variant at that seed
+            (Bouthillier et al. 2021). Defaults to `"fixed"`.
     """
 
     source: str = DEFAULT_SOURCE
@@ -51,6 +57,18 @@ class DataSpec:
     validation_split: float = DEFAULT_VALIDATION_SPLIT
     data_dir: str | None = None
     download: bool = True
+    split: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise DlkitError(
+                f"dataset split must be one of: {', '.join(SPLITS)}. Received: {self.split!r}"
+            )
+        if self.split == "random" and self.train_offset:
+            raise DlkitError(
+                "train_offset picks a slice of the fixed split; a random split draws each "
+                "seed's own examples from the whole source. Drop one of the two."
+            )
 
     def identity(self) -> dict[str, Any]:
         """Returns the fields that decide which examples are read (what a config hash covers)."""
@@ -61,12 +79,19 @@ class DataSpec:
         }
         if self.train_offset:  # left out at 0, so runs from before the field still resume
             identity["train_offset"] = self.train_offset
+        if self.split != "fixed":  # left out when fixed, so earlier runs still resume
+            identity["split"] = self.split
         return identity
 
-    def load(self) -> Dataset:
+    def load(self, seed: int = 0) -> Dataset:
         """Loads the dataset. Its examples are read once per process (every child of a
-        comparison shares them, read-only); each call returns a `Dataset` of its own."""
-        return _load_cached(self).copy()
+        comparison shares them, read-only); each call returns a `Dataset` of its own.
+
+        Args:
+            seed: Under a `"random"` split, the seed whose partition to serve (the
+                sizes are every seed's). Ignored under `"fixed"`. Defaults to `0`.
+        """
+        return _load_cached(self, seed if self.split == "random" else 0).copy()
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -76,7 +101,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(spec: DataSpec) -> Dataset:
+def _load_cached(spec: DataSpec, seed: int) -> Dataset:
     return load_dataset(
         spec.source,
         train_size=spec.train_size,
@@ -84,7 +109,17 @@ def _load_cached(spec: DataSpec) -> Dataset:
         validation_split=spec.validation_split,
         data_dir=spec.data_dir,
         download=spec.download,
+        split=spec.split,
+        split_seed=seed,
     )
+
+
+def _read_source(source: str, data_dir: str | None, download: bool) -> tuple:
+    """A source's reader, its checked arrays and its class count."""
+    reader = find_source(source)
+    arrays = reader.read(source, data_dir=data_dir, download=download)
+    *checked, num_classes = check_arrays(reader.dataset_name(source), *arrays)
+    return reader, tuple(checked), num_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +317,8 @@ def load_dataset(
     download: bool = True,
     batch_size: int = 128,
     seed: int = 0,
+    split: str = "fixed",
+    split_seed: int = 0,
 ) -> Dataset:
     """Loads a dataset, checks it, and splits it into train, validation and test.
 
@@ -308,6 +345,11 @@ def load_dataset(
         batch_size: Batch size of the `train`, `validation` and `test`
             pipelines. Defaults to `128`.
         seed: Shuffle seed of the `train` pipeline. Defaults to `0`.
+        split: `"fixed"` (the source's test set; validation from the training
+            pool's end) or `"random"`: a stratified partition of all the
+            source's examples drawn from `split_seed`, with the sizes the fixed
+            split has. Defaults to `"fixed"`.
+        split_seed: The random split's seed. Defaults to `0`.
 
     Returns:
         A `Dataset`.
@@ -323,12 +365,11 @@ def load_dataset(
     ((64,), 500)
     """
     _check_split_options(validation_split, train_size, train_offset)
-    reader = find_source(source)
-    name = reader.dataset_name(source)
-    x_train, y_train, x_test, y_test = reader.read(source, data_dir=data_dir, download=download)
-    x_train, y_train, x_test, y_test, num_classes = check_arrays(
-        name, x_train, y_train, x_test, y_test
+    DataSpec(source, train_size, train_offset, validation_split, split=split)  # checks split
+    reader, (x_train, y_train, x_test, y_test), num_classes = _read_source(
+        source, data_dir, download
     )
+    name = reader.dataset_name(source)
     input_max = 255.0 if x_train.dtype == np.uint8 else float(np.abs(x_train).max()) or 1.0
     image_shape = _image_shape(x_train.shape[1:])
     if flatten:
@@ -345,6 +386,8 @@ def load_dataset(
         "validation": (x_train[pool:], y_train[pool:]),
         "test": (x_test, y_test),
     }
+    if split == "random":
+        splits = _random_split(x_train, y_train, x_test, y_test, n_train, n_val, split_seed)
     info = DatasetInfo(
         name=name,
         source=reader.describe(source),
@@ -358,6 +401,27 @@ def load_dataset(
         image_shape=image_shape,
     )
     return Dataset(info, splits, batch_size=batch_size, seed=seed)
+
+
+def _random_split(x_train, y_train, x_test, y_test, n_train, n_val, seed) -> dict:
+    """A stratified partition of all the examples into train, validation and test of these
+    sizes (test as large as the source's own), drawn from `seed`."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+    index = np.arange(len(y))
+    rest, test = train_test_split(index, test_size=len(y_test), stratify=y, random_state=seed)
+    if n_train + n_val < len(rest):
+        rest, _ = train_test_split(
+            rest, train_size=n_train + n_val, stratify=y[rest], random_state=seed
+        )
+    train, validation = rest, rest[:0]
+    if n_val:
+        train, validation = train_test_split(
+            rest, test_size=n_val, stratify=y[rest], random_state=seed
+        )
+    parts = {"train": train, "validation": validation, "test": test}
+    return {name: (x[np.sort(part)], y[np.sort(part)]) for name, part in parts.items()}
 
 
 def _check_split_options(

@@ -40,9 +40,10 @@ def units(
     with `at_once` packs training at the same time on this machine).
 
     Children pack when their recipes share a `pack_shape` and their runs a
-    parent. One trains alone, with Keras's own `fit`, when `size` is 1, its
-    recipe is not `packable`, it logs gradient norms (a Keras callback), or
-    it trains on several devices.
+    parent (and, under a random split, their seed: the seed draws the data).
+    One trains alone, with Keras's own `fit`, when `size` is 1, its recipe is
+    not `packable`, it logs gradient norms (a Keras callback), or it trains on
+    several devices.
     """
     groups: dict[object, list[ChildSpec]] = {}
     for i, spec in enumerate(specs):
@@ -50,7 +51,9 @@ def units(
         alone = size == 1 or trains_alone(
             recipe, gradient_norms=spec.gradient_norms, devices=spec.devices
         )
-        key = ("alone", i) if alone else (pack_shape(recipe), spec.parent_id)
+        # Under a random split each seed reads its own examples: its members pack together.
+        own_data = spec.seed if spec.data.get("split") == "random" else None
+        key = ("alone", i) if alone else (pack_shape(recipe), spec.parent_id, own_data)
         groups.setdefault(key, []).append(spec)
     found = []
     for key, members in groups.items():

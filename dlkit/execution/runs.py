@@ -410,7 +410,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
     start = time.perf_counter()
     load_tensorflow()  # without its start-up chatter, unless it is loaded already
     recipe = Recipe(**spec.recipe)
-    data = DataSpec(**spec.data).load()
+    data = DataSpec(**spec.data).load(spec.seed)
     tracker = _tracker(spec.tracking_uri, spec.experiment)
     run_tags = {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **spec.tags}
     run_id = None
@@ -470,7 +470,7 @@ def run_pack(
     start = time.perf_counter()
     load_tensorflow()
     first = specs[0]
-    data = DataSpec(**first.data).load()
+    data = DataSpec(**first.data).load(first.seed)  # a random split: one seed's pack
     members = tracked_pack(
         _tracker(first.tracking_uri, first.experiment),
         [Recipe(**spec.recipe) for spec in specs],
