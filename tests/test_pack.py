@@ -291,3 +291,30 @@ def test_a_signal_inside_a_finalizer_while_tensorflow_traces_stops_the_pack_clea
     with pytest.raises(signals.Interrupted), signals.handled(signal.SIGINT):
         train_pack([SMALL.replace(epochs=50)] * 2, [0, 1], digits)
     assert sent and not unraisable, [u.exc_value for u in unraisable]
+
+
+def test_members_on_their_own_random_splits_train_as_each_on_its_split_alone():
+    # Under a random split each seed reads its own partition: the pack holds the pooled
+    # examples once and each member gathers (and is scored on) its own.
+    from dlkit.data.dataset import DataSpec
+
+    spec = DataSpec("digits", train_size=300, split="random")
+    splits = [spec.load(seed) for seed in (0, 4, 9)]
+    recipe = SMALL.replace(dropout=0.2, epochs=2, normalization="scale")
+    among = fit_pack([recipe] * 3, splits, [0, 4, 9])
+    for k, (split, seed) in enumerate(zip(splits, (0, 4, 9))):
+        alone = fit_pack([recipe], split, [seed])[0]
+        assert_same_weights(alone.model, among[k].model, atol=PACK_SIZE_ROUNDING)
+        assert alone.test_accuracy == pytest.approx(among[k].test_accuracy, abs=1 / 359)
+        assert np.mean(alone.test_correct == among[k].test_correct) > 0.99
+        keras_says = alone.model.evaluate(*split.tensors("test"), verbose=0)[1]
+        assert alone.test_accuracy == pytest.approx(keras_says, abs=1.5 / 359)  # its own split
+    # another split is another result: a member did not read the first one's examples
+    assert not np.array_equal(among[0].test_correct, among[1].test_correct)
+
+
+def test_a_pack_refuses_datasets_that_share_no_pool(digits):
+    from dlkit.data.dataset import DataSpec
+
+    with pytest.raises(DlkitError, match="random splits of one pool"):
+        fit_pack([SMALL, SMALL], [digits, DataSpec("digits", split="random").load(1)], [0, 1])

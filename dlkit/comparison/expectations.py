@@ -229,42 +229,25 @@ def evaluate(
         otherwise.
     """
     e = expectation
-    diverged = [
-        label
-        for label in (e.left, e.right)
-        if isinstance(label, str) and samples.get(label, Sample({})).diverged
-    ]
-    if diverged:
-        return _with_divergence(e, diverged)
-    left = samples.get(e.left, Sample({}))
-    right = e.right if isinstance(e.right, float) else samples.get(e.right, Sample({}))
-    name = e.right if isinstance(e.right, str) else "the threshold"
+    sides = _sides(e, samples)
+    if isinstance(sides, Verdict):
+        return sides
+    left, right, name = sides
     a = left.by_seed(e.metric)
     b = {} if isinstance(right, float) else right.by_seed(e.metric)
-    if not a or (not b and not isinstance(right, float)):
-        return Verdict(e.text, "unchecked", f"cannot check: no finished run for {e.left} or {name}")
     if e.metric not in ACCURACY_SCALE or e.op == "~":
         equivalence = None
     seeds = sorted(set(a) | set(b))
     looks = list(looks) if looks else [Look(tuple(seeds), 0)]
-    computed = [
-        _look(e, left, right, [s for s in look.seeds if s in seeds], paired) for look in looks
-    ]
-    intervals = [
-        (n, look.budget or n, center, se, df)
-        for look, (n, center, se, df, _) in zip(looks, computed)
-    ]
-    run = running_interval(intervals, lambda low, high: _settles(e, low, high, equivalence))
-    n, center, _, _, parts = computed[-1]
-    difference, low, high = center, run.low, run.high
+    run, (n, difference, _, _, parts) = _looked(e, left, right, looks, paired, equivalence)
+    low, high = run.low, run.high
     status, distance = _decide(e, difference, low, high)
     if status == "inconclusive" and _equivalent(low, high, equivalence):
         status = "equivalent"
     futile = status == "inconclusive" and _futile(e, difference, parts, run.level)
     seeds_needed = None if looks[-1].budget else _seeds_needed(status, distance, parts, n)
     # The means shown are over the seeds the difference is: under pairing, both sides'.
-    shown = [s for s in seeds if s in a and (not paired or not b or s in b)]
-    a_values = [a[s] for s in shown]
+    a_values = [a[s] for s in seeds if s in a and (not paired or not b or s in b)]
     b_values = [b[s] for s in seeds if s in b and (not paired or s in a)] if b else [e.right]
     detail = (
         f"{e.metric}: {e.left} {np.mean(a_values):.4g} vs {name} {np.mean(b_values):.4g}, "
@@ -279,51 +262,75 @@ def evaluate(
     if (
         odds
         and e.op != "~"
-        and not isinstance(right, float)
-        and min(len(a_values), len(b_values)) > 1
+        and isinstance(right, Sample)
+        and min(map(len, (a_values, b_values))) > 1
     ):
-        p = (
-            probability_better(a_values, b_values)
-            if e.op == ">"
-            else probability_better(b_values, a_values)
-        )
-        word = "beats" if e.op == ">" else "is below"
-        detail += (
-            f"; P({e.left} {word} {e.right}) over seed pairs {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
-        )
-        if status == "inconclusive" and not paired and p[0] in (0.0, 1.0):
-            detail += (
-                " (the seed pairs agree, but on one fixed test set; the interval also counts "
-                "how much another test sample could move the difference)"
-            )
+        p, text = _odds(e, a_values, b_values, fixed_test=status == "inconclusive" and not paired)
+        detail += text
     margin = math.nan
     if status == "inconclusive" and e.op != "~" and math.isfinite(low):
         margin = max(abs(low), abs(high))
         if low <= 0 <= high:
             detail += f"; no difference beyond ±{margin:.2g}"
     if status == "inconclusive" and math.isfinite(low) and not looks[-1].budget:
-        detail += (
-            f"; about {seeds_needed} seeds per variant would likely decide it"
-            if seeds_needed
-            else "; more seeds alone would not decide it"
-            if paired or parts["seeds"] is not None
-            else "; run at least 3 seeds to see the spread"
-        )
+        detail += _more_seeds(seeds_needed, known_spread=paired or parts["seeds"] is not None)
     return Verdict(
-        e.text,
-        status,
-        detail,
-        difference,
-        low,
-        high,
-        seeds_needed,
-        *p,
-        seeds=n,
-        looks=run.looks,
-        decided_at=run.decided_at,
-        margin=margin,
-        futile=futile,
-    )
+        e.text, status, detail, difference, low, high, seeds_needed, *p,
+        seeds=n, looks=run.looks, decided_at=run.decided_at, margin=margin, futile=futile,
+    )  # fmt: skip
+
+
+def _looked(e, left, right, looks: list[Look], paired: bool, equivalence: float | None):
+    """The running interval over the looks, and the last look's `_look`."""
+    computed = [_look(e, left, right, list(look.seeds), paired) for look in looks]
+    intervals = [
+        (n, look.budget or n, center, se, df)
+        for look, (n, center, se, df, _) in zip(looks, computed)
+    ]
+    run = running_interval(intervals, lambda low, high: _settles(e, low, high, equivalence))
+    return run, computed[-1]
+
+
+def _sides(e: Expectation, samples: dict[str, Sample]) -> tuple | Verdict:
+    """The two sides' samples (or the threshold) and the right side's name; or the verdict
+    when one side diverged or has no finished run."""
+    diverged = [
+        label
+        for label in (e.left, e.right)
+        if isinstance(label, str) and samples.get(label, Sample({})).diverged
+    ]
+    if diverged:
+        return _with_divergence(e, diverged)
+    left = samples.get(e.left, Sample({}))
+    right = e.right if isinstance(e.right, float) else samples.get(e.right, Sample({}))
+    name = e.right if isinstance(e.right, str) else "the threshold"
+    if not left.by_seed(e.metric) or (isinstance(right, Sample) and not right.by_seed(e.metric)):
+        return Verdict(e.text, "unchecked", f"cannot check: no finished run for {e.left} or {name}")
+    return left, right, name
+
+
+def _odds(
+    e: Expectation, a: list[float], b: list[float], *, fixed_test: bool
+) -> tuple[tuple[float, float, float], str]:
+    """P(a run of one side beats one of the other), in the expectation's direction, and its
+    words; where every seed pair agrees but the verdict is open on a fixed test set, why."""
+    p = probability_better(a, b) if e.op == ">" else probability_better(b, a)
+    word = "beats" if e.op == ">" else "is below"
+    text = f"; P({e.left} {word} {e.right}) over seed pairs {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
+    if fixed_test and p[0] in (0.0, 1.0):
+        text += (
+            " (the seed pairs agree, but on one fixed test set; the interval also counts "
+            "how much another test sample could move the difference)"
+        )
+    return p, text
+
+
+def _more_seeds(needed: int | None, *, known_spread: bool) -> str:
+    if needed:
+        return f"; about {needed} seeds per variant would likely decide it"
+    if known_spread:
+        return "; more seeds alone would not decide it"
+    return "; run at least 3 seeds to see the spread"
 
 
 def _look(

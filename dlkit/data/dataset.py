@@ -102,6 +102,8 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(spec: DataSpec, seed: int) -> Dataset:
+    if seed:  # a random split's other seeds: the same pooled examples, partitioned anew
+        return _load_cached(spec, 0).resplit(seed)
     return load_dataset(
         spec.source,
         train_size=spec.train_size,
@@ -163,6 +165,8 @@ class Dataset:
         *,
         batch_size: int = 128,
         seed: int = 0,
+        pool: tuple[np.ndarray, np.ndarray] | None = None,
+        pool_index: dict[str, np.ndarray] | None = None,
     ):
         self.info = info
         self.batch_size = batch_size
@@ -171,6 +175,13 @@ class Dataset:
         self._arrays = {split: tuple(_read_only(a) for a in xy) for split, xy in splits.items()}
         self._tensors: dict[str, Any] = {}
         self._digests: dict[str, str] = {}
+        # A random split's pooled examples (every split's, shared read-only by each seed's
+        # Dataset) and where each split's examples sit in them; None for a fixed split.
+        self.pool = None if pool is None else tuple(_read_only(a) for a in pool)
+        self.pool_index = None
+        if pool_index is not None:
+            self.pool_index = {split: _read_only(index) for split, index in pool_index.items()}
+        self._pool_tensors = None
         x_train = splits["train"][0].reshape(len(splits["train"][0]), -1).astype(np.float64)
         self.input_mean = _read_only(x_train.mean(axis=0).astype(np.float32))
         self.input_variance = _read_only(x_train.var(axis=0).astype(np.float32))
@@ -179,6 +190,40 @@ class Dataset:
         """Whether `other` holds these very examples: it is this dataset or a copy of it
         (two loads of one `DataSpec` in a process are)."""
         return self._arrays is other._arrays
+
+    def same_pool(self, other: Dataset) -> bool:
+        """Whether `other` is a random split of the very examples this one partitions."""
+        return (
+            self.pool is not None
+            and other.pool is not None
+            and self.pool[0].base is other.pool[0].base
+        )
+
+    def resplit(self, seed: int) -> Dataset:
+        """Returns this random split's examples partitioned anew under `seed`: the same
+        sizes, the same pooled examples (shared, read-only), another stratified draw."""
+        if self.pool is None:
+            raise ValueError("resplit needs a dataset loaded with split='random'.")
+        x, y = self.pool
+        info = self.info
+        index = _random_index(y, info.train_size, info.validation_size, info.test_size, seed)
+        splits = {split: (x[i], y[i]) for split, i in index.items()}
+        return Dataset(
+            info, splits, batch_size=self.batch_size, seed=self.seed, pool=self.pool,
+            pool_index=index,
+        )  # fmt: skip
+
+    def pool_tensors(self):
+        """The pooled examples as TensorFlow tensors `(x, one_hot_y)`, made once and kept."""
+        if self._pool_tensors is None:
+            import tensorflow as tf
+
+            x, y = self.pool
+            self._pool_tensors = (
+                tf.constant(x, dtype=tf.float32),
+                tf.one_hot(y, self.info.num_classes, dtype=tf.float32),
+            )
+        return self._pool_tensors
 
     def copy(self) -> Dataset:
         """Returns a dataset of its own over the same read-only examples: changing its
@@ -386,8 +431,11 @@ def load_dataset(
         "validation": (x_train[pool:], y_train[pool:]),
         "test": (x_test, y_test),
     }
+    pool = index = None
     if split == "random":
-        splits = _random_split(x_train, y_train, x_test, y_test, n_train, n_val, split_seed)
+        pool = (np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]))
+        index = _random_index(pool[1], n_train, n_val, len(y_test), split_seed)
+        splits = {name: (pool[0][i], pool[1][i]) for name, i in index.items()}
     info = DatasetInfo(
         name=name,
         source=reader.describe(source),
@@ -400,17 +448,16 @@ def load_dataset(
         train_offset=train_offset,
         image_shape=image_shape,
     )
-    return Dataset(info, splits, batch_size=batch_size, seed=seed)
+    return Dataset(info, splits, batch_size=batch_size, seed=seed, pool=pool, pool_index=index)
 
 
-def _random_split(x_train, y_train, x_test, y_test, n_train, n_val, seed) -> dict:
-    """A stratified partition of all the examples into train, validation and test of these
-    sizes (test as large as the source's own), drawn from `seed`."""
+def _random_index(y: np.ndarray, n_train: int, n_val: int, n_test: int, seed: int) -> dict:
+    """A stratified partition of examples labelled `y` into train, validation and test of
+    these sizes, drawn from `seed`: each split's positions, in ascending order."""
     from sklearn.model_selection import train_test_split
 
-    x, y = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
     index = np.arange(len(y))
-    rest, test = train_test_split(index, test_size=len(y_test), stratify=y, random_state=seed)
+    rest, test = train_test_split(index, test_size=n_test, stratify=y, random_state=seed)
     if n_train + n_val < len(rest):
         rest, _ = train_test_split(
             rest, train_size=n_train + n_val, stratify=y[rest], random_state=seed
@@ -421,7 +468,7 @@ def _random_split(x_train, y_train, x_test, y_test, n_train, n_val, seed) -> dic
             rest, test_size=n_val, stratify=y[rest], random_state=seed
         )
     parts = {"train": train, "validation": validation, "test": test}
-    return {name: (x[np.sort(part)], y[np.sort(part)]) for name, part in parts.items()}
+    return {name: np.sort(part) for name, part in parts.items()}
 
 
 def _check_split_options(

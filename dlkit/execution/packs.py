@@ -40,7 +40,7 @@ def units(
     with `at_once` packs training at the same time on this machine).
 
     Children pack when their recipes share a `pack_shape` and their runs a
-    parent (and, under a random split, their seed: the seed draws the data).
+    parent (and, with standardized inputs under a random split, their seed).
     One trains alone, with Keras's own `fit`, when `size` is 1, its recipe is
     not `packable`, it logs gradient norms (a Keras callback), or it trains on
     several devices.
@@ -51,8 +51,12 @@ def units(
         alone = size == 1 or trains_alone(
             recipe, gradient_norms=spec.gradient_norms, devices=spec.devices
         )
-        # Under a random split each seed reads its own examples: its members pack together.
-        own_data = spec.seed if spec.data.get("split") == "random" else None
+        # Under a random split each seed reads its own examples, and the pack each member's
+        # through its indices; but standardized inputs use each seed's own statistics, which
+        # a pack (one input layer for all) cannot: those pack with their own seed only.
+        own_data = None
+        if spec.data.get("split") == "random" and recipe.normalization == "standardize":
+            own_data = spec.seed
         key = ("alone", i) if alone else (pack_shape(recipe), spec.parent_id, own_data)
         groups.setdefault(key, []).append(spec)
     found = []

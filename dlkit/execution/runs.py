@@ -470,7 +470,8 @@ def run_pack(
     start = time.perf_counter()
     load_tensorflow()
     first = specs[0]
-    data = DataSpec(**first.data).load(first.seed)  # a random split: one seed's pack
+    # Each member's data: one dataset for all under a fixed split, its seed's under a random one.
+    data = [DataSpec(**spec.data).load(spec.seed) for spec in specs]
     members = tracked_pack(
         _tracker(first.tracking_uri, first.experiment),
         [Recipe(**spec.recipe) for spec in specs],
@@ -502,7 +503,7 @@ def _elsewhere(run_id: str, claim: ClaimedElsewhere, start: float) -> ChildResul
 def tracked_pack(
     tracker: Tracker,
     recipes: Sequence[Recipe],
-    data: Dataset,
+    data: Dataset | Sequence[Dataset],
     seeds: Sequence[int],
     *,
     names: Sequence[str],
@@ -521,8 +522,11 @@ def tracked_pack(
     Returns:
         Each member's run id, with its `TrainResult` or the error that failed it.
     """
+    from dlkit.nn.pack import per_member
+
+    datas = per_member(data, len(recipes))
     run_tags = [
-        {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **extra}
+        {keys.RECIPE: recipe.name, keys.DATASET: datas[0].info.name, **extra}
         for recipe, extra in zip(recipes, tags)
     ]
     sweeps = sweeps or [False] * len(recipes)
@@ -533,13 +537,15 @@ def tracked_pack(
         outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True, role=role)
         mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
         for k in mine:
-            _log_start(tracker, run_ids[k], recipes[k], data, seeds[k], params[k], sweep=sweeps[k])
+            _log_start(
+                tracker, run_ids[k], recipes[k], datas[k], seeds[k], params[k], sweep=sweeps[k]
+            )
         # Each member's per-epoch metrics: written every few seconds, the rest with its end.
         curves = tracker.pack_metrics([run_ids[k] for k in mine])
         try:
             trained = _fit_members(
                 [recipes[k] for k in mine],
-                data,
+                [datas[k] for k in mine],
                 [seeds[k] for k in mine],
                 curves,
                 on_epoch,
@@ -551,7 +557,7 @@ def tracked_pack(
             outcomes.update(contested(tracker, parent_id, done, running=False, role=role))
             for k, outcome, sink in zip(mine, trained, curves):
                 if run_ids[k] not in outcomes:
-                    end = functools.partial(_end_member, tracker, run_ids[k], data=data)
+                    end = functools.partial(_end_member, tracker, run_ids[k], data=datas[k])
                     outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k], curves=sink)
         except BaseException:
             for sink in curves:  # an interrupted run keeps the curves it had

@@ -13,6 +13,9 @@ an epoch of every member. Each member still trains as it would alone:
   ReLU) take theirs, chosen element by element;
 - each epoch it reads the training split in the order its seed gives alone
   (`Dataset.epoch_orders`), and its dropout masks come from its own seed;
+- under a random split (`DataSpec(split="random")`) each member reads its own
+  seed's partition: the pack holds the pooled examples once, and each member
+  gathers its batches, and is scored, through its own index sets;
 - its gradient is that of its own loss: the pack minimises the sum of the
   members' losses, and member k's weights appear in member k's loss only;
 - Keras's optimizers update element by element, so each member has its own
@@ -88,18 +91,29 @@ class Pack:
     Args:
         recipes: One recipe per member, all of one `pack_shape`.
         seeds: One seed per member.
-        data: The dataset every member trains on.
+        data: The dataset every member trains on, or one per member: random
+            splits of the same pooled examples (`Dataset.resplit`), whose input
+            layers (scaling, standardizing) agree.
     """
 
     def __init__(
         self,
         recipes: Sequence[Recipe],
         seeds: Sequence[int],
-        data: Dataset,
+        data: Dataset | Sequence[Dataset],
         *,
         compile_update: bool | None = None,
     ):
         _check_members(recipes, seeds)
+        self.datas = per_member(data, len(recipes))
+        data = self.datas[0]
+        # Members on other examples than the first's: each reads the pool through its indices.
+        self.pooled = any(not d.same_examples(data) for d in self.datas)
+        if self.pooled and not all(data.same_pool(d) for d in self.datas):
+            raise DlkitError(
+                "A pack's members train on one dataset, or on random splits of one pool of "
+                "examples (DataSpec(split='random').load(seed)); these are neither."
+            )
         self.recipes = [r.replace(precision=resolve_precision(r.precision)) for r in recipes]
         self.seeds = [int(seed) for seed in seeds]
         self.size = len(self.recipes)
@@ -109,24 +123,22 @@ class Pack:
         # learning rates) start from one model's weights: each is built once.
         built: dict[tuple[Recipe, int], keras.Sequential] = {}
         keys = [(_drawn_alike(recipe), seed) for recipe, seed in zip(self.recipes, self.seeds)]
-        for recipe, seed, key in zip(self.recipes, self.seeds, keys):
+        for recipe, seed, key, own in zip(self.recipes, self.seeds, keys, self.datas):
             if key not in built:
-                built[key] = _built(recipe, seed, data)
+                built[key] = _built(recipe, seed, own)
         self.initial = [built[key] for key in keys]
         # A member built alone is unpacked into that same model (see `unpack`).
         self._own = {k: self.initial[k] for k, key in enumerate(keys) if keys.count(key) == 1}
         # Each seed's data order, drawn once however many members share the seed (a sweep's).
-        seeds = list(dict.fromkeys(self.seeds))
-        orders = []
-        for seed in seeds:
-            keras.utils.set_random_seed(seed)  # tf.data's shuffle reads the global seed too
-            orders.append(data.epoch_orders(seed))
-        rows = tf.constant([seeds.index(seed) for seed in self.seeds])
-        self._orders = iter(
-            tf.data.Dataset.zip(tuple(orders)).map(lambda *o: tf.gather(tf.stack(o), rows))
-        )
+        self._index = {}
+        if self.pooled:  # each member's positions of each split in the pool: [K, n]
+            self._index = {
+                split: tf.constant(np.stack([d.pool_index[split] for d in self.datas]), tf.int64)
+                for split in ("train", "validation", "test")
+            }
+        self._orders = self._epoch_orders()
         self._stack()
-        self.inputs = {split: self._prepared(split) for split in ("train", "validation", "test")}
+        self.inputs = self._inputs()
         # Every stacked variable has the members on its first axis and rank 3 (biases are
         # [K, 1, out]), so one learning rate per member, shaped [K, 1, 1], broadcasts against
         # each of them in the optimizer's elementwise update. Keras takes a callable rate.
@@ -145,14 +157,40 @@ class Pack:
         # this code and Keras's optimizer took a third of a pack's first epoch.
         self._train_epoch = tf.function(self._epoch, autograph=False)
         x, y = self.inputs["train"]
+        own = [self.size] if self.pooled else []  # pooled: each member scores its own examples
         self._score_chunk = tf.function(  # traced once for every split and chunk
             self._score,
             input_signature=[
-                tf.TensorSpec([None, *x.shape[1:]]),
-                tf.TensorSpec([None, y.shape[1]]),
+                tf.TensorSpec([*own, None, *x.shape[1:]]),
+                tf.TensorSpec([*own, None, y.shape[1]]),
             ],
             autograph=False,
         )
+
+    def _epoch_orders(self):
+        """Each member's order of its training examples, epoch after epoch: `[K, n]` per
+        epoch. Each seed's order is drawn once, however many members share the seed."""
+        seeds = list(dict.fromkeys(self.seeds))
+        orders = []
+        for seed in seeds:
+            keras.utils.set_random_seed(seed)  # tf.data's shuffle reads the global seed too
+            orders.append(self.data.epoch_orders(seed))
+        rows = tf.constant([seeds.index(seed) for seed in self.seeds])
+        own = self._index.get("train")
+        return iter(
+            tf.data.Dataset.zip(tuple(orders)).map(
+                lambda *o: _through(tf.gather(tf.stack(o), rows), own)
+            )
+        )
+
+    def _inputs(self) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+        """Each split's examples through the input layers; pooled, the pool for every split
+        (each member reads it through its own indices)."""
+        splits = ("train", "validation", "test")
+        if self.pooled:
+            pool = self._prepared(self.data.pool_tensors())
+            return {split: pool for split in splits}
+        return {split: self._prepared(self.data.tensors(split)) for split in splits}
 
     def _stack(self) -> None:
         per_model = [[la for la in m.layers if isinstance(la, _WEIGHTED)] for m in self.initial]
@@ -176,10 +214,10 @@ class Pack:
         mixed = self.shape.precision == "mixed_bfloat16"
         self.compute_dtype = tf.bfloat16 if mixed else tf.float32
 
-    def _prepared(self, split: str) -> tuple[tf.Tensor, tf.Tensor]:
+    def _prepared(self, tensors: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         # The input layers (flatten, scale, standardize) hold nothing that trains and are
         # the same for every member: each split goes through them once, here.
-        x, y = self.data.tensors(split)
+        x, y = tensors
         first = itertools.takewhile(
             lambda la: not isinstance(la, (*_WEIGHTED, keras.layers.Dropout)),
             self.initial[0].layers,
@@ -320,22 +358,35 @@ class Pack:
 
     def _score(self, x: tf.Tensor, y: tf.Tensor):
         logits = self.forward(x)
-        losses = self.losses(logits, tf.broadcast_to(y[None], tf.shape(logits)))
-        return losses, tf.argmax(logits, -1)
+        if y.shape.rank == 2:  # one batch for all members
+            y = tf.broadcast_to(y[None], tf.shape(logits))
+        return self.losses(logits, y), tf.argmax(logits, -1)
+
+    def labels(self, split: str) -> np.ndarray:
+        """Each member's labels of a split, `[K, n]` (one row for all when not pooled)."""
+        if not self.pooled:
+            return self.data.arrays(split)[1][None]
+        return np.stack([d.arrays(split)[1] for d in self.datas])
 
     def score(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns each member's loss and accuracy on a split, and its predicted classes."""
         x, y = self.inputs[split]
-        n = int(x.shape[0])
+        index = self._index.get(split)
+        n = int(x.shape[0]) if index is None else int(index.shape[1])
         loss = np.zeros(self.size)
         predicted = []
         chunk = max(1, SCORE_CHUNK // self.size)  # each member's activations: the pack's memory
         for start in range(0, n, chunk):
-            losses, classes = self._score_chunk(x[start : start + chunk], y[start : start + chunk])
+            if index is None:
+                xb, yb = x[start : start + chunk], y[start : start + chunk]
+            else:  # each member's own examples of the split
+                rows = index[:, start : start + chunk]
+                xb, yb = tf.gather(x, rows), tf.gather(y, rows)
+            losses, classes = self._score_chunk(xb, yb)
             loss += losses.numpy() * int(classes.shape[1])  # chunks weighted by their size
             predicted.append(classes.numpy())
         predicted = np.concatenate(predicted, axis=1)
-        accuracy = (predicted == self.data.arrays(split)[1][None]).mean(axis=1)
+        accuracy = (predicted == self.labels(split)).mean(axis=1)
         return loss / n, accuracy, predicted
 
     def weights(self, k: int) -> list[np.ndarray]:
@@ -353,13 +404,28 @@ class Pack:
         (or, when members shared that one, or it was unpacked before, one built the same
         way anew): its every other variable (a dropout layer's seed) is as alone. Each call
         returns a model of its own."""
-        model = self._own.pop(k, None) or _built(self.recipes[k], self.seeds[k], self.data)
+        model = self._own.pop(k, None) or _built(self.recipes[k], self.seeds[k], self.datas[k])
         for layer, kernel, bias in zip(
             [la for la in model.layers if isinstance(la, _WEIGHTED)], self.kernels, self.biases
         ):
             layer.kernel.assign(kernel.value[k])
             layer.bias.assign(bias.value[k, 0])
         return compile_model(model, self.recipes[k])
+
+
+def per_member(data: Dataset | Sequence[Dataset], size: int) -> list[Dataset]:
+    """One dataset per member: `data` itself for each, or its own when given a sequence."""
+    if isinstance(data, Dataset):
+        return [data] * size
+    if len(data) != size:
+        raise DlkitError(f"A pack of {size} members needs {size} datasets. Received {len(data)}.")
+    return list(data)
+
+
+def _through(orders: tf.Tensor, index: tf.Tensor | None) -> tf.Tensor:
+    """Each member's epoch order as positions in what the pack gathers from: the order
+    itself, or (pooled) the member's own training examples in that order."""
+    return orders if index is None else tf.gather(index, orders, batch_dims=1)
 
 
 def compiles_update(recipes: Sequence[Recipe], data: Dataset) -> bool:
@@ -397,7 +463,7 @@ def _drawn_alike(recipe: Recipe) -> Recipe:
 def train_pack(
     recipes: Sequence[Recipe],
     seeds: Sequence[int],
-    data: Dataset,
+    data: Dataset | Sequence[Dataset],
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
     models: Sequence[bool] | None = None,
@@ -408,7 +474,7 @@ def train_pack(
     Args:
         recipes: One per member, all of one `pack_shape`.
         seeds: One per member.
-        data: What they train on.
+        data: What they train on: one dataset, or one per member (see `Pack`).
         on_epoch: Called after each epoch with (member index, the epoch's
             metrics, the 1-based epoch) for every member that trained in it.
         models: Whether each member is unpacked into its own Keras model
@@ -445,7 +511,7 @@ def _train(
         began = time.perf_counter()
         loss, accuracy = pack.train_epoch(epoch, active)
         epoch_seconds.append(time.perf_counter() - began)
-        validation = pack.score("validation")[:2] if data.info.validation_size else None
+        validation = pack.score("validation")[:2] if pack.data.info.validation_size else None
         stopped = []
         for k in np.flatnonzero(active):
             logs = _epoch_logs(pack, k, epoch, loss, accuracy, validation)
@@ -492,13 +558,13 @@ def _finish(pack: Pack, members: list[Member], stoppers: list, models: Sequence[
             pack.set_weights(k, stopper.best_weights)  # as Keras does at the end of fit
     test_loss, test_accuracy, predicted = pack.score("test")
     train_accuracy = pack.score("train")[1]
-    y_test = pack.data.arrays("test")[1]
+    y_test = pack.labels("test")
     for k, member in enumerate(members):
         signals.check()
         member.model = pack.unpack(k) if models[k] else None
         member.test = {"loss": float(test_loss[k]), "accuracy": float(test_accuracy[k])}
         member.train_accuracy = float(train_accuracy[k])
-        member.test_correct = predicted[k] == y_test
+        member.test_correct = predicted[k] == y_test[min(k, len(y_test) - 1)]
 
 
 class _EarlyStopping:

@@ -19,7 +19,7 @@ from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_for, compile_model
-from dlkit.nn.pack import train_pack
+from dlkit.nn.pack import per_member, train_pack
 from dlkit.recipes.packing import trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
@@ -370,7 +370,7 @@ def _scores(model: keras.Model, data: Dataset, recipe: Recipe, strategy: Any) ->
 
 def fit_pack(
     recipes: Sequence[Recipe],
-    data: Dataset,
+    data: Dataset | Sequence[Dataset],
     seeds: Sequence[int],
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
@@ -388,7 +388,8 @@ def fit_pack(
 
     Args:
         recipes: One per member.
-        data: A `Dataset` from `load_dataset`.
+        data: A `Dataset` from `load_dataset`, or one per member: each seed's
+            random split of one pool (`DataSpec(split="random").load(seed)`).
         seeds: One per member.
         on_epoch: Called after every epoch with (member index, the epoch's
             metrics, the 1-based epoch). Defaults to `None`.
@@ -402,7 +403,8 @@ def fit_pack(
         For each member in order, its `TrainResult`, or the `TrainingDiverged`
         error that ended it (the others train on).
     """
-    recipes = [_trainable(recipe, data.info) for recipe in recipes]
+    info = per_member(data, len(recipes))[0].info  # the sizes: every member's alike
+    recipes = [_trainable(recipe, info) for recipe in recipes]
     members, wall_time, seconds = train_pack(
         recipes, seeds, data, on_epoch=on_epoch, models=models, compile_update=compile_update
     )
@@ -411,7 +413,7 @@ def fit_pack(
     return [
         _diverged(recipe, member.diverged_at)
         if member.diverged_at
-        else _member_result(recipe, data, seed, member, wall_time / size, timed, size)
+        else _member_result(recipe, info, seed, member, wall_time / size, timed, size)
         for recipe, seed, member in zip(recipes, seeds, members)
     ]
 
@@ -465,8 +467,7 @@ def _diverged(recipe: Recipe, epoch: int | None) -> TrainingDiverged:
     )
 
 
-def _member_result(recipe, data, seed, member, wall_time, timed, size) -> TrainResult:
-    info = data.info
+def _member_result(recipe, info, seed, member, wall_time, timed, size) -> TrainResult:
     epochs_run = len(member.history["loss"])
     return TrainResult(
         recipe=recipe,
