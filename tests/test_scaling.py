@@ -120,15 +120,17 @@ def test_a_remote_cluster_with_a_local_store_is_refused(tracking_uri):
 
 def test_one_training_on_two_logical_cpu_devices(tracking_uri):
     command = [sys.executable, "-m", "dlkit.cli", "train", "deep-relu", "-d", "digits"]
-    command += ["--train-size", "300", "-e", "2", "--set", "width=16", "--set", "depth=2"]
-    command += ["--devices", "2", "--tracking-uri", tracking_uri, "-q"]
+    command += ["--train-size", "300", "-e", "5", "--set", "width=16", "--set", "depth=2"]
+    command += ["--set", "learning_rate=0.03", "--devices", "2", "--tracking-uri", tracking_uri]
+    command += ["-q"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "on 2 CPUs" in done.stdout
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dlkit").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["replicas"] == "2"
-    assert run.data.metrics["test_accuracy"] > 0.1
+    # It learned: one device reaches 0.73-0.76 here (seeds 0-2); chance is 0.1.
+    assert run.data.metrics["test_accuracy"] > 0.6
 
 
 def test_devices_after_tensorflow_started_is_a_clear_error(digits):

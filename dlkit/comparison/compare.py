@@ -756,9 +756,14 @@ def _log_report(
         "runs_finished": len(comparison.runs) - comparison.failed,
         "runs_failed": comparison.failed,
         **{
-            f"expectations_{s}": statuses.count(s) for s in ("held", "contradicted", "inconclusive")
+            f"expectations_{s}": statuses.count(s)
+            for s in ("held", "contradicted", "equivalent", "inconclusive")
         },
+        "training_seconds": comparison.training_seconds,
     }
+    decided = sum(v.decided for v in comparison.expectations)
+    if decided:
+        metrics["training_seconds_per_decided"] = comparison.training_seconds / decided
     if best:
         row = comparison.table.set_index("variant").loc[best]
         metrics["best_test_accuracy"] = float(row["test_accuracy_mean"])

@@ -69,7 +69,7 @@ class Comparison:
         expect: tuple[str, ...] = (),
         gradients: dict[str, list[dict[int, dict[int, float]]]] | None = None,
         published: dict[str, float] | None = None,
-        correct: dict[str, list[np.ndarray]] | None = None,
+        correct: dict[str, dict[int, np.ndarray]] | None = None,
         context: dict | None = None,
         tuning: dict | None = None,
         sequential: dict | None = None,
@@ -197,6 +197,7 @@ class Comparison:
                 )
                 lines += wrap(text, initial="  ", subsequent="      ")
                 lines += wrap(verdict.detail, initial="      ", subsequent="      ")
+            lines += wrap(self.cost(), initial="  ", subsequent="  ")
         if self.replication is not None:
             lines += [
                 "",
@@ -234,6 +235,7 @@ class Comparison:
                     f"- `{verdict.expectation}`: {mark}, {self.how_decided(verdict)} "
                     f"({verdict.detail})"
                 )
+            lines += ["", self.cost()]
         if self.replication is not None and self.expectations:
             rows = self._side_by_side()
             lines += ["", "Verdicts on both slices:", ""]
@@ -246,6 +248,23 @@ class Comparison:
             plots.append("tuning.png")
         lines += ["", *(f"![{name.removesuffix('.png')}]({name})" for name in plots)]
         return "\n".join(lines) + "\n"
+
+    @property
+    def training_seconds(self) -> float:
+        """Seconds the measured runs trained (a packed member counts its share of its pack's
+        time); the tuning sweep, the same whatever the seeds, is not counted."""
+        done = self.runs[self.runs["status"] == "FINISHED"]
+        return float(done["wall_time_s"].fillna(0.0).sum())
+
+    def cost(self) -> str:
+        """How many expectations are decided, and the training seconds per decided one."""
+        decided = sum(verdict.decided for verdict in self.expectations)
+        seconds = self.training_seconds
+        each = f" ({seconds / decided:.1f} s per decided one)" if decided else ""
+        return (
+            f"Decided {decided} of {len(self.expectations)} expectations with "
+            f"{seconds:.1f} s of training of the measured runs{each}."
+        )
 
     def how_compared(self) -> str:
         """Whether the variants were compared tuned (and how) or as given."""
@@ -398,7 +417,7 @@ class Comparison:
 
 
 def samples_by_variant(
-    runs: pd.DataFrame, table: pd.DataFrame, correct: dict[str, list[np.ndarray]]
+    runs: pd.DataFrame, table: pd.DataFrame, correct: dict[str, dict[int, np.ndarray]]
 ) -> dict[str, Sample]:
     """Returns each variant's per-seed results, as the verdicts read them."""
     done = runs[runs["status"] == "FINISHED"].assign(
@@ -409,12 +428,19 @@ def samples_by_variant(
     samples = {}
     for variant in table["variant"]:
         rows = done[done["variant"] == variant]
+        seeds = [int(seed) for seed in rows["seed"]]
         samples[variant] = Sample(
             values={metric: rows[metric].tolist() for metric in METRICS},
-            correct=correct.get(variant, []),
+            # Per-example results only where every finished seed has them (older runs may not).
+            correct=_each(correct.get(variant, {}), seeds),
+            seeds=seeds,
             diverged=bool(diverged[variant]),
         )
     return samples
+
+
+def _each(by_seed: dict[int, np.ndarray], seeds: list[int]) -> list[np.ndarray]:
+    return [by_seed[s] for s in seeds] if all(s in by_seed for s in seeds) else []
 
 
 def _train_accuracy(runs: pd.DataFrame) -> pd.Series:
@@ -503,7 +529,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
         row = _row(entry, child)
         histories.setdefault(entry["variant"], [])
         gradients.setdefault(entry["variant"], [])
-        correct.setdefault(entry["variant"], [])
+        correct.setdefault(entry["variant"], {})
         if child and child.status == "FINISHED":
             history = _history(tracker, child.run_id)
             histories[entry["variant"]].append(history)
@@ -511,7 +537,7 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
                 row["final_accuracy"] = history["accuracy"][-1]
             outcomes = tracker.read_array(child.run_id, CORRECT_ARTIFACT)
             if outcomes is not None:  # runs logged before dlkit kept them have none
-                correct[entry["variant"]].append(outcomes)
+                correct[entry["variant"]][int(entry["seed"])] = outcomes
             if plan.get("gradient_norms"):
                 gradients[entry["variant"]].append(_gradients(tracker, child))
         rows.append(row)

@@ -96,7 +96,7 @@ def running_interval(
     """
     low, high, used, looks = -math.inf, math.inf, 0.0, 0
     for k, (n, budget, center, scale, df) in enumerate(intervals, 1):
-        level = spent(n / budget, alpha) - used
+        level = spent(n / budget, alpha) - used if n else 0.0
         if not (level > 0 and math.isfinite(scale)):
             continue
         used += level
