@@ -1,6 +1,6 @@
 """Regenerates docs/lessons.md from real runs of every lesson in experiments/, on two slices.
 
-    python docs/make_lessons.py --dataset ../shared/data/mnist
+    python docs/make_lessons.py --dataset path/to/mnist
 
 Each lesson is run with `dlkit.compare(..., replicate=True)`: on its training slice, then on the
 next images of the same training pool (a held-out replication). Finished runs in the MLflow store
@@ -209,7 +209,7 @@ Regenerate everything{timing}; finished runs are reused from MLflow, so an inter
 regeneration picks up where it stopped:
 
 ```bash
-python docs/make_lessons.py --dataset ../shared/data/mnist   # or omit --dataset to use TFDS mnist
+python docs/make_lessons.py --dataset path/to/mnist   # or omit --dataset to use TFDS mnist
 ```
 
 These runs train every variant at the learning rate its file sets by hand, as the published
@@ -217,7 +217,7 @@ conditions do. [tuned.md](tuned.md) reruns the lessons whose claim is about an a
 activation, an optimizer or an initialization with each variant at its own best learning rate,
 chosen on validation, and sets each verdict tuned beside the verdict here.
 
-Published numbers these are held against (`../shared/LESSONS.md`): the course's Keras demo
+Published numbers these are held against: the course's Keras demo
 (sigmoid + MSE 11.35%, sigmoid + cross-entropy ~87%, 10 more sigmoid layers ~10%, ReLU 95.64%;
 shown in the first table's *published* column); Keras's `mnist_mlp.py` 98.40% on the full
 60,000 images; Srivastava et al. 2014 (dropout) 1.60% error for a standard net and 1.25% with

@@ -1,7 +1,7 @@
 """Measures packed training against plain Keras, for docs/packs.md and docs/packs.json.
 
     python docs/make_packs.py                                    # MNIST-shaped synthetic data
-    python docs/make_packs.py -d ../shared/data/mnist --train-size 20000 --both-updates
+    python docs/make_packs.py -d path/to/mnist --train-size 20000 --both-updates
 
 The rows of `dlkit bench --packs` (packs of 1, 4 and 16 members of the speed target's
 network and of the quickstart's, float32 and bfloat16, against plain Keras `fit`, alternating

@@ -1,6 +1,6 @@
 """Reruns every lesson under `precision: auto` and writes docs/precision.md beside its float32 runs.
 
-    python docs/make_precision.py --dataset ../shared/data/mnist
+    python docs/make_precision.py --dataset path/to/mnist
 
 The float32 reference is each lesson's first-slice comparison in the same MLflow store, as
 docs/make_lessons.py left it (run that first, with the same `--tracking-uri`). The auto runs go
@@ -139,7 +139,7 @@ Training time of the lessons compared here, the sum of their runs' `fit` times: 
 processes beside other work, so this ratio is indicative; `dlkit bench` measures speed properly.
 
 Regenerate (after docs/make_lessons.py, with the same store):
-`python docs/make_precision.py --dataset ../shared/data/mnist`
+`python docs/make_precision.py --dataset path/to/mnist`
 """
     (ROOT / "docs" / "precision.md").write_text(intro + "\n" + "\n\n".join(sections) + "\n")
     print(f"wrote docs/precision.md: {len(sections)} lessons; {decision}", flush=True)

@@ -1,7 +1,7 @@
 """Measures a comparison's wall time per executor and worker count, for docs/scaling.md.
 
     python docs/make_scaling.py                    # the quickstart, 2 alternating repeats
-    python docs/make_scaling.py --lesson experiments/normalization.yaml -d ../shared/data/mnist
+    python docs/make_scaling.py --lesson experiments/normalization.yaml -d path/to/mnist
 
 Each measurement is one `dlkit compare ... --force` command in a fresh store, timed from
 the start of the process to its end (start-up, Ray's start, data, training, logging, the

@@ -1,6 +1,6 @@
 """Reruns lessons tuned, each variant at its own best learning rate, and writes docs/tuned.md.
 
-    python docs/make_tuned.py --dataset ../shared/data/mnist --tracking-uri sqlite:///tuned.db
+    python docs/make_tuned.py --dataset path/to/mnist --tracking-uri sqlite:///tuned.db
 
 Each lesson's first slice is compared with `--tune learning_rate`: every variant trains at the
 six learning rates of its optimizer's default grid with 2 sweep seeds, keeps the rate with the
@@ -146,7 +146,7 @@ rerun so far: {len(sections)} of {len(stems)}).
 Regenerate (finished runs are reused from the store):
 
 ```bash
-python docs/make_tuned.py --dataset ../shared/data/mnist --tracking-uri sqlite:///tuned.db
+python docs/make_tuned.py --dataset path/to/mnist --tracking-uri sqlite:///tuned.db
 ```
 
 | lesson | expectation | as given (first slice) | tuned (first slice) |

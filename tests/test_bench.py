@@ -62,6 +62,7 @@ def test_results_table_names_every_figure_and_its_target():
     assert "dlkit train path (samples/s)" in text and "mixed_bfloat16" in text
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_bench_run_measures_every_figure_on_tiny_data():
     tiny = Recipe(name="tiny", depth=1, width=8, batch_size=64)
     results = run(
@@ -99,6 +100,7 @@ def test_bench_command_is_listed():
     assert result.exit_code == 0 and "plain Keras" in result.output
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_levers_are_timed_alone_together_and_all_but_one_and_a_step_is_profiled():
     from dlkit.bench.benchmark import LEVERS, format_levers, levers, load_bench_data, step_profile
 
@@ -125,6 +127,7 @@ def test_pytorch_reference_trains_the_same_network_when_torch_is_installed():
     assert figures["samples_per_second"] > 0 and figures["test_accuracy"] > 0.2
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_packs_are_timed_against_plain_keras_in_the_same_run(digits):
     from dlkit.bench.packs import format_packs, packed
 
@@ -143,6 +146,7 @@ def test_packs_are_timed_against_plain_keras_in_the_same_run(digits):
     assert "pack, float32 K=3" in text and "plain Keras fit, float32" in text
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_packs_the_rule_compiles_are_timed_both_ways_on_asking(digits, monkeypatch):
     from dlkit.bench.packs import packed
     from dlkit.nn import pack

@@ -60,6 +60,7 @@ def test_the_program_skips_the_last_garbage_collection_and_main_does_not():
     assert gc.get_freeze_count() == 0
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_a_rerun_that_skips_every_child_does_not_import_tensorflow(tracking_uri, tmp_path):
     args = ["compare", "softmax-regression", "-d", "digits", "--train-size", "100", "-e", "1"]
     args += ["--tracking-uri", tracking_uri, "--output", str(tmp_path)]

@@ -72,6 +72,7 @@ def test_a_pack_holds_what_memory_allows():
     assert auto_size(huge, 784, 10, at_once=2) == max(1, auto_size(huge, 784, 10) // 2)
 
 
+@pytest.mark.integration  # two whole comparisons, packed and alone
 def test_packed_members_are_each_one_run_as_alone(tmp_path):
     experiment = parse_experiment(PACKED)
     runs = {}

@@ -222,6 +222,7 @@ def test_native_noise_is_filtered_and_real_errors_kept(capfd):
     assert "oneDNN" not in err and "something real went wrong" in err
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_a_comparison_in_a_terminal_command_shows_no_tensorflow_start_up_noise(tmp_path):
     experiment = tmp_path / "quiet.yaml"
     experiment.write_text(yaml.safe_dump(tiny("quiet", seeds=1, expect=[])))
@@ -235,6 +236,7 @@ def test_a_comparison_in_a_terminal_command_shows_no_tensorflow_start_up_noise(t
     assert re.search(r"^relu\s.*\b0\.\d{4}\b", done.stdout, re.M), done.stdout  # its accuracy
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_ui_serves_the_store_on_loopback_and_prints_the_runs_page(compared, tmp_path):
     result, uri = compared
     port = free_port()

@@ -41,6 +41,7 @@ def test_a_spec_is_plain_data_and_survives_pickling(tracking_uri):
     assert spec.tracking_uri.startswith("sqlite:////")  # absolute: any worker finds it
 
 
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_a_child_in_another_process_logs_the_same_run_as_one_here(tracking_uri):
     spec = spec_for(tracking_uri)
     here = run_child(spec)

@@ -25,6 +25,7 @@ SMALL = Recipe(depth=2, width=32, epochs=3, batch_size=64)
 @pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="dlkit sets it on x86 only"
 )
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_tensorflow_runs_its_onednn_kernels_unless_the_user_turned_them_off():
     # TensorFlow turns them on by itself only on CPUs with AVX512-VNNI or newer; dlkit asks for
     # them on every CPU (docs/speed.md). A private reach, as TensorFlow's own tests make it.
