@@ -15,6 +15,7 @@ RECIPE = "dlkit.recipe"
 DATASET = "dlkit.dataset"
 QUESTION = "dlkit.question"
 TUNED = "dlkit.tuned"  # on a parent: yes when its variants were tuned
+SPLIT = "dlkit.split"  # on a parent: fixed or random (absent on parents before it: fixed)
 HOST = "dlkit.host"  # the process that holds a run, so a later one can tell it is gone
 PID = "dlkit.pid"
 HEARTBEAT = "dlkit.heartbeat"  # Unix time the holding process last said it runs (other hosts)

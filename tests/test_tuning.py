@@ -235,3 +235,20 @@ def test_a_seed_of_the_comparison_that_is_also_a_sweep_seed_still_trains_its_chi
     )
     assert list(result.runs["status"]) == ["FINISHED", "FINISHED"]
     assert len(sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", result.parent_run_id)) == 2
+
+
+def test_tuned_and_untuned_runs_keep_parents_and_report_folders_of_their_own(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tiny("kinds", seeds=1, tune={"learning_rate": [0.01, 0.1], "seeds": 1})
+    spec["overrides"]["epochs"] = 1
+    experiment, out = parse_experiment(spec), tmp_path / "reports"
+    quiet = {"tracking_uri": uri, "output_dir": out, "verbose": 0, "log": lambda line: None}
+    tuned = compare(experiment, **quiet)
+    assert (out / "kinds" / "tuning.png").is_file()
+    untuned = compare(experiment, tune=False, **quiet)
+    assert untuned.parent_run_id != tuned.parent_run_id  # not resumed under the tuned parent
+    assert not (out / "kinds" / "tuning.png").exists()  # the tuned run's plot is not kept
+    lines: list[str] = []
+    again = compare(experiment, **{**quiet, "log": lines.append})
+    assert again.parent_run_id == tuned.parent_run_id  # a tuned rerun resumes the tuned one
+    assert any("already finished" in line for line in lines), lines

@@ -168,8 +168,9 @@ def _compare(
             )
             tracker.close_orphans(parent_id)  # runs of workers that died, retried elsewhere
             signals.check()
-            comparison = load_comparison(tracker, parent_id)
-            if not seeds.more(comparison, log):
+            if not seeds.budget:
+                break
+            if not seeds.more(load_comparison(tracker, parent_id, verdicts_only=True), log):
                 break
         _log_plan(tracker, parent_id, experiment, plan, context, tuning, seeds.record())
         comparison = _report(tracker, parent_id, folder)
@@ -226,8 +227,12 @@ def _open_parent(run: _Run, data: Any) -> _Parent:
         keys.QUESTION: experiment.question,
         keys.DATASET: data.info.name,
         keys.TUNED: "yes" if experiment.tune else "no",
+        keys.SPLIT: experiment.data.split,
     }
-    resume_id = None if options.force else tracker.latest_parent()
+    # A parent of the same kind: tuned runs never join an untuned parent, nor random splits
+    # a fixed one (their children differ, and a parent's report shows one kind).
+    like = {keys.TUNED: tags[keys.TUNED], keys.SPLIT: tags[keys.SPLIT]}
+    resume_id = None if options.force else tracker.latest_parent(like)
     resumed, joined = resume_id is not None, False
     if not resumed and not options.force:  # another process may be opening one now
         resume_id, joined = tracker.claim_parent(experiment.name, tags)

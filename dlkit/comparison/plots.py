@@ -13,21 +13,30 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def plot_learning_curves(curves: dict[str, Sequence[dict[str, list[float]]]]) -> plt.Figure:
+def variant_colors(labels: Sequence[str]) -> dict[str, str]:
+    """One color per variant, by its place in the comparison: the same in every figure."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
+
+
+def plot_learning_curves(
+    curves: dict[str, Sequence[dict[str, list[float]]]], colors: dict[str, str] | None = None
+) -> plt.Figure:
     """Draws loss and accuracy per epoch for every variant, overlaid.
 
     Args:
         curves: For each variant label, one Keras history per seed. Training
             curves are solid, validation curves dashed; with several seeds the
             line is the mean and the band spans one standard deviation.
+        colors: Each variant's color. Defaults to `variant_colors` of `curves`' order.
 
     Returns:
         A figure with a loss panel and an accuracy panel.
     """
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, histories) in enumerate(curves.items()):
-        color = colors[i % len(colors)]
+    colors = colors or variant_colors(list(curves))
+    for label, histories in curves.items():
+        color = colors[label]
         for ax, metric in zip(axes, ("loss", "accuracy")):
             for prefix, style in (("", "-"), ("val_", "--")):
                 runs = [h[prefix + metric] for h in histories if h.get(prefix + metric)]
@@ -85,19 +94,24 @@ def plot_test_accuracy(table: pd.DataFrame) -> plt.Figure:
     return figure
 
 
-def plot_gradient_norms(gradients: dict[str, Sequence[dict[int, dict[int, float]]]]) -> plt.Figure:
+def plot_gradient_norms(
+    gradients: dict[str, Sequence[dict[int, dict[int, float]]]],
+    colors: dict[str, str] | None = None,
+) -> plt.Figure:
     """Draws each layer's gradient norm against its index, on a log scale.
 
     Args:
         gradients: For each variant label, one `{layer: {epoch: norm}}` per
             seed. The left panel shows initialization (epoch 0), the right the
             last epoch; lines are the geometric mean over seeds.
+        colors: Each variant's color. Defaults to `variant_colors` of `gradients`' order.
 
     Returns:
         A figure with two panels. Layer 1 is nearest the input; the last is
         the softmax output layer.
     """
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = colors or variant_colors(list(gradients))
     for label, runs in gradients.items():
         if not runs:
             continue
@@ -107,7 +121,7 @@ def plot_gradient_norms(gradients: dict[str, Sequence[dict[int, dict[int, float]
             for layer in layers:
                 norms = [run[layer][pick(run[layer])] for run in runs if run.get(layer)]
                 values.append(float(np.exp(np.mean(np.log(np.maximum(norms, 1e-30))))))
-            ax.plot(layers, values, marker="o", label=label)
+            ax.plot(layers, values, marker="o", label=label, color=colors[label])
     for ax, title in zip(axes, ("At initialization", "After the last epoch")):
         ax.set_yscale("log")
         ax.set_xlabel("layer (1 = nearest the input; last = output)")
@@ -120,13 +134,14 @@ def plot_gradient_norms(gradients: dict[str, Sequence[dict[int, dict[int, float]
     return figure
 
 
-def plot_tuning(tuning: dict) -> plt.Figure:
+def plot_tuning(tuning: dict, colors: dict[str, str] | None = None) -> plt.Figure:
     """Draws each variant's sweep: mean validation accuracy at every point, the chosen one
     ringed.
 
     Args:
         tuning: The sweep's record, as a comparison's plan keeps it: per variant,
             its `scores` (one row per point, in grid order) and its chosen `point`.
+        colors: Each variant's color. Defaults to `variant_colors` of the sweep's order.
 
     Returns:
         A figure with one line per variant. With one tuned field the x axis is its
@@ -135,11 +150,12 @@ def plot_tuning(tuning: dict) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(7, 4.5))
     fields = list(next(iter(tuning["variants"].values()))["point"])
     one = len(fields) == 1
+    colors = colors or variant_colors(list(tuning["variants"]))
     for label, choice in tuning["variants"].items():
         rows = choice["scores"]
         x = [row[fields[0]] for row in rows] if one else list(range(len(rows)))
         y = [row["val_accuracy"] for row in rows]
-        (line,) = ax.plot(x, y, "o-", label=label)
+        (line,) = ax.plot(x, y, "o-", label=label, color=colors[label])
         best = [row["setting"] for row in rows].index(
             ",".join(f"{f}={choice['point'][f]:g}" for f in fields)
         )

@@ -131,11 +131,17 @@ class Comparison:
         key = "best_val_accuracy" if runs["best_val_accuracy"].notna().any() else "test_accuracy"
         return str(runs.sort_values(key, ascending=False, kind="stable")["run_id"].iloc[0])
 
+    def colors(self) -> dict[str, str]:
+        """Each variant's color in every figure, by its place in the table."""
+        from dlkit.comparison.plots import variant_colors
+
+        return variant_colors(list(self.table["variant"]))
+
     def plot_learning_curves(self):
         """Returns a figure of every variant's curves, mean over seeds with a band."""
         from dlkit.comparison.plots import plot_learning_curves
 
-        return plot_learning_curves(self.histories)
+        return plot_learning_curves(self.histories, self.colors())
 
     def plot_test_accuracy(self):
         """Returns a bar chart of test accuracy per variant with error bars."""
@@ -147,13 +153,13 @@ class Comparison:
         """Returns each variant's tuning sweep: validation accuracy at every point."""
         from dlkit.comparison.plots import plot_tuning
 
-        return plot_tuning(self.tuning)
+        return plot_tuning(self.tuning, self.colors())
 
     def plot_gradient_norms(self):
         """Returns gradient norm against layer index, at initialization and after training."""
         from dlkit.comparison.plots import plot_gradient_norms
 
-        return plot_gradient_norms(self.gradients)
+        return plot_gradient_norms(self.gradients, self.colors())
 
     def how_decided(self, verdict: Verdict) -> str:
         """How a verdict was reached: the seeds, the looks, and why the seeds stopped there."""
@@ -361,6 +367,9 @@ class Comparison:
         if self.tuning:
             plots.append(("tuning.png", self.plot_tuning))
         names = [name for name, _ in plots]
+        for stale in ("gradient_norms.png", "tuning.png"):  # an earlier comparison's plots
+            if stale not in names:
+                (folder / stale).unlink(missing_ok=True)
         digest_file = folder / ".plots-digest"
         digest = hashlib.sha256(
             "\n".join([dlkit.__version__, *names, markdown, runs]).encode()
@@ -498,12 +507,17 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Comparison:
+def load_comparison(
+    tracker: Tracker, parent_run_id: str | None = None, *, verdicts_only: bool = False
+) -> Comparison:
     """Rebuilds a comparison from MLflow alone: the parent's plan, its children's metrics.
 
     Args:
         tracker: A `dlkit.tracking.tracker.Tracker` on the comparison's MLflow experiment.
         parent_run_id: The parent run. Defaults to the experiment's latest.
+        verdicts_only: Read only what the verdicts need (a comparison adding seeds looks
+            after every round): no learning curves or gradient norms, and no per-example
+            results under a random split, whose verdicts do not use them. Defaults to `False`.
     """
     parent_run_id = parent_run_id or tracker.latest_parent()
     if parent_run_id is None:
@@ -524,13 +538,19 @@ def load_comparison(tracker: Tracker, parent_run_id: str | None = None) -> Compa
     # The run that counts for each planned config (a tuning sweep's runs are read from the plan).
     by_hash = {m.config_hash: m.run for m in members(tracker, parent_run_id, "child").values()}
     rows, histories, gradients, correct = [], {}, {}, {}
+    paired = (plan.get("context") or {}).get("split") == "random"
     for entry in plan["runs"]:
         child = by_hash.get(entry["config_hash"])
         row = _row(entry, child)
         histories.setdefault(entry["variant"], [])
         gradients.setdefault(entry["variant"], [])
         correct.setdefault(entry["variant"], {})
-        if child and child.status == "FINISHED":
+        if child and child.status == "FINISHED" and verdicts_only:
+            if not paired:
+                outcomes = tracker.read_array(child.run_id, CORRECT_ARTIFACT)
+                if outcomes is not None:
+                    correct[entry["variant"]][int(entry["seed"])] = outcomes
+        elif child and child.status == "FINISHED":
             history = _history(tracker, child.run_id)
             histories[entry["variant"]].append(history)
             if history.get("accuracy"):  # the last epoch's training accuracy

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlkit import keys
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
-from dlkit.recipes.packing import trains_alone
+from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
 from dlkit.tracking.claims import ClaimedElsewhere, contested
@@ -105,7 +105,7 @@ def train(
     )
     data = load_dataset(data, seed=seed) if isinstance(data, str) else data
     if seeds is not None:
-        if gradient_norms or register or devices not in (1, "1"):
+        if gradient_norms or register or not single_device(devices):
             raise DlkitError(
                 "train with seeds trains them together in one pack: without gradient_norms, "
                 "register or several devices. Train once per seed for those."

@@ -44,13 +44,14 @@ import tensorflow as tf
 from dlkit import signals
 from dlkit.data.dataset import Dataset
 from dlkit.errors import DlkitError
+from dlkit.nn import callbacks
 from dlkit.nn.layers import Maxout
 from dlkit.nn.models import build_for, compile_model, make_optimizer
 from dlkit.recipes.packing import PER_MEMBER, PER_MEMBER_DEFAULTS, pack_shape, packable
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
-SCORE_CHUNK = 8192  # examples x members per traced call when scoring a split
+SCORE_CHUNK = callbacks.SCORE_CHUNK  # here examples x members per traced call
 # Keras's optimizers update a variable in about ten elementwise operations, each a pass over
 # every member's copy of it; compiled with XLA they fuse into one. On its own an Adam update
 # of 784-500-500-10 at 4 members took 11 ms, compiled 4 ms (about 3 ns per weight and step);
@@ -335,15 +336,7 @@ class Pack:
 
     def rates(self, epoch: int) -> np.ndarray:
         """Each member's learning rate in `epoch` (0-based), after its step decay."""
-        return np.array(
-            [
-                r.learning_rate * r.lr_decay ** (epoch // r.lr_decay_epochs)
-                if r.lr_decay_epochs
-                else r.learning_rate
-                for r in self.recipes
-            ],
-            np.float32,
-        )
+        return np.array([r.learning_rate_at(epoch) for r in self.recipes], np.float32)
 
     def stop(self, members: Sequence[int]) -> None:
         """These members change no more: with their learning rates at 0 and their slots

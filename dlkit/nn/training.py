@@ -20,7 +20,7 @@ from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_for, compile_model
 from dlkit.nn.pack import per_member, train_pack
-from dlkit.recipes.packing import trains_alone
+from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
@@ -419,7 +419,7 @@ def fit_pack(
 
 
 def _fit_seeds(recipe, data, seeds, *, callbacks, devices, on_epoch=None) -> list[TrainResult]:
-    if callbacks or devices not in (1, "1"):
+    if callbacks or not single_device(devices):
         raise DlkitError(
             "fit with seeds trains them together in one pack, which takes no Keras callbacks "
             "and one device. Call fit once per seed for those."
@@ -536,7 +536,7 @@ def distribution(devices: int | str) -> tf.distribute.Strategy | None:
     GPUs when TensorFlow sees any; otherwise that many logical CPU devices,
     which TensorFlow allows only before its runtime starts in this process.
     """
-    if devices in (1, "1"):
+    if single_device(devices):
         return None
     gpus = tf.config.list_physical_devices("GPU")
     if devices == "all":
@@ -582,7 +582,7 @@ def _predicted_classes(
 
 def _step_decay(recipe: Recipe):
     def schedule(epoch: int, lr: float) -> float:
-        return recipe.learning_rate * recipe.lr_decay ** (epoch // recipe.lr_decay_epochs)
+        return recipe.learning_rate_at(epoch)
 
     return schedule
 

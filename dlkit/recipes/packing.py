@@ -43,7 +43,12 @@ def pack_shape(recipe: Recipe) -> Recipe:
 def trains_alone(recipe: Recipe, *, gradient_norms: bool = False, devices: int | str = 1) -> bool:
     """Whether a training needs Keras's own `fit` rather than a pack: a recipe that is not
     `packable`, gradient norms (a Keras callback), or several devices."""
-    return not packable(recipe) or gradient_norms or devices not in (1, "1")
+    return not packable(recipe) or gradient_norms or not single_device(devices)
+
+
+def single_device(devices: int | str) -> bool:
+    """Whether `devices` (a count, `"all"`, or a count as text from the command line) is one."""
+    return devices in (1, "1")
 
 
 def packable(recipe: Recipe) -> bool:

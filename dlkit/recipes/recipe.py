@@ -237,6 +237,13 @@ class Recipe:
                     f"Received: depth=0, {name}={getattr(self, name)!r}"
                 )
 
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate in `epoch` (0-based), after its step decay (Keras's
+        `LearningRateScheduler` and a pack both read it here)."""
+        if not self.lr_decay_epochs:
+            return self.learning_rate
+        return self.learning_rate * self.lr_decay ** (epoch // self.lr_decay_epochs)
+
     def replace(self, **overrides: Any) -> Recipe:
         """Returns a copy with `overrides` applied; string values are parsed by field type.
 

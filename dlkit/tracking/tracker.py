@@ -789,15 +789,27 @@ class Tracker:
 
     # Reads: everything a report or a resumed comparison needs, as plain values.
 
-    def latest_parent(self) -> str | None:
-        """Returns the id of the experiment's most recent comparison parent run, if any."""
+    def latest_parent(self, like: dict[str, str] | None = None) -> str | None:
+        """Returns the id of the experiment's most recent comparison parent run, if any.
+
+        Args:
+            like: Tags the parent must carry as these values (a tuned comparison resumes
+                a tuned parent, not an untuned one). A parent without the tag carries the
+                value it had before dlkit wrote the tag: `fixed` for the split, `no`
+                for tuned. Defaults to `None`: any parent.
+        """
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{keys.ROLE}` = 'parent'",
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=_MAX_PARENTS,
         )
-        return found[0].info.run_id if found else None
+        before = {keys.SPLIT: "fixed", keys.TUNED: "no"}
+        for run in found:
+            tags = run.data.tags
+            if all(tags.get(k, before.get(k)) == v for k, v in (like or {}).items()):
+                return run.info.run_id
+        return None
 
     def claim_parent(self, name: str, tags: dict[str, str]) -> tuple[str, bool]:
         """Opens a new comparison parent, or joins the one another process opened first.
@@ -863,6 +875,7 @@ class Tracker:
 
 
 _MAX_CHILDREN = 50_000
+_MAX_PARENTS = 1_000  # the latest parents a resume looks through for one of its kind
 _MAX_NOTE = 60_000  # a description is a tag; keep it well inside MLflow's tag limit
 
 
