@@ -1,4 +1,4 @@
-"""dlkit: fair, reproducible comparisons of fully connected networks on Keras.
+"""dlkit: fair, reproducible comparisons of neural networks on Keras, logged to MLflow.
 
 Recipes (`get_recipe`, `list_recipes`, `register_recipe`, `Recipe`) are pure
 Python, and data sources register the same way (`register_source`).

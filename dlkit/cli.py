@@ -217,7 +217,7 @@ def _overrides(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlkit")
 def main() -> None:
-    """Fair, reproducible comparisons of fully connected networks, logged to MLflow.
+    """Fair, reproducible comparisons of neural networks on Keras, logged to MLflow.
 
     \b
     dlkit recipes                          list the preset recipes
@@ -686,10 +686,16 @@ def ui(
     command += ["--host", host, "--port", str(port)]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
+    from dlkit.tracking.ui import stop_group
+
+    # A session of its own, so that stopping it stops its workers too, however dlkit ends.
+    server = subprocess.Popen(command, start_new_session=True)
     try:
-        code = subprocess.call(command)
+        code = server.wait()
     except KeyboardInterrupt:
         code = 0
+    finally:
+        stop_group(server)
     if code not in (0, -signal.SIGINT, -signal.SIGTERM):
         raise DlkitError(
             f"mlflow ui exited with status {code} (is port {port} in use? try --port)."

@@ -2,7 +2,8 @@
 docs/decided.md.
 
     python docs/make_decided.py                                  # the quickstart, 3 pairs
-    python docs/make_decided.py --lesson optimizers --dataset ../data/mnist --pairs 1
+    python docs/make_decided.py --lesson optimizers --tune --dataset path/to/mnist --pairs 1 \
+        --budget 15
 
 Each comparison runs as its own `dlkit compare` process on a store of its own, so nothing is
 resumed and each pays its own start-up. The two ways alternate (fixed, decided, fixed, ...) so
@@ -30,16 +31,23 @@ _STATUS = re.compile(r"^\s+\[(HELD|CONTRADICTED|EQUIVALENT|INCONCLUSIVE|UNCHECKE
 
 
 def cpu() -> str:
+    """The CPU's model name and its widest vector units (a VM's model name may say little)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
+    except (OSError, subprocess.CalledProcessError):
         return platform.processor() or "unknown CPU"
+    lines = out.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines if "Model name" in line), "?")
+    flags = next((line for line in lines if line.startswith("Flags")), "").split()
+    units = [
+        label
+        for flag, label in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+        if flag in flags
+    ]
+    return f"{name} ({', '.join(units[:2]) or 'no AVX2'})"
 
 
-def once(stem: str, decided: bool, dataset: str | None, budget: int) -> dict:
+def once(stem: str, decided: bool, dataset: str | None, budget: int, tune: bool) -> dict:
     """One comparison in a new process and a new store: its wall time and its verdicts."""
     command = [sys.executable, "-m", "dlkit.cli", "compare", f"experiments/{stem}.yaml"]
     command += ["--max-seeds", str(budget if decided else 3)]
@@ -47,6 +55,8 @@ def once(stem: str, decided: bool, dataset: str | None, budget: int) -> dict:
         command += ["--split", "fixed"]
     if dataset:
         command += ["--dataset", dataset]
+    if tune:  # a lesson whose file does not tune
+        command += ["--tune", "learning_rate"]
     with tempfile.TemporaryDirectory(prefix="dlkit-decided-") as tmp:
         command += ["--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--output", f"{tmp}/reports"]
         start = time.perf_counter()
@@ -64,11 +74,11 @@ def once(stem: str, decided: bool, dataset: str | None, budget: int) -> dict:
     }
 
 
-def measure(stem: str, pairs: int, dataset: str | None, budget: int) -> dict:
+def measure(stem: str, pairs: int, dataset: str | None, budget: int, tune: bool) -> dict:
     runs: dict[str, list[dict]] = {"fixed": [], "decided": []}
     for i in range(pairs):
         for way in ("fixed", "decided"):
-            runs[way].append(once(stem, way == "decided", dataset, budget))
+            runs[way].append(once(stem, way == "decided", dataset, budget, tune))
             print(f"{stem} pair {i + 1} {way}: {runs[way][-1]['seconds']:.1f} s "
                   f"{runs[way][-1]['statuses']}", flush=True)  # fmt: skip
     return {
@@ -102,7 +112,11 @@ def write(results: list[dict]) -> None:
         )
     reports = "\n\n".join(
         f"### {r['lesson']}, until decided (budget {r['budget']})\n\n```\n"
-        + r["last_report"].split("\nReport files")[0].strip()
+        + "\n".join(
+            line
+            for line in r["last_report"].split("\nReport files")[0].strip().splitlines()
+            if not line.startswith("[")  # the progress lines, one per run
+        )
         + "\n```"
         for r in results
     )
@@ -114,7 +128,8 @@ the source's fixed split (`--split fixed --max-seeds 3`), and as its file says, 
 until each expectation is decided (`--max-seeds N`; the quickstart's file draws a random split
 per seed). Both are tuned. Wall time is the whole `dlkit compare` command, median over the
 pairs; the ratio is the median of each pair's decided / fixed. Regenerate with
-`python docs/make_decided.py` (add `--lesson optimizers --dataset path/to/mnist` for MNIST).
+`python docs/make_decided.py` (the quickstart) and
+`python docs/make_decided.py --lesson optimizers --tune --dataset path/to/mnist --budget 15`.
 
 | lesson | CPU (2 cores) | pairs | fixed 3 seeds | until decided | time ratio |
 | --- | --- | --- | --- | --- | --- |
@@ -133,11 +148,12 @@ def main() -> None:
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--budget", type=int, default=30)
+    parser.add_argument("--tune", action="store_true", help="tune the learning rate (lessons)")
     parser.add_argument("--write", action="store_true", help="only rewrite the page")
     args = parser.parse_args()
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     if not args.write:
-        result = measure(args.lesson, args.pairs, args.dataset, args.budget)
+        result = measure(args.lesson, args.pairs, args.dataset, args.budget, args.tune)
         saved = [r for r in saved if r["lesson"] != args.lesson] + [result]
         RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
     write(saved)

@@ -366,3 +366,8 @@ def test_in_a_notebook_a_comparison_displays_as_its_report(finished):
     assert "Expectations (variants compared as given)" in page
     assert "<code>relu &gt; sigmoid</code>" in page  # escaped, as HTML must be
     assert page.count('<img src="data:image/png;base64,') == 2  # curves and test accuracy
+
+
+def test_a_comparison_shows_its_report_at_a_python_prompt(finished):
+    result = finished[0]
+    assert repr(result) == result.format() and "Expectations" in repr(result)

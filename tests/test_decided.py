@@ -14,6 +14,7 @@ import dlkit
 from dlkit.cli import main
 from dlkit.comparison.compare import report
 from dlkit.comparison.experiment import config_hash, parse_experiment
+from dlkit.comparison.reports import load_comparison
 from dlkit.data.dataset import DataSpec
 from dlkit.errors import DlkitError
 from dlkit.recipes.recipe import get_recipe
@@ -98,9 +99,12 @@ def test_seeds_are_added_until_the_budget_when_the_verdict_stays_open(decided):
 def test_a_rebuilt_report_reaches_the_same_verdict(decided, tmp_path):
     result, uri, *_ = decided
     again = report("decided", tracking_uri=uri, output_dir=None)
-    assert [(v.status, v.low, v.high) for v in again.expectations] == [
-        (v.status, v.low, v.high) for v in result.expectations
-    ]
+    verdicts = [(v.status, v.low, v.high) for v in result.expectations]
+    assert [(v.status, v.low, v.high) for v in again.expectations] == verdicts
+    # what the looks between rounds read (no curves) decides as the whole report does
+    light = load_comparison(Tracker(uri, "decided", create=False), verdicts_only=True)
+    assert [(v.status, v.low, v.high) for v in light.expectations] == verdicts
+    assert not any(light.histories.values())
 
 
 def test_a_rerun_with_a_larger_budget_continues_with_the_looks_kept(decided):
@@ -132,3 +136,34 @@ def test_the_command_line_takes_split_max_seeds_and_equivalence(tmp_path):
     assert "[EQUIVALENT] relu > sigmoid" in out.output or "[HELD]" in out.output
     bad = CliRunner().invoke(main, [*args, "--max-seeds", "1"])
     assert bad.exit_code == 2 and "--max-seeds" in bad.output
+
+
+def test_a_random_split_a_class_cannot_fill_says_so_before_training():
+    import numpy as np
+
+    from dlkit.data.dataset import _random_index
+
+    with pytest.raises(DlkitError, match="Cannot draw a stratified random split .* split: fixed"):
+        _random_index(np.array([0] * 50 + [1]), 30, 5, 16, 0)
+
+
+def test_a_variant_that_fell_behind_gets_the_seeds_the_others_have_first():
+    from types import SimpleNamespace
+
+    from dlkit.comparison.compare import _Seeds
+    from dlkit.comparison.expectations import parse_expectation
+
+    seeds = _Seeds({"a": [0, 1, 2, 3, 4, 5], "b": [0, 1, 2], "c": [0, 1, 2]}, 8, 0.01, 3, [])
+    open_ = SimpleNamespace(status="inconclusive", futile=False)
+    comparison = SimpleNamespace(
+        expectations=[open_], parsed=[parse_expectation("b > a", ["a", "b", "c"])]
+    )
+    lines: list[str] = []
+    assert seeds.more(comparison, lines.append)
+    # b pairs with a's seeds 3-5 before any new one; a takes 2 new seeds, to its budget of 8
+    assert seeds.by_variant == {"a": [0, 1, 2, 3, 4, 5, 6, 7], "b": [0, 1, 2, 3, 4, 5],
+                                "c": [0, 1, 2]}  # fmt: skip
+    assert "adding 2 seeds to a and 3 seeds to b" in lines[0]
+    seeds.by_variant["b"] += [6, 7]
+    assert not seeds.more(comparison, lines.append)  # both at the budget
+    assert seeds.stopped == "the budget of 8 seeds is reached"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -264,8 +265,16 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_page(compared, tmp_
                     raise
                 time.sleep(0.2)
     finally:
-        os.killpg(ui.pid, 15)
-        ui.wait(timeout=30)
+        ui.send_signal(signal.SIGTERM)  # to dlkit alone: it stops the server it started
+        ui.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while True:  # nothing serves the store once dlkit ui has ended
+        try:
+            urllib.request.urlopen(api, timeout=5).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the MLflow server outlived dlkit ui"
+        time.sleep(0.5)
 
 
 def test_ui_mistakes_are_clear(tmp_path):

@@ -33,7 +33,7 @@ from dlkit.execution.packs import Unit, units
 from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
-from dlkit.text import plural, safe_name
+from dlkit.text import plural, safe_name, wrap
 from dlkit.tracking.claims import holders
 from dlkit.tracking.members import finished as finished_runs
 from dlkit.tracking.members import member_key, members
@@ -309,7 +309,7 @@ class _Run:
             self.options,
             # Built only when a child trains alone in this process: they load TensorFlow.
             callbacks=[*self.callbacks, _epoch_callback(shown)] if alone and here else (),
-            started=lambda unit: shown.start(_unit_label(unit), _epochs(unit)),
+            started=lambda unit: shown.start(_unit_label(unit), _epochs(unit), len(unit.specs)),
             on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
         )
         elsewhere = []
@@ -444,23 +444,43 @@ class _Seeds:
                 else "more seeds cannot decide what is open"
             )
             return False
-        labels = {label for _, e in open_ for label in (e.left, e.right) if isinstance(label, str)}
-        have = max(len(self.by_variant[label]) for label in labels)
-        if have >= self.budget:
+        named = {label for _, e in open_ for label in (e.left, e.right) if isinstance(label, str)}
+        labels = [  # in the file's order, those the budget leaves room for
+            label
+            for label in self.by_variant
+            if label in named and len(self.by_variant[label]) < self.budget
+        ]
+        if not labels:
             self.stopped = f"the budget of {self.budget} seeds is reached"
             return False
-        count = min(self.step, self.budget - have)
-        first = max(self.all) + 1
-        added = list(range(first, first + count))
+        have = max(len(self.by_variant[label]) for label in labels)
+        added: dict[int, list[str]] = {}
         for label in labels:
-            self.by_variant[label] += added
+            count = min(self.step, self.budget - len(self.by_variant[label]))
+            self.by_variant[label] += self._next(label, count)
+            added.setdefault(count, []).append(label)
         self.looks.append({"seeds": self.all, "budget": self.budget})
-        log(
-            f"{plural(len(open_), 'expectation')} undecided after {plural(have, 'seed')}: "
-            f"adding {plural(count, 'seed')} to {', '.join(sorted(labels))} "
-            f"(look {len(self.looks)}, budget {self.budget})."
+        adding = " and ".join(
+            f"{plural(count, 'seed')} to {', '.join(names)}" for count, names in added.items()
         )
+        text = (
+            f"{plural(len(open_), 'expectation')} undecided after {plural(have, 'seed')}: "
+            f"adding {adding} (look {len(self.looks)}, budget {self.budget})."
+        )
+        for line in wrap(text, subsequent="  "):
+            log(line)
         return True
+
+    def _next(self, label: str, count: int) -> list[int]:
+        """The next `count` seeds for a variant: first those other variants have (so that
+        its runs pair with theirs), then new ones."""
+        own = set(self.by_variant[label])
+        seeds = [seed for seed in self.all if seed not in own]
+        new = max(self.all) + 1
+        while len(seeds) < count:
+            seeds.append(new)
+            new += 1
+        return seeds[:count]
 
 
 def _plan(

@@ -394,8 +394,8 @@ def _futile(e: Expectation, difference: float, parts: dict, level: float) -> boo
     if not test:
         return False
     left = ALPHA - level
-    if left <= 0:
-        return True
+    if left <= 1e-12:  # the budget is spent: that, not the test set, is why it stops
+        return False
     boundary = e.margin if e.op != "<" else -e.margin
     floor = quantile(1 - left / 2, math.inf) * math.sqrt(test)
     if e.op == "~":

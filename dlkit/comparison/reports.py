@@ -196,7 +196,7 @@ class Comparison:
                 lines.append(f"  {row.variant} seed {row.seed}: {row.status} - {row.failure}")
         if self.expectations:
             lines.append("")
-            lines.append(f"Expectations ({self.how_compared()}):")
+            lines += wrap(f"Expectations ({self.how_compared()}):", subsequent="  ")
             for verdict in self.expectations:
                 text = (
                     f"[{verdict.status.upper()}] {verdict.expectation}: {self.how_decided(verdict)}"
@@ -283,6 +283,10 @@ class Comparison:
             f"variants compared tuned: each at its best of {sizes} on validation accuracy, "
             f"{seeds} seed{'s' if seeds != 1 else ''} per point"
         )
+
+    def __repr__(self) -> str:
+        """The report as terminal text, as a script or a Python prompt shows it."""
+        return self.format()
 
     def _repr_html_(self) -> str:
         """The report in a notebook (Jupyter, Colab): the table, the verdicts, the plots."""

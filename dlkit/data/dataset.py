@@ -454,6 +454,18 @@ def load_dataset(
 def _random_index(y: np.ndarray, n_train: int, n_val: int, n_test: int, seed: int) -> dict:
     """A stratified partition of examples labelled `y` into train, validation and test of
     these sizes, drawn from `seed`: each split's positions, in ascending order."""
+    try:
+        return _stratified(y, n_train, n_val, n_test, seed)
+    except ValueError as error:  # a class too rare to be in every split, say
+        raise DlkitError(
+            f"Cannot draw a stratified random split of {len(y):,} examples into {n_train:,} "
+            f"training, {n_val:,} validation and {n_test:,} test examples: "
+            f"{str(error).rstrip('.')}. Use "
+            "split: fixed, or a source with more examples of each class."
+        ) from None
+
+
+def _stratified(y: np.ndarray, n_train: int, n_val: int, n_test: int, seed: int) -> dict:
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))

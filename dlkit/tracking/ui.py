@@ -74,13 +74,20 @@ def serve(
                 time.sleep(0.5)
         yield address
     finally:
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stops a process started with `start_new_session=True` and every process it started
+    (an MLflow server's workers would otherwise serve on, reparented to init)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def open_runs(page: Any, runs_page: str, *, timeout: float = 120) -> None:
