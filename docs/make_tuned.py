@@ -132,9 +132,8 @@ def write(args) -> None:
     sections = [text for stem in stems if (text := section(stem, args, summary, kept))]
     intro = f"""# The lessons, tuned
 
-Each lesson here ran with a fixed number of seeds. How many of the optimizers lesson's
-verdicts decide when seeds are added until they do, and at what cost, is in
-[decided.md](decided.md).
+Each lesson here ran with a fixed number of seeds; `--max-seeds N` adds seeds until each
+verdict decides, and [decided.md](decided.md) measures what that costs.
 
 The lessons in [lessons.md](lessons.md) train every variant at the learning rate its experiment
 file sets by hand. A verdict reached that way may measure which variant suits that step size
