@@ -144,12 +144,12 @@ def _compare(
         tracker.log_dataset(parent_id, data)
         tuning = None
         if experiment.tune:
-            recipes, tuning = _tune(run, recipes, parent_id, parent.finished.get("tuning", {}))
+            recipes, tuning = _tune(run, recipes, parent_id, parent.swept)
         context = _context(experiment, recipes, data)
         seeds = _Seeds.start(experiment, tracker.read_artifact(parent_id, PLAN_ARTIFACT))
         while True:
             plan = _plan(experiment, recipes, options, seeds.by_variant)
-            done = finished_runs(tracker, parent_id) if parent_id else {}
+            done = finished_runs(tracker, parent_id)  # this round's runs are not in it yet
             if parent.resumed or parent.joined:
                 log(
                     f"Resuming parent run {parent_id}; "
@@ -215,7 +215,7 @@ class _Parent:
     resumed: bool
     joined: bool
     claimed: bool  # opened by this process just now: nothing to reopen
-    finished: dict[str, dict[str, str]]  # finished runs by role, then config hash
+    swept: dict[str, str]  # the tuning sweep's finished runs, by config hash
 
 
 def _open_parent(run: _Run, data: Any) -> _Parent:
@@ -245,13 +245,9 @@ def _open_parent(run: _Run, data: Any) -> _Parent:
         run.log(f"Joined parent run {resume_id}, which another process opened at the same time.")
     if orphans:
         run.log(f"Marked {plural(orphans, 'run')} left RUNNING by a stopped process as KILLED.")
-    finished = (
-        {role: finished_runs(tracker, resume_id, role) for role in ("child", "tuning")}
-        if resume_id
-        else {}
-    )
+    swept = finished_runs(tracker, resume_id, "tuning") if resume_id else {}
     claimed = resume_id is not None and not (resumed or joined)
-    return _Parent(resume_id, tags, resumed, joined, claimed, finished)
+    return _Parent(resume_id, tags, resumed, joined, claimed, swept)
 
 
 def _report(tracker: Tracker, parent_id: str, folder: Path | None) -> Comparison:

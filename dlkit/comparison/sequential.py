@@ -44,9 +44,6 @@ class Look:
     seeds: tuple[int, ...]
     budget: int
 
-    def to_dict(self) -> dict:
-        return {"seeds": list(self.seeds), "budget": self.budget}
-
     @classmethod
     def of(cls, raw: dict) -> Look:
         return cls(tuple(int(s) for s in raw["seeds"]), int(raw["budget"]))
