@@ -479,15 +479,8 @@ def interval(
     if seeds_var is None and test_var is None:
         return difference, math.nan, math.nan, parts
     total = (seeds_var or 0.0) + (test_var or 0.0)
-    half = _quantile(df) * math.sqrt(total)
+    half = quantile(0.5 + CONFIDENCE / 2, df) * math.sqrt(total)
     return difference, difference - half, difference + half, parts
-
-
-def _quantile(df: float) -> float:
-    # Student's t quantile; scipy.special's, since importing scipy.stats costs a second or more.
-    from scipy.special import stdtrit
-
-    return float(stdtrit(df, 0.5 + CONFIDENCE / 2)) if math.isfinite(df) else 1.959963984540054
 
 
 def _decide(e: Expectation, difference: float, low: float, high: float) -> tuple[str, float]:
