@@ -6,7 +6,8 @@ GRAD_PREFIX = "grad_norm_"  # grad_norm_1 (nearest the input) ... grad_norm_<L> 
 CORRECT_ARTIFACT = "test_correct.npy"  # per test example: did the trained model get it right
 
 # Tags, on every run dlkit opens or on a comparison's runs.
-ROLE = "dlkit.role"  # parent, child (a measuring run) or tuning (a sweep's run)
+ROLE = "dlkit.role"  # parent, child (measured), sweep (a variant's tuning), tuning (a sweep run)
+COMPARISON = "dlkit.comparison"  # on every run of a comparison: its parent, however nested
 CONFIG_HASH = "dlkit.config_hash"  # what a run trained: resume, claims and reports match on it
 VARIANT = "dlkit.variant"
 SEED = "dlkit.seed"

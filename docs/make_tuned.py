@@ -80,7 +80,7 @@ def training_span(comparison: dlkit.Comparison, args) -> float:
     client = MlflowClient(args.tracking_uri)
     parent = client.get_run(comparison.parent_run_id)
     runs = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{comparison.parent_run_id}'"
+        [parent.info.experiment_id], f"tags.`dlkit.comparison` = '{comparison.parent_run_id}'"
     )
     starts = [r.info.start_time for r in runs]
     ends = [r.info.end_time for r in runs if r.info.end_time]

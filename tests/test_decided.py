@@ -150,10 +150,10 @@ def test_a_random_split_a_class_cannot_fill_says_so_before_training():
 def test_a_variant_that_fell_behind_gets_the_seeds_the_others_have_first():
     from types import SimpleNamespace
 
-    from dlkit.comparison.compare import _Seeds
     from dlkit.comparison.expectations import parse_expectation
+    from dlkit.comparison.seeds import Seeds
 
-    seeds = _Seeds({"a": [0, 1, 2, 3, 4, 5], "b": [0, 1, 2], "c": [0, 1, 2]}, 8, 0.01, 3, [])
+    seeds = Seeds({"a": [0, 1, 2, 3, 4, 5], "b": [0, 1, 2], "c": [0, 1, 2]}, 8, 0.01, 3, [])
     open_ = SimpleNamespace(status="inconclusive", futile=False)
     comparison = SimpleNamespace(
         expectations=[open_], parsed=[parse_expectation("b > a", ["a", "b", "c"])]

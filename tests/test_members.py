@@ -8,8 +8,8 @@ from tiny import tiny
 
 import dlkit
 from dlkit import keys
-from dlkit.comparison.compare import _sweep_scores
 from dlkit.comparison.reports import load_comparison
+from dlkit.comparison.sweep import _sweep_scores
 from dlkit.tracking.claims import holders
 from dlkit.tracking.members import finished, members
 from dlkit.tracking.tracker import Tracker
@@ -37,7 +37,7 @@ def test_resume_the_sweep_the_claims_and_the_report_name_the_same_run(tmp_path):
     parent = tracker.latest_parent()
     runs = client.search_runs(
         [client.get_experiment_by_name("dup").experiment_id],
-        f"tags.mlflow.parentRunId = '{parent}'",
+        f"tags.`dlkit.comparison` = '{parent}'",  # the sweep's runs sit under tuning runs
     )
     child = next(r for r in runs if r.data.tags[keys.ROLE] == "child")
     sweep = next(r for r in runs if r.data.tags[keys.ROLE] == "tuning")

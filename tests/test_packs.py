@@ -144,8 +144,8 @@ def test_resume_skips_the_finished_members_of_a_pack(tracking_uri):
     assert any("4 of 6 runs already finished" in line for line in lines)
     trained = [line for line in lines if ": training" in line]
     assert [line.split(" (")[0] for line in trained] == [
-        "[1/2] relu seed 2: training",
-        "[2/2] sigmoid seed 2: training",
+        "relu seed 2: training",
+        "sigmoid seed 2: training",
     ]
     assert (result.runs["status"] == "FINISHED").all() and len(result.runs) == 6
 

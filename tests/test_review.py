@@ -193,9 +193,10 @@ def test_progress_prints_a_line_per_run_without_a_terminal():
         progress.finish("test accuracy 0.9000")
         progress.start("relu seed 1", 5)
         progress.finish("FAILED - NaN loss", failed=True)
-    assert lines[0] == "[1/2] relu seed 0: training"
+    # each run is counted once, as it ends
+    assert lines[0] == "relu seed 0: training"
     assert lines[1] == "[1/2] relu seed 0: test accuracy 0.9000"
-    assert lines[2].startswith("[2/2] relu seed 1: training (about ")
+    assert lines[2].startswith("relu seed 1: training (about ")
     assert lines[3] == "[2/2] relu seed 1: FAILED - NaN loss"
 
 

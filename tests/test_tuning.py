@@ -119,8 +119,36 @@ def sweep_runs(uri: str, parent_id: str) -> list:
     experiment = client.get_experiment_by_name("tuned")
     return client.search_runs(
         [experiment.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent_id}' and tags.`dlkit.role` = 'tuning'",
+        f"tags.`dlkit.comparison` = '{parent_id}' and tags.`dlkit.role` = 'tuning'",
     )
+
+
+def test_sweeps_are_grouped_under_one_tuning_run_per_variant(tuned):
+    result, uri, _, _ = tuned
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tuned").experiment_id
+
+    def under(run_id: str) -> list:
+        return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")
+
+    direct = under(result.parent_run_id)
+    groups = {
+        r.data.tags["dlkit.variant"]: r for r in direct if r.data.tags["dlkit.role"] == "sweep"
+    }
+    # the parent lists the measured runs and one tuning run per variant, nothing else
+    assert sorted(r.data.tags["dlkit.role"] for r in direct) == ["child"] * 4 + ["sweep"] * 2
+    for variant, group in groups.items():
+        assert group.info.status == "FINISHED" and group.info.run_name == f"{variant}/tuning"
+        nested = under(group.info.run_id)
+        assert len(nested) == len(GRID)
+        assert {r.data.tags["dlkit.variant"] for r in nested} == {variant}
+        assert all(r.info.run_name.startswith("learning_rate=") for r in nested)
+        chosen = result.tuning["variants"][variant]
+        assert float(group.data.params["chosen.learning_rate"]) == chosen["point"]["learning_rate"]
+        assert group.data.metrics["val_accuracy"] == pytest.approx(chosen["score"])
+        for row in chosen["scores"]:  # the validation accuracy at every point
+            name = "val_accuracy/" + row["setting"].replace("=", "_")
+            assert group.data.metrics[name] == pytest.approx(row["val_accuracy"])
 
 
 def test_each_variant_trains_at_the_point_with_the_best_validation_accuracy(tuned):

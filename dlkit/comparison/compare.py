@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,23 +22,19 @@ from dlkit.comparison.experiment import (
     resolve_experiment,
 )
 from dlkit.comparison.options import LARGE_COMPARISON, Options
-from dlkit.comparison.progress import Progress, in_notebook
+from dlkit.comparison.progress import in_notebook
 from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
-from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label
+from dlkit.comparison.running import Run, child_spec
+from dlkit.comparison.seeds import Seeds
+from dlkit.comparison.sweep import tuned
 from dlkit.errors import DlkitError
 from dlkit.execution.executors import check as check_executor
-from dlkit.execution.executors import execute, in_this_process
-from dlkit.execution.packs import Unit, units
-from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
-from dlkit.text import plural, safe_name, wrap
-from dlkit.tracking.claims import holders
+from dlkit.text import plural, safe_name
 from dlkit.tracking.members import finished as finished_runs
-from dlkit.tracking.members import member_key, members
 from dlkit.tracking.tracker import Tracker
 
-_WAIT = 1.0  # seconds between looks at runs another process trains
 _MAX_PARAM = 500  # longer lists are logged as a count; the full plan is plan.json
 
 
@@ -135,7 +130,7 @@ def _compare(
     recipes, data = _checked(experiment, options)
     folder = _report_folder(options.output_dir, experiment.name)
     tracker = Tracker(options.tracking_uri, experiment.name)
-    run = _Run(experiment, options, tracker, callbacks, log, progress, data.info.dims)
+    run = Run(experiment, options, tracker, callbacks, log, progress, data.info.dims)
     check_executor(options.executor, options, tracker.tracking_uri)
     parent = _open_parent(run, data)
     with tracker.run(
@@ -144,9 +139,9 @@ def _compare(
         tracker.log_dataset(parent_id, data)
         tuning = None
         if experiment.tune:
-            recipes, tuning = _tune(run, recipes, parent_id, parent.swept)
+            recipes, tuning = tuned(run, recipes, parent_id, parent.swept)
         context = _context(experiment, recipes, data)
-        seeds = _Seeds.start(experiment, tracker.read_artifact(parent_id, PLAN_ARTIFACT))
+        seeds = Seeds.start(experiment, tracker.read_artifact(parent_id, PLAN_ARTIFACT))
         while True:
             plan = _plan(experiment, recipes, options, seeds.by_variant)
             done = finished_runs(tracker, parent_id)  # this round's runs are not in it yet
@@ -161,7 +156,7 @@ def _compare(
             _log_plan(tracker, parent_id, experiment, plan, context, tuning, seeds.record())
             run.execute(
                 [
-                    _spec(run, recipes[entry["variant"]], entry, parent_id)
+                    child_spec(run, recipes[entry["variant"]], entry, parent_id)
                     for entry in plan
                     if entry["config_hash"] not in done
                 ]
@@ -218,7 +213,7 @@ class _Parent:
     swept: dict[str, str]  # the tuning sweep's finished runs, by config hash
 
 
-def _open_parent(run: _Run, data: Any) -> _Parent:
+def _open_parent(run: Run, data: Any) -> _Parent:
     """Finds the parent to resume (the latest), or claims a new one (joining another
     process's if it opened one at the same time); says so, and ends orphans KILLED."""
     experiment, options, tracker = run.experiment, run.options, run.tracker
@@ -255,106 +250,10 @@ def _report(tracker: Tracker, parent_id: str, folder: Path | None) -> Comparison
     folder, or a temporary one when there is none, and logs those same files to the parent."""
     comparison = load_comparison(tracker, parent_id)
     with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-        _log_report(tracker, parent_id, comparison, comparison.save(folder or Path(tmp)))
-    comparison.output_dir = folder
+        files = comparison.save(folder or Path(tmp))
+        _log_report(tracker, parent_id, comparison, files)
+    comparison.output_dir, comparison.files = folder, files if folder else []
     return comparison
-
-
-@dataclasses.dataclass
-class _Run:
-    """One comparison as it runs: what it trains with, where it logs, what it shows."""
-
-    experiment: Experiment
-    options: Options
-    tracker: Tracker
-    callbacks: Sequence[Any]
-    log: Callable[[str], None]
-    progress: bool
-    shape: tuple  # inputs, classes and image shape of the data
-
-    def execute(
-        self,
-        specs: list[ChildSpec],
-        *,
-        lines: bool = True,
-        ended: Callable[[ChildSpec], list[str]] | None = None,
-    ) -> None:
-        """Trains `specs`, packed where they can be; `lines=False` shows them in the bar
-        only, never a line per run (a sweep's runs). `ended` is told of each run as it
-        ends and returns lines to show. Members another process holds are waited for,
-        and trained here if that process goes before they finish."""
-        with Progress(len(specs), self.log, bar=self.progress, lines=lines) as shown:
-            done = functools.partial(self._done, shown, ended)
-            pending = self._train(specs, shown, done)
-            while pending:
-                pending = self._await(pending, shown, done)
-
-    def _train(self, specs: list[ChildSpec], shown: Progress, done: Callable) -> list[ChildSpec]:
-        """Trains `specs`; returns those left to another process."""
-        options = self.options
-        here = in_this_process(options.executor, options)
-        # Keras callbacks reach a child that trains alone, with Keras's fit.
-        # `workers` packs train at once: on this machine, or (a cluster) at most that many.
-        work = units(
-            specs, 1 if self.callbacks else options.pack, *self.shape, at_once=options.workers
-        )
-        alone = any(not unit.packed for unit in work)
-        children = execute(
-            work,
-            options.executor,
-            self.options,
-            # Built only when a child trains alone in this process: they load TensorFlow.
-            callbacks=[*self.callbacks, _epoch_callback(shown)] if alone and here else (),
-            started=lambda unit: shown.start(_unit_label(unit), _epochs(unit), len(unit.specs)),
-            on_epoch=lambda k, metrics, epoch: shown.epoch(metrics, epoch) if k == 0 else None,
-        )
-        elsewhere = []
-        for spec, result in children:
-            signals.check()
-            if result.status == ELSEWHERE:
-                elsewhere.append(spec)
-            elif result.status == "FINISHED":
-                done(spec, f"test accuracy {result.test_accuracy:.4f}")
-            else:
-                done(spec, f"FAILED - {result.failure}", failed=True)
-        return elsewhere
-
-    def _await(self, pending: list[ChildSpec], shown: Progress, done: Callable) -> list:
-        """Waits until another process ends some of `pending`, or goes; returns those still
-        held, having trained here the ones it left."""
-        parent_id = pending[0].parent_id
-        shown.line(
-            f"{plural(len(pending), 'run')} of this comparison "
-            f"{'is' if len(pending) == 1 else 'are'} training in another process: waiting."
-        )
-        while True:
-            state = holders(self.tracker, parent_id)
-            status = {id(spec): state.get(member_key(spec.tags)) for spec in pending}
-            for spec in pending:
-                if status[id(spec)] in ("FINISHED", "FAILED"):
-                    done(spec, f"{status[id(spec)]} in another process")
-            free = [spec for spec in pending if status[id(spec)] is None]
-            held = [spec for spec in pending if status[id(spec)] == "LIVE"]
-            if free:  # its process went before it finished: train it here
-                self.tracker.close_orphans(parent_id)
-                return held + self._train(free, shown, done)
-            if not held:
-                return []
-            time.sleep(_WAIT)
-            pending = held
-
-    @staticmethod
-    def _done(
-        shown: Progress,
-        ended: Callable[[ChildSpec], list[str]] | None,
-        spec: ChildSpec,
-        outcome: str,
-        *,
-        failed: bool = False,
-    ) -> None:
-        shown.finish(outcome, label=_label(spec), failed=failed)
-        for line in ended(spec) if ended else ():
-            shown.line(line)
 
 
 def _check_size(experiment: Experiment, options: Options) -> None:
@@ -370,113 +269,6 @@ def _check_size(experiment: Experiment, options: Options) -> None:
             f"{seeds:,} seeds{swept}), more than {LARGE_COMPARISON}. If that "
             "is the plan, pass --yes (yes=True in Python)."
         )
-
-
-@dataclasses.dataclass
-class _Seeds:
-    """The seeds each variant trains with, and the looks at the verdicts that added them.
-
-    Without `max_seeds`, every variant trains the experiment's seeds and the
-    verdicts look once. With it, after each round the undecided expectations'
-    variants get a pack's worth more (as many as the experiment starts with),
-    until every expectation is decided, the budget is reached, or more seeds
-    cannot decide (see `dlkit.comparison.sequential`).
-    """
-
-    by_variant: dict[str, list[int]]
-    budget: int | None
-    equivalence: float
-    step: int
-    looks: list[dict]
-    stopped: str = ""
-
-    @classmethod
-    def start(cls, experiment: Experiment, plan_text: str | None) -> _Seeds:
-        """The first round: the experiment's seeds, or, resuming a parent that added seeds,
-        where it stopped, with its looks kept (what they spent stays spent)."""
-        labels = [variant.label for variant in experiment.variants]
-        by_variant = {label: list(experiment.seeds) for label in labels}
-        looks: list[dict] = []
-        earlier = json.loads(plan_text) if plan_text else {}
-        record = earlier.get("sequential") or {}
-        if experiment.max_seeds and record.get("looks"):
-            looks = record["looks"]
-            for entry in earlier.get("runs", []):
-                seeds = by_variant.get(entry["variant"])
-                if seeds is not None and entry["seed"] not in seeds:
-                    seeds.append(entry["seed"])
-        seeds = cls(by_variant, experiment.max_seeds, experiment.equivalence,
-                    len(experiment.seeds), looks)  # fmt: skip
-        if not looks:
-            seeds.looks.append({"seeds": seeds.all, "budget": seeds.budget or 0})
-        return seeds
-
-    @property
-    def all(self) -> list[int]:
-        return sorted({seed for seeds in self.by_variant.values() for seed in seeds})
-
-    def record(self) -> dict[str, Any]:
-        """What the plan keeps of it, for the report to reach the same verdicts."""
-        return {
-            "max_seeds": self.budget,
-            "equivalence": self.equivalence,
-            "looks": self.looks,
-            "stopped": self.stopped,
-        }
-
-    def more(self, comparison: Comparison, log: Callable[[str], None]) -> bool:
-        """Adds seeds to the variants of undecided expectations; returns whether it did."""
-        if not self.budget:
-            return False
-        open_ = [
-            (verdict, expectation)
-            for verdict, expectation in zip(comparison.expectations, comparison.parsed)
-            if verdict.status == "inconclusive" and not verdict.futile
-        ]
-        if not open_:
-            self.stopped = (
-                "every expectation decided"
-                if not any(v.futile for v in comparison.expectations)
-                else "more seeds cannot decide what is open"
-            )
-            return False
-        named = {label for _, e in open_ for label in (e.left, e.right) if isinstance(label, str)}
-        labels = [  # in the file's order, those the budget leaves room for
-            label
-            for label in self.by_variant
-            if label in named and len(self.by_variant[label]) < self.budget
-        ]
-        if not labels:
-            self.stopped = f"the budget of {self.budget} seeds is reached"
-            return False
-        have = max(len(self.by_variant[label]) for label in labels)
-        added: dict[int, list[str]] = {}
-        for label in labels:
-            count = min(self.step, self.budget - len(self.by_variant[label]))
-            self.by_variant[label] += self._next(label, count)
-            added.setdefault(count, []).append(label)
-        self.looks.append({"seeds": self.all, "budget": self.budget})
-        adding = " and ".join(
-            f"{plural(count, 'seed')} to {', '.join(names)}" for count, names in added.items()
-        )
-        text = (
-            f"{plural(len(open_), 'expectation')} undecided after {plural(have, 'seed')}: "
-            f"adding {adding} (look {len(self.looks)}, budget {self.budget})."
-        )
-        for line in wrap(text, subsequent="  "):
-            log(line)
-        return True
-
-    def _next(self, label: str, count: int) -> list[int]:
-        """The next `count` seeds for a variant: first those other variants have (so that
-        its runs pair with theirs), then new ones."""
-        own = set(self.by_variant[label])
-        seeds = [seed for seed in self.all if seed not in own]
-        new = max(self.all) + 1
-        while len(seeds) < count:
-            seeds.append(new)
-            new += 1
-        return seeds[:count]
 
 
 def _plan(
@@ -499,134 +291,6 @@ def _plan(
     ]
 
 
-def _spec(
-    run: _Run, recipe: Recipe, entry: dict, parent_id: str, role: str = "child", **fields: Any
-) -> ChildSpec:
-    setting = f"/{entry['setting']}" if "setting" in entry else ""
-    return ChildSpec.of(
-        recipe,
-        run.experiment.data,
-        entry["seed"],
-        run.tracker,
-        run_name=f"{entry['variant']}{setting}/seed{entry['seed']}",
-        parent_id=parent_id,
-        tags={
-            keys.VARIANT: entry["variant"],
-            keys.SEED: str(entry["seed"]),
-            keys.CONFIG_HASH: entry["config_hash"],
-            keys.ROLE: role,
-            **({keys.SETTING: entry["setting"]} if setting else {}),
-        },
-        params={"variant": entry["variant"]},
-        gradient_norms=run.experiment.gradient_norms and role == "child",
-        verbose=run.options.verbose,
-        devices=run.options.devices,
-        **fields,
-    )
-
-
-def _tune(
-    run: _Run, recipes: dict[str, Recipe], parent_id: str, done: dict[str, str]
-) -> tuple[dict[str, Recipe], dict[str, Any]]:
-    """Sweeps every variant over the experiment's grid and returns each recipe at its best
-    point, chosen on validation, with the sweep's record for the plan and the report."""
-    tune = run.experiment.tune
-    sweep = _sweep(run, recipes)
-    specs = [
-        _spec(
-            run,
-            recipes[e["variant"]].replace(**e["point"]),
-            e,
-            parent_id,
-            "tuning",
-            sweep=True,
-        )  # fmt: skip
-        for entries in sweep.values()
-        for e in entries
-        if e["config_hash"] not in done
-    ]
-    total = sum(map(len, sweep.values()))
-    run.log(
-        f"Tuning {tune.describe()}: {plural(total, 'run')} "
-        f"({total - len(specs)} already finished), chosen on validation accuracy."
-    )
-    choices: dict[str, Choice] = {}
-
-    def settle(label: str) -> list[str]:
-        """Chooses a variant's point once its sweep is whole; returns the lines to show."""
-        scores = _sweep_scores(run.tracker, parent_id)
-        choices[label] = _choose(tune, recipes[label], sweep[label], scores)
-        return _choice_lines(label, choices[label], tune.seeds, tune.values(recipes[label]))
-
-    left = {label: sum(e["config_hash"] not in done for e in sweep[label]) for label in sweep}
-    for label in [label for label, count in left.items() if not count]:
-        for line in settle(label):
-            run.log(line)
-
-    def ended(spec: ChildSpec) -> list[str]:
-        label = spec.tags[keys.VARIANT]
-        left[label] -= 1
-        return settle(label) if not left[label] else []
-
-    run.execute(specs, lines=False, ended=ended)
-    record = {"grid": {}, "seeds": list(tune.seed_list), "variants": {}}
-    for label, recipe in recipes.items():
-        record["grid"][label] = {f: list(v) for f, v in tune.values(recipe).items()}
-        record["variants"][label] = dataclasses.asdict(choices[label])
-    return {label: r.replace(**choices[label].point) for label, r in recipes.items()}, record
-
-
-def _sweep(run: _Run, recipes: dict[str, Recipe]) -> dict[str, list[dict[str, Any]]]:
-    """Each variant's sweep: one entry per point and sweep seed, in grid order."""
-    tune, data = run.experiment.tune, run.experiment.data
-    return {
-        label: [
-            {
-                "variant": label,
-                "setting": point_label(point),
-                "point": point,
-                "seed": seed,
-                "config_hash": config_hash(
-                    recipe.replace(**point), data, seed, devices=run.options.devices
-                ),
-            }
-            for point in tune.points(recipe)
-            for seed in tune.seed_list
-        ]
-        for label, recipe in recipes.items()
-    }
-
-
-def _choose(
-    tune: Tune, recipe: Recipe, entries: list[dict], scores: dict[str, float | None]
-) -> Choice:
-    points = tune.points(recipe)
-    per_point = [
-        [scores.get(e["config_hash"]) for e in entries if e["setting"] == point_label(p)]
-        for p in points
-    ]
-    return choose(points, per_point, tune.values(recipe))
-
-
-def _choice_lines(label: str, choice: Choice, seeds: int, values: dict) -> list[str]:
-    failed = f"; {choice.failed} sweep runs failed" if choice.failed else ""
-    lines = [
-        f"  {label}: {point_label(choice.point)} (validation accuracy "
-        f"{choice.score:.4f}, mean of {seeds} seeds{failed})"
-    ]
-    warning = choice.warning(label, values)
-    return lines + [warning] if warning else lines
-
-
-def _sweep_scores(tracker: Tracker, parent_id: str) -> dict[str, float | None]:
-    """Each sweep run's validation accuracy by config hash, from the run that counts
-    (`members`); `None` for a member that did not finish."""
-    return {
-        held.config_hash: held.run.metrics.get(SCORE) if held.state == "FINISHED" else None
-        for held in members(tracker, parent_id, "tuning").values()
-    }
-
-
 def report(
     experiment: str,
     *,
@@ -645,7 +309,7 @@ def report(
     comparison = load_comparison(Tracker(tracking_uri, name, create=False))
     folder = _report_folder(output_dir, name)  # made only for a comparison that exists
     if folder is not None:
-        comparison.save(folder)
+        comparison.files = comparison.save(folder)
         comparison.output_dir = folder
     return comparison
 
@@ -796,29 +460,3 @@ def _description(comparison: Comparison) -> str:
     """The report as the parent's description: Markdown without its plots (not reachable there)."""
     lines = comparison.markdown().splitlines()
     return "\n".join(line for line in lines if not line.startswith("![")).strip() + "\n"
-
-
-def _label(spec: ChildSpec) -> str:
-    return f"{spec.tags['dlkit.variant']} seed {spec.seed}"
-
-
-def _unit_label(unit: Unit) -> str:
-    """What trains: `deep-relu seed 0`, or a pack's `deep-relu seeds 0, 1, 2`."""
-    if len(unit.specs) == 1:
-        return _label(unit.specs[0])
-    variants = list(dict.fromkeys(spec.tags[keys.VARIANT] for spec in unit.specs))
-    seeds = list(dict.fromkeys(str(spec.seed) for spec in unit.specs))
-    return f"{', '.join(variants)} seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
-
-
-def _epochs(unit: Unit) -> int:
-    return max(spec.recipe["epochs"] for spec in unit.specs)
-
-
-def _epoch_callback(progress: Progress) -> Any:
-    from dlkit.console import load_tensorflow
-
-    load_tensorflow()  # quietly, before the callbacks module imports Keras
-    from dlkit.nn.callbacks import EpochLogger
-
-    return EpochLogger(progress.epoch)

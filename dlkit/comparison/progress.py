@@ -55,15 +55,13 @@ class Progress:
         else:
             self._log(text)
 
-    def start(self, label: str, epochs: int, runs: int = 1) -> None:
-        """A run, or a pack of `runs` runs, starts training (in this process)."""
+    def start(self, label: str, epochs: int) -> None:
+        """A run, or a pack of runs, starts training (in this process)."""
         self._label, self._epochs = label, epochs
         if self._bar is not None:
             self._bar.set_description_str(f"{label}: starting", refresh=True)
-        elif self._lines:
-            first, last = self.done + 1, min(self.done + runs, self.total)
-            which = f"{first}-{last}" if last > first else f"{first}"
-            self._log(f"[{which}/{self.total}] {label}: training{self._eta()}")
+        elif self._lines:  # counted once, as each run ends: a pack's start has no count
+            self._log(f"{label}: training{self._eta()}")
 
     def epoch(self, metrics: dict[str, float], step: int) -> None:
         """An epoch of the running run ended (an `EpochLogger` sink)."""

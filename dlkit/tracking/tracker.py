@@ -294,7 +294,9 @@ class Tracker:
                 )
             try:
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_location(self.tracking_uri, experiment)
+                    experiment,
+                    artifact_location=_artifact_location(self.tracking_uri, experiment),
+                    tags={EXPERIMENT_KIND: MODEL_TRAINING},
                 )
             except Exception:  # another process created it first: use theirs
                 found = self.client.get_experiment_by_name(experiment)
@@ -305,6 +307,8 @@ class Tracker:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             self.experiment_id = found.experiment_id
+            if create and EXPERIMENT_KIND not in found.tags:  # made before dlkit set it
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
 
     @contextlib.contextmanager
     def run(
@@ -390,8 +394,9 @@ class Tracker:
             keys.PID: str(os.getpid()),
             **(tags or {}),
         }
-        if parent_id:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        if parent_id:  # shown under `parent_id`, unless the tags nest it deeper
+            all_tags.setdefault(MLFLOW_PARENT_RUN_ID, parent_id)
+            all_tags.setdefault(keys.COMPARISON, parent_id)
         all_tags[keys.HEARTBEAT] = f"{time.time():.3f}"
         if not resume_id:
             run_id = self.client.create_run(
@@ -838,19 +843,25 @@ class Tracker:
     def children(
         self, parent_id: str, *, status: str | None = None, tags: dict[str, str] | None = None
     ) -> list[RunRecord]:
-        """Returns the child runs of `parent_id`, newest first, optionally of one status and
-        with these tag values."""
-        query = f"tags.mlflow.parentRunId = '{parent_id}'"
+        """Returns the runs of the comparison under `parent_id`, newest first, optionally of
+        one status and with these tag values: its children and the runs nested deeper (a
+        variant's sweep runs under its tuning run), which carry `dlkit.comparison`."""
+        where = ""
         if status:
-            query += f" and attributes.status = '{status}'"
+            where += f" and attributes.status = '{status}'"
         for key, value in (tags or {}).items():
-            query += f" and tags.`{key}` = '{value}'"
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=query,
-            order_by=["attributes.start_time DESC"],
-            max_results=_MAX_CHILDREN,
-        )
+            where += f" and tags.`{key}` = '{value}'"
+        found = {}
+        # Runs logged before dlkit tagged the comparison are the parent's children only.
+        for link in (f"tags.`{keys.COMPARISON}`", "tags.mlflow.parentRunId"):
+            for run in self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"{link} = '{parent_id}'{where}",
+                order_by=["attributes.start_time DESC"],
+                max_results=_MAX_CHILDREN,
+            ):
+                found.setdefault(run.info.run_id, run)
+        runs = sorted(found.values(), key=lambda r: r.info.start_time, reverse=True)
         return [_record(run) for run in runs]
 
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
@@ -875,6 +886,9 @@ class Tracker:
 
 
 _MAX_CHILDREN = 50_000
+# The experiment tag MLflow 3's UI reads to pick its layout: model training (runs, models),
+# not GenAI (traces, an assistant panel), for the experiments dlkit creates.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 _MAX_PARENTS = 1_000  # the latest parents a resume looks through for one of its kind
 _MAX_NOTE = 60_000  # a description is a tag; keep it well inside MLflow's tag limit
 
