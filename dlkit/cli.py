@@ -85,6 +85,12 @@ output_option = click.option(
     help="Folder the report files are written to (in a subfolder per experiment).",
 )
 
+wide_option = click.option(
+    "--wide",
+    is_flag=True,
+    help="Show every column of the table (losses, parameters, throughput...), as table.md has.",
+)
+
 
 def dataset_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The data options shared by every command that trains."""
@@ -464,6 +470,7 @@ def train(
     help="Seeds per point of the tuning sweep.  [default: the file's, else 2]",
 )
 @output_option
+@wide_option
 @_handle_errors
 @_resumes  # finished children are reused
 def compare(
@@ -475,6 +482,7 @@ def compare(
     gradient_norms: bool | None,
     tune: Sequence[str],
     no_tune: bool,
+    wide: bool,
     **fields: Any,
 ) -> None:
     """Compare recipes side by side: an experiment file, or recipe names.
@@ -513,7 +521,7 @@ def compare(
         log=(lambda line: None) if quiet else click.echo,
         progress=not quiet and not verbose and sys.stderr.isatty(),
     )
-    _print_report(comparison, options.tracking_uri)
+    _print_report(comparison, options.tracking_uri, wide)
     for part in (comparison, comparison.replication):
         if part is not None and part.failed:
             first = part.runs[part.runs["status"] != "FINISHED"].iloc[0]
@@ -528,17 +536,17 @@ def compare(
 @click.argument("experiment")
 @tracking_uri_option
 @output_option
+@wide_option
 @_handle_errors
-def report(experiment: str, tracking_uri: str | None, output_dir: str) -> None:
+def report(experiment: str, tracking_uri: str | None, output_dir: str, wide: bool) -> None:
     """Rebuild a comparison's table and plots from MLflow, without training.
 
     EXPERIMENT is the experiment's name or its experiment file.
     """
     from dlkit.comparison.compare import report as build_report
 
-    _print_report(
-        build_report(experiment, tracking_uri=tracking_uri, output_dir=output_dir), tracking_uri
-    )
+    comparison = build_report(experiment, tracking_uri=tracking_uri, output_dir=output_dir)
+    _print_report(comparison, tracking_uri, wide)
 
 
 @main.command()
@@ -719,14 +727,15 @@ def _devices(result: Any) -> str:
     return f"{result.replicas} {result.device}s" if result.replicas > 1 else result.device
 
 
-def _print_report(comparison: Any, tracking_uri: str | None) -> None:
+def _print_report(comparison: Any, tracking_uri: str | None, wide: bool = False) -> None:
+    from dlkit.text import wrap
     from dlkit.tracking.tracker import Tracker
 
-    click.echo("\n" + comparison.format())
+    click.echo("\n" + comparison.format(wide=wide))
     if comparison.output_dir:
-        names = (p.name for p in comparison.output_dir.iterdir())
-        files = ", ".join(sorted(n for n in names if not n.startswith(".")))  # not bookkeeping
-        click.echo(f"\nReport files in {comparison.output_dir}/: {files}")
+        files = ", ".join(path.name for path in comparison.files)
+        text = f"Report files written to {comparison.output_dir}/: {files}"
+        click.echo("\n" + "\n".join(wrap(text, subsequent="  ")))
     click.echo(f"MLflow: experiment {comparison.name!r}, parent run {comparison.parent_run_id}.")
     if comparison.registered:
         click.echo(f"Registered {comparison.best} as {comparison.registered}.")
@@ -741,7 +750,7 @@ def _print_review(page: str, tracking_uri: str | None) -> None:
         click.echo(f"Review: {page}")
     else:
         given = "" if tracking_uri is None else f" --tracking-uri {uri}"
-        click.echo(f"Review: run `dlkit ui{given}` and open {page}")
+        click.echo(f"Review: run `dlkit ui{given}`,\n  and open {page}")
 
 
 def run() -> None:

@@ -79,6 +79,10 @@ def test_table_matches_the_children_metrics(finished):
         assert row["finished"] == 2 and row["epochs_run"] == 2
         assert row["params"] == (64 + 1) * 16 + 17 * 16 + 17 * 10
     assert result.table["best"].sum() == 1
+    # one column per quantity, and counts are whole numbers
+    assert result.table.columns.is_unique and "test_accuracy" not in result.table
+    for count in ("params", "planned", "finished", "failed"):
+        assert pd.api.types.is_integer_dtype(result.table[count]), count
     assert len(result.histories["relu"]) == 2 and len(result.histories["relu"][0]["loss"]) == 2
     verdict = result.expectations[0]
     assert verdict.expectation == "relu > sigmoid"
@@ -134,7 +138,7 @@ def test_report_rebuilds_from_mlflow_alone(finished, tmp_path):
     )
     assert cli.exit_code == 0, cli.output
     assert "relu" in cli.output and "Expectations (" in cli.output
-    listed = next(line for line in cli.output.splitlines() if line.startswith("Report files"))
+    listed = cli.output.split("Report files written to")[1].split("MLflow:")[0]
     assert "learning_curves.png" in listed and ".plots-digest" not in listed
     missing = CliRunner().invoke(
         main, ["report", "nothing", "--tracking-uri", uri, "--output", str(tmp_path)]
@@ -366,6 +370,15 @@ def test_in_a_notebook_a_comparison_displays_as_its_report(finished):
     assert "Expectations (variants compared as given)" in page
     assert "<code>relu &gt; sigmoid</code>" in page  # escaped, as HTML must be
     assert page.count('<img src="data:image/png;base64,') == 2  # curves and test accuracy
+
+
+def test_the_terminal_report_fits_in_100_columns_and_wide_shows_every_column(finished):
+    result = finished[0]
+    narrow, wide = result.format(), result.format(wide=True)
+    assert max(map(len, narrow.splitlines())) <= 100
+    assert "test loss" not in narrow and "samples/s" not in narrow and "gap" in narrow
+    assert "test loss" in wide and "samples/s" in wide and "params" in wide
+    assert "| test loss |" in result.markdown()  # table.md keeps every column
 
 
 def test_a_comparison_shows_its_report_at_a_python_prompt(finished):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -249,10 +249,11 @@ def evaluate(
     # The means shown are over the seeds the difference is: under pairing, both sides'.
     a_values = [a[s] for s in seeds if s in a and (not paired or not b or s in b)]
     b_values = [b[s] for s in seeds if s in b and (not paired or s in a)] if b else [e.right]
+    mean, diff = _number(e.metric), _number(e.metric, signed=True)
     detail = (
-        f"{e.metric}: {e.left} {np.mean(a_values):.4g} vs {name} {np.mean(b_values):.4g}, "
-        f"difference {difference:+.4g}, {_percent(run.level)} interval "
-        f"[{low:+.4g}, {high:+.4g}] ({_need(e)})"
+        f"{e.metric}: {e.left} {mean(np.mean(a_values))} vs {name} {mean(np.mean(b_values))}, "
+        f"difference {diff(difference)}, {_percent(run.level)} interval "
+        f"[{diff(low)}, {diff(high)}] ({_need(e)})"
     )
     if not math.isfinite(low):
         detail += "; one seed and no per-example results: no interval, so no verdict"
@@ -271,13 +272,20 @@ def evaluate(
     if status == "inconclusive" and e.op != "~" and math.isfinite(low):
         margin = max(abs(low), abs(high))
         if low <= 0 <= high:
-            detail += f"; no difference beyond ±{margin:.2g}"
+            detail += f"; no difference beyond ±{mean(margin)}"
     if status == "inconclusive" and math.isfinite(low) and not looks[-1].budget:
         detail += _more_seeds(seeds_needed, known_spread=paired or parts["seeds"] is not None)
     return Verdict(
         e.text, status, detail, difference, low, high, seeds_needed, *p,
         seeds=n, looks=run.looks, decided_at=run.decided_at, margin=margin, futile=futile,
     )  # fmt: skip
+
+
+def _number(metric: str, *, signed: bool = False) -> Callable[[float], str]:
+    """How a metric's values read: accuracies (and differences of them) to 4 decimals,
+    other metrics (a loss) to 4 significant digits."""
+    spec = ("+" if signed else "") + (".4f" if metric in ACCURACY_SCALE else ".4g")
+    return lambda value: format(value, spec)
 
 
 def _looked(e, left, right, looks: list[Look], paired: bool, equivalence: float | None):

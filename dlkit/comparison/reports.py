@@ -81,6 +81,7 @@ class Comparison:
         self.histories = histories
         self.gradients = gradients or {}
         self.output_dir: Path | None = None  # where compare/report saved the files
+        self.files: list[Path] = []  # the files compare/report wrote there
         self.context = context or {}  # what was run: dataset, sizes, seeds, epochs, versions
         self.replication: Comparison | None = None  # the rerun on a second slice, if any
         self.registered: str | None = None  # `models:/NAME/VERSION` when the best was registered
@@ -182,12 +183,18 @@ class Comparison:
         reason = self.sequential.get("stopped", "")
         return f"{seeds}, {looks}; stopped: {reason or f'the budget of {budget} seeds'}"
 
-    def format(self) -> str:
-        """Returns the report as terminal text: table, failures, expectations."""
-        lines = [f"{self.name}: {self.question}".rstrip(": ")]
+    def format(self, *, wide: bool = False) -> str:
+        """Returns the report as terminal text: table, failures, expectations.
+
+        Args:
+            wide: Show every column of the table (losses, validation and training
+                accuracy, parameters, throughput...), as `table.md` does. Defaults to
+                `False`: the columns a verdict is read with, in 100 columns.
+        """
+        lines = wrap(f"{self.name}: {self.question}".rstrip(": "), subsequent="  ")
         if self.context:
-            lines.append(self.what_was_run())
-        lines += ["", text_table(self._display_rows()), self._footnote()]
+            lines += wrap(self.what_was_run(), subsequent="  ")
+        lines += ["", text_table(self._display_rows(wide=wide)), *wrap(self._footnote(wide))]
         failed = self.runs[self.runs["status"] != "FINISHED"]
         if not failed.empty:
             lines.append("")
@@ -209,14 +216,14 @@ class Comparison:
                 "",
                 f"Replicated as {self.replication.name!r}:",
                 "",
-                self.replication.format(),
+                self.replication.format(wide=wide),
             ]
             lines += ["", "Verdicts on both slices:", text_table(self._side_by_side())]
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        """Returns the report as Markdown."""
-        rows = self._display_rows()
+        """Returns the report as Markdown, with every column of the table."""
+        rows = self._display_rows(wide=True)
         header = list(rows[0])
         lines = [f"## {self.name}", ""]
         if self.question:
@@ -225,7 +232,7 @@ class Comparison:
             lines += [self.what_was_run(), ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(row[c]) for c in header) + " |" for row in rows]
-        lines += ["", self._footnote()]
+        lines += ["", self._footnote(wide=True)]
         failed = self.runs[self.runs["status"] != "FINISHED"]
         if not failed.empty:
             lines += ["", "Runs that did not finish:", ""]
@@ -290,7 +297,7 @@ class Comparison:
 
     def _repr_html_(self) -> str:
         """The report in a notebook (Jupyter, Colab): the table, the verdicts, the plots."""
-        rows = self._display_rows()
+        rows = self._display_rows(wide=True)
         head = "".join(f"<th>{html.escape(column)}</th>" for column in rows[0])
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(value))}</td>" for value in row.values())
@@ -302,7 +309,7 @@ class Comparison:
         if self.context:
             parts.append(f"<p><small>{html.escape(self.what_was_run())}</small></p>")
         parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        parts.append(f"<p><small>{html.escape(self._footnote())}</small></p>")
+        parts.append(f"<p><small>{html.escape(self._footnote(wide=True))}</small></p>")
         if self.expectations:
             items = "".join(
                 f"<li><b>{verdict.status}</b> <code>{html.escape(verdict.expectation)}</code>: "
@@ -327,7 +334,7 @@ class Comparison:
         return (
             f"Data: {c.get('dataset')} ({c.get('train_size', 0):,} train{first}, "
             f"{c.get('validation_size', 0):,} validation, {c.get('test_size', 0):,} test). "
-            f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}), {epochs} epochs, "
+            f"{plural(len(seeds), 'seed')} ({_ranges(seeds)}), {epochs} epochs, "
             f"{'/'.join(c.get('precision', [])) or 'float32'}. {versions}."
         )
 
@@ -344,10 +351,13 @@ class Comparison:
             )
         return rows
 
-    def _footnote(self) -> str:
+    def _footnote(self, wide: bool = False) -> str:
         several = self.runs.groupby("variant")["seed"].count().max() > 1
         spread = "; ± is one standard deviation over seeds" if several else ""
-        return f"(* best mean test accuracy{spread})"
+        gap = "; gap is training minus test accuracy"
+        time = "; time/run is a run's training time, its share of its pack's when packed"
+        pack = "; samples/s is its pack's" if wide else "; every column: --wide, table.md"
+        return f"(* best mean test accuracy{spread}{gap}{time}{pack})"
 
     def save(self, folder: str | Path) -> list[Path]:
         """Writes table.csv, table.md, runs.csv and the plots (PNG) into `folder`.
@@ -391,42 +401,45 @@ class Comparison:
         return [folder / name for name in ("table.csv", "table.md", "runs.csv", *names)]
 
     def csv_table(self) -> pd.DataFrame:
-        """Returns the per-variant table as written to `table.csv`."""
-        # The variant and its result first, bookkeeping last; the columns the
-        # expectations read under short names are the means already shown.
-        table = self.table.drop(columns=["test_accuracy", "test_loss"])
+        """Returns the per-variant table as written to `table.csv`: the variant and its
+        result first."""
         first = ["variant", "test_accuracy_mean", "test_accuracy_std", "test_loss_mean"]
-        table = table[first + [c for c in table.columns if c not in first]]
-        counts = ["params", "planned", "finished", "failed"]
-        return table.astype({c: "Int64" for c in counts})
+        return self.table[first + [c for c in self.table.columns if c not in first]]
 
-    def _display_rows(self) -> list[dict[str, str]]:
+    def _display_rows(self, wide: bool = False) -> list[dict[str, str]]:
+        """The table as shown: with `wide`, every column; else those a verdict is read with."""
         rows = []
         for row in self.table.to_dict("records"):
-            stopped = row["stopped_epoch"]
-            rows.append(
-                {
-                    "variant": row["variant"] + (" *" if row["best"] else ""),
-                    **({"tuned": row["tuned"]} if self.tuning else {}),
-                    "params": _int(row["params"]),
-                    "seeds": f"{row['finished']}/{row['planned']}",
-                    "test acc": _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
-                    **(
-                        {"published": _num(row.get("published_accuracy", math.nan))}
-                        if self.published
-                        else {}
-                    ),
-                    "test loss": _pm(row["test_loss_mean"], row["test_loss_std"]),
-                    "best val acc": _num(row["best_val_accuracy"]),
-                    "train acc": _num(row["train_accuracy"]),
-                    "gap": _num(row["gap"]),
-                    "epochs": _count(row["epochs_run"]),
-                    "stopped at": _count(stopped),
-                    "time (s)": _num(row["wall_time_s"], ".1f"),
-                    "samples/s": _int(row["samples_per_second"]),
-                }
-            )
+            shown = {
+                "variant": row["variant"] + (" *" if row["best"] else ""),
+                "tuned": row.get("tuned", ""),
+                "params": _int(row["params"]),
+                "seeds": f"{row['finished']}/{row['planned']}",
+                "test acc": _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
+                "published": _num(row.get("published_accuracy", math.nan)),
+                "test loss": _pm(row["test_loss_mean"], row["test_loss_std"]),
+                "best val acc": _num(row["best_val_accuracy"]),
+                "train acc": _num(row["train_accuracy"]),
+                "gap": _num(row["gap"]),
+                "epochs": _count(row["epochs_run"]),
+                "stopped at": _count(row["stopped_epoch"]),
+                "time/run (s)": _num(row["wall_time_s"], ".1f"),
+                "samples/s": _int(row["samples_per_second"]),
+            }
+            columns = _WIDE if wide else _NARROW
+            rows.append({c: shown[c] for c in columns if self._has(c)})
         return rows
+
+    def _has(self, column: str) -> bool:
+        return {"tuned": bool(self.tuning), "published": bool(self.published)}.get(column, True)
+
+
+# The terminal's default table, and every column (`--wide`, table.md, the notebook).
+_NARROW = ("variant", "tuned", "seeds", "test acc", "published", "gap", "epochs", "time/run (s)")
+_WIDE = (
+    "variant", "tuned", "params", "seeds", "test acc", "published", "test loss", "best val acc",
+    "train acc", "gap", "epochs", "stopped at", "time/run (s)", "samples/s",
+)  # fmt: skip
 
 
 def samples_by_variant(
@@ -503,9 +516,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows)
-    # The expectations read these names: keep them in step with expectations.METRICS.
-    table["test_accuracy"] = table["test_accuracy_mean"]
-    table["test_loss"] = table["test_loss_mean"]
+    # Counts are whole numbers (a variant with no finished run has no parameter count).
+    table["params"] = table["params"].round().astype("Int64")
     scores = table["test_accuracy_mean"].fillna(-1.0)
     table["best"] = (scores == scores.max()) & (scores >= 0)
     return table
@@ -642,6 +654,18 @@ def verdict_cell(verdict: Verdict, digits: int = 4) -> str:
     return f"{verdict.status} {d} [{low}, {high}]"
 
 
+def _ranges(seeds: list[int]) -> str:
+    """`0-14` for seeds 0 to 14, `0-2, 5, 6` for 0, 1, 2, 5 and 6."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(f"{a}-{b}" if b > a + 1 else ", ".join(map(str, range(a, b + 1)))
+                     for a, b in spans)  # fmt: skip
+
+
 def _count(value: float) -> str:
     """A mean of whole numbers: `15` when it is whole, `14.5` when the seeds differ."""
     if not math.isfinite(value):
@@ -650,4 +674,4 @@ def _count(value: float) -> str:
 
 
 def _int(value: float) -> str:
-    return f"{value:,.0f}" if math.isfinite(value) else "-"
+    return "-" if pd.isna(value) or not math.isfinite(value) else f"{value:,.0f}"
