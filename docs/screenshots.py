@@ -5,8 +5,9 @@
 
 Needs Chromium from the distribution (`apt-get install chromium`) and Playwright from
 pip (`pip install playwright`; its own browser download is not needed). Writes
-docs/screenshots/{runs,parent,child,report}.png: the experiment's runs with the parent
-expanded, the parent run's page, a child run's page, and the parent's report artifacts.
+docs/screenshots/{runs,sweep,parent,child,report}.png: the experiment's runs with the parent
+expanded, a variant's tuning run expanded to its sweep, the parent run's page, a child run's
+page, and the parent's report artifacts.
 """
 
 from __future__ import annotations
@@ -63,13 +64,20 @@ def take(store: str, output: Path) -> list[Path]:
         page.get_by_text("deep-relu/seed0").first.wait_for()
         shots.append(_shot(page, output / "runs.png"))
 
+        ui.expand_parent(page, "deep-relu/tuning")  # the sweep, folded under its tuning run
+        page.get_by_text("lr=0.001/s1000").first.wait_for()
+        rows = page.locator(".ag-pinned-left-cols-container .ag-row")
+        rows.filter(has_text="lr=0.001/s1000").first.scroll_into_view_if_needed()
+        shots.append(_shot(page, output / "sweep.png"))
+
         for name, run_id in (("parent", parent), ("child", child)):
-            page.goto(f"{runs}/{run_id}")
+            page.goto(tracker.runs_page(run_id, address=address))
             page.get_by_text("Parameters").first.wait_for(timeout=60_000)
             ui.close_assistant(page)
             shots.append(_shot(page, output / f"{name}.png", full_page=True))
 
-        page.goto(f"{runs}/{parent}/artifacts/report/test_accuracy.png")
+        report = tracker.runs_page(parent, address=address)
+        page.goto(report.replace("?", "/artifacts/report/test_accuracy.png?"))
         page.get_by_text("table.md").first.wait_for(timeout=60_000)
         ui.close_assistant(page)
         shots.append(_shot(page, output / "report.png"))

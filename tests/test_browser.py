@@ -26,9 +26,13 @@ TINY = {
     "dataset": {"source": "digits", "train_size": 200},
     "seeds": 2,
     "overrides": {"epochs": 1},
+    "tune": {"learning_rate": [0.01, 0.1], "seeds": 1},
     "variants": ["deep-relu", "softmax-regression"],
     "expect": ["deep-relu > softmax-regression"],
 }
+
+
+VARIANTS = TINY["variants"]
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +47,30 @@ def browser_page(tmp_path_factory):
         browser.close()
 
 
-def test_runs_page_shows_the_parent_with_its_children(browser_page):
+def test_runs_page_groups_each_variants_sweep_under_its_tuning_run(browser_page):
     page, runs, result = browser_page
     ui.open_runs(page, runs)
-    assert "Training runs" in page.inner_text("body")  # not MLflow's GenAI overview
+    text = page.inner_text("body")
+    # MLflow 3's model-training layout, not its GenAI one (traces, judges, an assistant)
+    assert "Model registry" in text and "Judges" not in text
     assert ui.run_names(page) == ["browser"]  # children folded under their parent
     ui.expand_parent(page, "browser")
     page.get_by_text("deep-relu/seed0").first.wait_for()
     names = ui.run_names(page)
     assert names[0] == "browser"
+    # the measured runs and one tuning run per variant; the sweep's runs are folded in those
     assert sorted(names[1:]) == sorted(
-        f"{variant}/seed{seed}"
-        for variant in ("deep-relu", "softmax-regression")
-        for seed in (0, 1)
+        [f"{variant}/seed{seed}" for variant in VARIANTS for seed in (0, 1)]
+        + [f"{variant}/tuning" for variant in VARIANTS]
     )
+    ui.expand_parent(page, "deep-relu/tuning")
+    page.get_by_text("lr=0.01/s1000").first.wait_for()
+    assert {"lr=0.01/s1000", "lr=0.1/s1000"} <= set(ui.run_names(page))
 
 
 def test_parent_page_shows_its_metrics_params_and_description(browser_page):
     page, runs, result = browser_page
-    page.goto(f"{runs}/{result.parent_run_id}")
+    page.goto(runs.replace("/runs?", f"/runs/{result.parent_run_id}?"))
     page.get_by_text("best_test_accuracy").first.wait_for(timeout=60_000)
     text = page.inner_text("body")
     assert "Does ReLU beat softmax regression here?" in text  # the description

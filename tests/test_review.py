@@ -176,13 +176,13 @@ def test_compare_prints_the_experiments_runs_page(tracking_uri, tmp_path):
     assert cli.exit_code == 0, cli.output
     experiment = MlflowClient(tracking_uri).get_experiment_by_name("compare-softmax-regression")
     page = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
-    assert f"open {page}\n" in cli.output
+    assert f"open {page}?workflowType=machine_learning\n" in cli.output  # the training layout
     again = CliRunner().invoke(
         main,
         ["report", "compare-softmax-regression"]
         + ["--tracking-uri", tracking_uri, "--output", str(tmp_path / "out")],
     )
-    assert again.exit_code == 0 and f"open {page}\n" in again.output
+    assert again.exit_code == 0 and f"open {page}?workflowType=machine_learning\n" in again.output
 
 
 def test_progress_prints_a_line_per_run_without_a_terminal():

@@ -142,7 +142,8 @@ def test_sweeps_are_grouped_under_one_tuning_run_per_variant(tuned):
         nested = under(group.info.run_id)
         assert len(nested) == len(GRID)
         assert {r.data.tags["dlkit.variant"] for r in nested} == {variant}
-        assert all(r.info.run_name.startswith("learning_rate=") for r in nested)
+        # short enough to read where the UI cuts names: the point and the seed
+        assert {r.info.run_name for r in nested} == {f"lr={lr:g}/s{SEED_BASE}" for lr in GRID}
         chosen = result.tuning["variants"][variant]
         assert float(group.data.params["chosen.learning_rate"]) == chosen["point"]["learning_rate"]
         assert group.data.metrics["val_accuracy"] == pytest.approx(chosen["score"])
@@ -180,7 +181,11 @@ def test_a_choice_on_the_grids_edge_is_flagged_and_the_report_says_tuned(tuned):
     result, _, folder, lines = tuned
     assert any(line.startswith("Tuning learning_rate (3 values), 1 seed") for line in lines)
     assert not any("1000" in line for line in lines)  # no line per sweep run
-    assert any("learning_rate 0.01 is the largest tried" in line for line in lines)
+    assert "learning_rate 0.01 is the largest tried" in " ".join(lines)
+    assert max(map(len, lines)) <= 100
+    # each variant's choice, in the file's order, whichever sweep ended first
+    chosen = [line.split(":")[0].strip() for line in lines if "(validation accuracy" in line]
+    assert chosen == ["relu", "sigmoid"]
     assert "variants compared tuned: each at its best of 3 learning_rate" in result.format()
     saved = folder / "reports" / "tuned"
     assert (saved / "tuning.png").stat().st_size > 10_000

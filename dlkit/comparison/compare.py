@@ -31,7 +31,7 @@ from dlkit.errors import DlkitError
 from dlkit.execution.executors import check as check_executor
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
-from dlkit.text import plural, safe_name
+from dlkit.text import plural, safe_name, wrap
 from dlkit.tracking.members import finished as finished_runs
 from dlkit.tracking.tracker import Tracker
 
@@ -232,10 +232,14 @@ def _open_parent(run: Run, data: Any) -> _Parent:
     if not resumed and not options.force:  # another process may be opening one now
         resume_id, joined = tracker.claim_parent(experiment.name, tags)
     orphans = tracker.close_orphans(resume_id) if resume_id else 0
-    run.log(
+    info = data.info
+    text = (
         f"Comparison {experiment.name!r}: {plural(len(experiment.variants), 'variant')} x "
-        f"{plural(len(experiment.seeds), 'seed')} on {data!r}"
+        f"{plural(len(experiment.seeds), 'seed')} on {info.name} ({info.train_size:,} train, "
+        f"{info.validation_size:,} validation, {info.test_size:,} test)"
     )
+    for line in wrap(text, subsequent="  "):
+        run.log(line)
     if joined:
         run.log(f"Joined parent run {resume_id}, which another process opened at the same time.")
     if orphans:

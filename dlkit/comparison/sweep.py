@@ -17,10 +17,10 @@ from typing import Any
 from dlkit import keys
 from dlkit.comparison.experiment import config_hash
 from dlkit.comparison.running import Run, child_spec
-from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label
+from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label, short_label
 from dlkit.execution.runs import ChildSpec
 from dlkit.recipes.recipe import Recipe
-from dlkit.text import plural
+from dlkit.text import plural, wrap
 from dlkit.tracking.members import members
 from dlkit.tracking.tracker import Tracker, process_alive
 
@@ -43,19 +43,30 @@ def tuned(
     sweep = _sweep(run, recipes)
     total = sum(map(len, sweep.values()))
     left = {label: sum(e["config_hash"] not in done for e in sweep[label]) for label in sweep}
-    run.log(
+    text = (
         f"Tuning {tune.describe()}: {plural(total, 'run')} "
         f"({total - sum(left.values())} already finished), chosen on validation accuracy."
     )
+    for line in wrap(text, subsequent="  "):
+        run.log(line)
     choices: dict[str, Choice] = {}
+    shown: list[str] = []  # the variants whose choice is shown, in the file's order
     with _tuning_runs(tracker, parent_id, list(recipes)) as holders:
 
         def settle(label: str) -> list[str]:
-            """Chooses a variant's point once its sweep is whole; returns the lines to show."""
+            """Chooses a variant's point once its sweep is whole; returns the lines to show:
+            the choices not shown yet that follow, in the file's order, those shown."""
             scores = _sweep_scores(tracker, parent_id)
             choices[label] = _choose(tune, recipes[label], sweep[label], scores)
             _log_choice(tracker, holders[label], choices[label], tune.values(recipes[label]))
-            return _choice_lines(label, choices[label], tune.seeds, tune.values(recipes[label]))
+            lines = []
+            for next_label in list(recipes)[len(shown) :]:
+                if next_label not in choices:
+                    break
+                shown.append(next_label)
+                values = tune.values(recipes[next_label])
+                lines += _choice_lines(next_label, choices[next_label], tune.seeds, values)
+            return lines
 
         for label in [label for label, count in left.items() if not count]:
             for line in settle(label):
@@ -74,7 +85,7 @@ def tuned(
                 parent_id,
                 "tuning",
                 sweep=True,
-                name=f"{e['setting']}/seed{e['seed']}",
+                name=f"{short_label(e['point'])}/s{e['seed']}",  # under <variant>/tuning
                 nest=holders[e["variant"]],
             )
             for entries in sweep.values()
@@ -193,7 +204,7 @@ def _choice_lines(label: str, choice: Choice, seeds: int, values: dict) -> list[
         f"{choice.score:.4f}, mean of {seeds} seeds{failed})"
     ]
     warning = choice.warning(label, values)
-    return lines + [warning] if warning else lines
+    return lines + wrap(warning, initial="  ", subsequent="    ") if warning else lines
 
 
 def _sweep_scores(tracker: Tracker, parent_id: str) -> dict[str, float | None]:

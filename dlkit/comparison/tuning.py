@@ -189,8 +189,21 @@ def with_options(tune: Tune | None, grid: Mapping[str, Any] | bool | None, seeds
 
 
 def point_label(point: Mapping[str, float]) -> str:
-    """`learning_rate=0.003`: how a point reads in run names, logs and the report."""
+    """`learning_rate=0.003`: how a point reads in logs, tags and the report."""
     return ",".join(f"{field}={value:g}" for field, value in point.items())
+
+
+def short_label(point: Mapping[str, float]) -> str:
+    """`lr=0.003`: a point in the few characters the MLflow UI shows of a run's name."""
+    return ",".join(f"{_SHORT.get(field, field)}={value:g}" for field, value in point.items())
+
+
+_SHORT = {
+    "learning_rate": "lr",
+    "weight_decay": "wd",
+    "dropout": "drop",
+    "input_dropout": "in_drop",
+}
 
 
 @dataclasses.dataclass(frozen=True)

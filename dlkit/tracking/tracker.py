@@ -461,13 +461,16 @@ class Tracker:
         """Returns the UI address of this experiment's runs table, or of one run's page.
 
         The runs table, not the experiment's bare address: MLflow 3 opens an
-        experiment on its GenAI overview, where training runs are not listed.
+        experiment on its GenAI overview, where training runs are not listed. The
+        address asks for the model-training layout (`workflowType`), which MLflow
+        3's UI otherwise takes from the browser's last choice, GenAI at first.
         `address` is the UI's (e.g. `http://127.0.0.1:5123`); it defaults to
         `ui_address(tracking_uri)`.
         """
         address = address or ui_address(self.tracking_uri)
         page = f"{address}/#/experiments/{self.experiment_id}"
-        return f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
+        page = f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
+        return f"{page}?workflowType=machine_learning"
 
     def close_orphans(self, parent_id: str) -> int:
         """Ends as KILLED the children of `parent_id` left RUNNING by a process that is gone.
