@@ -369,7 +369,8 @@ def test_in_a_notebook_a_comparison_displays_as_its_report(finished):
     assert "relu" in page and "sigmoid" in page and "±" in page
     assert "Expectations (variants compared as given)" in page
     assert "<code>relu &gt; sigmoid</code>" in page  # escaped, as HTML must be
-    assert page.count('<img src="data:image/png;base64,') == 2  # curves and test accuracy
+    # the report's every figure: curves, test accuracy, and (logged here) gradient norms
+    assert page.count('src="data:image/png;base64,') == 3 and 'alt="gradient_norms"' in page
 
 
 def test_the_terminal_report_fits_in_100_columns_and_wide_shows_every_column(finished):

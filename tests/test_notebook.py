@@ -29,7 +29,14 @@ def test_the_quickstart_notebook_shows_the_report_inline(tmp_path, monkeypatch):
     report = notebook.cells[1].outputs[-1]["data"]
     assert "<table>" in report["text/html"] and "softmax-regression" in report["text/html"]
     assert "variants compared tuned" in report["text/html"]
-    assert report["text/html"].count("data:image/png;base64,") == 2
+    # every figure of the report, the tuning sweep's among them
+    assert report["text/html"].count("data:image/png;base64,") == 3
+    assert '<img alt="tuning"' in report["text/html"]
+    # tqdm's notebook bar draws (ipywidgets is there), without a warning in its place
+    streams = "".join(o.get("text", "") for o in notebook.cells[1].outputs)
+    assert "IProgress not found" not in streams and "TqdmWarning" not in streams
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in notebook.cells[1].outputs)  # fmt: skip
     table = notebook.cells[3].outputs[-1]["data"]["text/plain"]
     assert "deep-relu" in table and "learning_rate=" in table
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "reports" / "quickstart").is_dir()

@@ -8,6 +8,7 @@ import html
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,11 +255,7 @@ class Comparison:
             lines += ["", "Verdicts on both slices:", ""]
             lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
             lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
-        plots = ["learning_curves.png", "test_accuracy.png"]
-        if any(self.gradients.values()):
-            plots.append("gradient_norms.png")
-        if self.tuning:
-            plots.append("tuning.png")
+        plots = [name for name, _ in self._plots()]
         lines += ["", *(f"![{name.removesuffix('.png')}]({name})" for name in plots)]
         return "\n".join(lines) + "\n"
 
@@ -312,16 +309,30 @@ class Comparison:
         parts.append(f"<p><small>{html.escape(self._footnote(wide=True))}</small></p>")
         if self.expectations:
             items = "".join(
-                f"<li><b>{verdict.status}</b> <code>{html.escape(verdict.expectation)}</code>: "
-                f"{html.escape(verdict.detail)}</li>"
+                f"<li><b>{verdict.status}</b> <code>{html.escape(verdict.expectation)}</code>, "
+                f"{html.escape(self.how_decided(verdict))}: {html.escape(verdict.detail)}</li>"
                 for verdict in self.expectations
             )
             parts.append(
                 f"<p>Expectations ({html.escape(self.how_compared())}):</p><ul>{items}</ul>"
+                f"<p><small>{html.escape(self.cost())}</small></p>"
             )
-        for draw in (self.plot_learning_curves, self.plot_test_accuracy):
-            parts.append(f'<img src="data:image/png;base64,{_png(draw())}"/>')
+        for name, draw in self._plots():
+            alt = name.removesuffix(".png")
+            parts.append(f'<img alt="{alt}" src="data:image/png;base64,{_png(draw())}"/>')
         return "\n".join(parts)
+
+    def _plots(self) -> list[tuple[str, Callable[[], Any]]]:
+        """The report's figures, by file name: the same in its folder, Markdown and notebook."""
+        plots = [
+            ("learning_curves.png", self.plot_learning_curves),
+            ("test_accuracy.png", self.plot_test_accuracy),
+        ]
+        if any(self.gradients.values()):
+            plots.append(("gradient_norms.png", self.plot_gradient_norms))
+        if self.tuning:
+            plots.append(("tuning.png", self.plot_tuning))
+        return plots
 
     def what_was_run(self) -> str:
         """Returns one line: dataset and split sizes, seeds, epochs, precision, versions."""
@@ -372,14 +383,7 @@ class Comparison:
         self.csv_table().to_csv(folder / "table.csv", index=False)
         (folder / "table.md").write_text(markdown)
         (folder / "runs.csv").write_text(runs)
-        plots = [
-            ("learning_curves.png", self.plot_learning_curves),
-            ("test_accuracy.png", self.plot_test_accuracy),
-        ]
-        if any(self.gradients.values()):
-            plots.append(("gradient_norms.png", self.plot_gradient_norms))
-        if self.tuning:
-            plots.append(("tuning.png", self.plot_tuning))
+        plots = self._plots()
         names = [name for name, _ in plots]
         for stale in ("gradient_norms.png", "tuning.png"):  # an earlier comparison's plots
             if stale not in names:
