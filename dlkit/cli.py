@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +22,10 @@ from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT, DataSpe
 from dlkit.errors import DlkitError
 from dlkit.recipes.recipe import PRECISIONS, get_recipe, list_recipes, parse_assignments
 from dlkit.text import text_table
+
+
+class _Interrupted(SystemExit):
+    """The exit of an interrupted command: `run` leaves without waiting for threads."""
 
 
 def _resumes(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,7 +63,7 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(
                 f"\nInterrupted ({name}). Finished runs are kept in MLflow; {again}.", err=True
             )
-            sys.exit(code)
+            raise _Interrupted(code) from None
 
     return wrapper
 
@@ -764,6 +769,16 @@ def run() -> None:
     """
     try:
         main()
+    except _Interrupted as stop:
+        # Every run is ended by now. A library's threads (a TFDS download's, say) would hold
+        # the exit until they end, for minutes: the user asked to stop now. A Ray instance
+        # this process started is stopped first (its own exit hook would not run).
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code)
     finally:
         gc.freeze()
 

@@ -259,15 +259,23 @@ def read_tfds(source: str, *, data_dir: str | None = None, download: bool = True
     """A TensorFlow Datasets name (`mnist`, `fashion_mnist`, ...), downloaded on first use."""
     import tensorflow_datasets as tfds
 
+    from dlkit.data.downloads import check_reachable, quiet_retries
+
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     try:
-        train, test = tfds.load(
-            source,
-            split=["train", "test"],
-            data_dir=data_dir,
-            as_supervised=True,
-            download=download,
-        )
+        builder = tfds.builder(source, data_dir=data_dir)
+        if download and not builder.is_prepared():  # offline, fail in seconds, not minutes
+            check_reachable((builder.url_infos or {}).keys(), source)
+        with quiet_retries():
+            train, test = tfds.load(
+                source,
+                split=["train", "test"],
+                data_dir=data_dir,
+                as_supervised=True,
+                download=download,
+            )
+    except DlkitError:
+        raise
     except tfds.core.registered.DatasetNotFoundError:
         raise DlkitError(
             f"Unknown dataset {source!r}: it is not one of {', '.join(_named_sources())}, an "
