@@ -11,6 +11,7 @@ from tiny import tiny
 from dlkit import DlkitError, compare, report
 from dlkit.cli import main
 from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.reports import load_comparison
 from dlkit.comparison.tuning import (
     SEED_BASE,
     Tune,
@@ -21,6 +22,7 @@ from dlkit.comparison.tuning import (
     with_options,
 )
 from dlkit.recipes.recipe import get_recipe
+from dlkit.tracking.tracker import Tracker
 
 GRID = [0.00001, 0.0001, 0.01]  # on 300 digits and 2 epochs, 0.01 wins: the grid's edge
 TUNED = tiny("tuned", tune={"learning_rate": GRID, "seeds": 1})
@@ -285,3 +287,17 @@ def test_tuned_and_untuned_runs_keep_parents_and_report_folders_of_their_own(tmp
     again = compare(experiment, **{**quiet, "log": lines.append})
     assert again.parent_run_id == tuned.parent_run_id  # a tuned rerun resumes the tuned one
     assert any("already finished" in line for line in lines), lines
+    # two parents, two consistent reports, each of its own kind
+    tracker = Tracker(uri, "kinds", create=False)
+    assert load_comparison(tracker, tuned.parent_run_id).tuning is not None
+    assert load_comparison(tracker, untuned.parent_run_id).tuning is None
+    # another grid or other data means other results: a parent of their own, said so
+    for changed in (
+        {**spec, "tune": {"learning_rate": [0.01, 0.3], "seeds": 1}},
+        {**spec, "dataset": {**spec["dataset"], "train_size": 250}},
+    ):
+        lines.clear()
+        other = compare(parse_experiment(changed), **{**quiet, "log": lines.append})
+        assert other.parent_run_id not in (tuned.parent_run_id, untuned.parent_run_id)
+        assert any(line.startswith("A new parent run: ") for line in lines), lines
+        assert not any("Resuming parent run" in line for line in lines)

@@ -221,16 +221,20 @@ def _open_parent(run: Run, data: Any) -> _Parent:
         keys.ROLE: "parent",
         keys.QUESTION: experiment.question,
         keys.DATASET: data.info.name,
-        keys.TUNED: "yes" if experiment.tune else "no",
-        keys.SPLIT: experiment.data.split,
+        **_kind(experiment),
     }
-    # A parent of the same kind: tuned runs never join an untuned parent, nor random splits
-    # a fixed one (their children differ, and a parent's report shows one kind).
-    like = {keys.TUNED: tags[keys.TUNED], keys.SPLIT: tags[keys.SPLIT]}
+    # A parent means one comparison: what changes the meaning of its results (tuned or not,
+    # the grid, the split, the data) opens a new one, and its children all share them.
+    like = _kind(experiment)
     resume_id = None if options.force else tracker.latest_parent(like)
+    if resume_id is None and not options.force and tracker.latest_parent() is not None:
+        run.log(
+            f"A new parent run: the earlier ones of {experiment.name!r} differ in what the "
+            "results mean (tuned or not, the tuning grid, the split or the data); they stay."
+        )
     resumed, joined = resume_id is not None, False
     if not resumed and not options.force:  # another process may be opening one now
-        resume_id, joined = tracker.claim_parent(experiment.name, tags)
+        resume_id, joined = tracker.claim_parent(experiment.name, tags, like)
     orphans = tracker.close_orphans(resume_id) if resume_id else 0
     info = data.info
     text = (
@@ -247,6 +251,28 @@ def _open_parent(run: Run, data: Any) -> _Parent:
     swept = finished_runs(tracker, resume_id, "tuning") if resume_id else {}
     claimed = resume_id is not None and not (resumed or joined)
     return _Parent(resume_id, tags, resumed, joined, claimed, swept)
+
+
+def _kind(experiment: Experiment) -> dict[str, str]:
+    """The parent tags that say what a comparison's results mean: tuned or not, the tuning
+    grid, the split mode and the data. A parent resumes only with all four the same."""
+    tune = experiment.tune
+    grid = (
+        ";".join(
+            f"{field}={','.join(f'{v:g}' for v in values) if values else 'default'}"
+            for field, values in tune.grid.items()
+        )
+        + f";seeds={tune.seeds}"
+        if tune
+        else "-"
+    )
+    data = ",".join(f"{k}={v}" for k, v in experiment.data.identity().items())
+    return {
+        keys.TUNED: "yes" if tune else "no",
+        keys.GRID: grid,
+        keys.SPLIT: experiment.data.split,
+        keys.DATA: data,
+    }
 
 
 def _report(tracker: Tracker, parent_id: str, folder: Path | None) -> Comparison:

@@ -804,7 +804,8 @@ class Tracker:
             like: Tags the parent must carry as these values (a tuned comparison resumes
                 a tuned parent, not an untuned one). A parent without the tag carries the
                 value it had before dlkit wrote the tag: `fixed` for the split, `no`
-                for tuned. Defaults to `None`: any parent.
+                for tuned; without the grid or data tags, it matches any. Defaults to
+                `None`: any parent.
         """
         found = self.client.search_runs(
             [self.experiment_id],
@@ -815,17 +816,25 @@ class Tracker:
         before = {keys.SPLIT: "fixed", keys.TUNED: "no"}
         for run in found:
             tags = run.data.tags
-            if all(tags.get(k, before.get(k)) == v for k, v in (like or {}).items()):
+            if all(tags.get(k, before.get(k, v)) == v for k, v in (like or {}).items()):
                 return run.info.run_id
         return None
 
-    def claim_parent(self, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    def claim_parent(
+        self, name: str, tags: dict[str, str], like: dict[str, str] | None = None
+    ) -> tuple[str, bool]:
         """Opens a new comparison parent, or joins the one another process opened first.
 
         Two processes that start one comparison on a store with no parent yet
         both open one; each then keeps the earliest RUNNING parent of a live
         process and deletes its own if that is not it, so their members meet
         under one parent (see `dlkit.tracking.claims`).
+
+        Args:
+            name: The parent's name.
+            tags: Its tags.
+            like: Tags another process's parent must carry the same to be joined (see
+                `latest_parent`). Defaults to `None`: any parent.
 
         Returns:
             The parent's id, and whether it is another process's.
@@ -835,7 +844,12 @@ class Tracker:
             [self.experiment_id],
             filter_string=f"tags.`{keys.ROLE}` = 'parent' and attributes.status = 'RUNNING'",
         )
-        live = [_record(run) for run in found if process_alive(dict(run.data.tags))]
+        live = [
+            _record(run)
+            for run in found
+            if process_alive(dict(run.data.tags))
+            and all(run.data.tags.get(k) == v for k, v in (like or {}).items())
+        ]
         first = min(live, key=lambda r: (r.start_time, r.run_id), default=None)
         if first is None or first.run_id == mine:
             return mine, False
