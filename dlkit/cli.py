@@ -60,8 +60,10 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 if getattr(command, "resumes", False)
                 else "the interrupted one ends KILLED, with what it had logged"
             )
+            kept = "".join(f"; {text}" for text in signals.notes())
             click.echo(
-                f"\nInterrupted ({name}). Finished runs are kept in MLflow; {again}.", err=True
+                f"\nInterrupted ({name}). Finished runs are kept in MLflow{kept}; {again}.",
+                err=True,
             )
             raise _Interrupted(code) from None
 

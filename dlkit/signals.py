@@ -33,6 +33,7 @@ _handling = False  # inside handled(): our handler owns SIGINT and SIGTERM
 _deferring = False  # inside deferred(): a first signal is held, not raised
 _held: int | None = None
 _again = False  # a signal that landed in a finalizer is sent again: not a second one
+_notes: list[str] = []  # what an interrupted command kept, beyond its finished runs
 
 
 class Interrupted(KeyboardInterrupt):
@@ -52,6 +53,17 @@ class Interrupted(KeyboardInterrupt):
 def received() -> int | None:
     """Returns the signal received inside `handled()`, or `None`."""
     return _received
+
+
+def note(text: str) -> None:
+    """Records what an interrupt left to resume (`the pack of 4 runs in training was saved
+    at epoch 3 of 5 and resumes on rerun`), for the command's last message."""
+    _notes.append(text)
+
+
+def notes() -> list[str]:
+    """What `note` recorded since `handled()` began."""
+    return list(_notes)
 
 
 def check() -> None:
@@ -77,6 +89,7 @@ def handled(*signums: int, patient: bool = False) -> Iterator[None]:
         return
     _received, _again = None, False
     _patient = patient
+    _notes.clear()
     previous = {signum: signal.getsignal(signum) for signum in signums or _SIGNALS}
     for signum in previous:
         signal.signal(signum, _handler)

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dlkit import keys
+from dlkit import keys, signals
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset, DatasetInfo, DataSpec
+from dlkit.execution.checkpoints import PackCheckpoint
 from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
@@ -483,6 +484,7 @@ def run_pack(
         parent_id=first.parent_id,
         on_epoch=on_epoch,
         sweeps=[spec.sweep for spec in specs],
+        checkpoints=True,
     )
     seconds = time.perf_counter() - start
     return [
@@ -512,12 +514,17 @@ def tracked_pack(
     parent_id: str | None = None,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
     sweeps: Sequence[bool] | None = None,
+    checkpoints: bool = False,
 ) -> list[tuple[str, TrainResult | Exception]]:
     """Runs `fit_pack` with each member inside its own MLflow run of `tracker`.
 
     Each member's run is opened before the pack trains, and ended, FINISHED
     or FAILED, as soon as its results are logged; an interrupt ends the
-    members still open KILLED and propagates.
+    members still open KILLED and propagates. With `checkpoints` (members of a
+    comparison under `parent_id`, each tagged with its config hash), the pack is
+    saved between epochs and at an interrupt, continued from a saved state of its
+    members, and its checkpoint removed once they are logged (see
+    `dlkit.execution.checkpoints`).
 
     Returns:
         Each member's run id, with its `TrainResult` or the error that failed it.
@@ -542,6 +549,8 @@ def tracked_pack(
             )
         # Each member's per-epoch metrics: written every few seconds, the rest with its end.
         curves = tracker.pack_metrics([run_ids[k] for k in mine])
+        hashes = [run_tags[k].get(keys.CONFIG_HASH) for k in mine]
+        checkpoint = _checkpoint(tracker, parent_id, hashes) if checkpoints else None
         try:
             trained = _fit_members(
                 [recipes[k] for k in mine],
@@ -550,6 +559,7 @@ def tracked_pack(
                 curves,
                 on_epoch,
                 models=[not sweeps[k] for k in mine],  # a sweep's runs log no model
+                checkpoint=checkpoint,
             )
             # One look for all of them: a member that FINISHED in another process meanwhile
             # withdraws instead of finishing a second time.
@@ -559,14 +569,26 @@ def tracked_pack(
                 if run_ids[k] not in outcomes:
                     end = functools.partial(_end_member, tracker, run_ids[k], data=datas[k])
                     outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k], curves=sink)
+            if checkpoint is not None:
+                checkpoint.remove()  # its members are logged
         except BaseException:
             for sink in curves:  # an interrupted run keeps the curves it had
                 sink.flush()
+            if checkpoint is not None and checkpoint.saved_epoch is not None:
+                epochs = max(recipe.epochs for recipe in recipes)
+                signals.note(checkpoint.kept(epochs))
             raise
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
 
 
-def _fit_members(recipes, data, seeds, sinks, on_epoch, *, models) -> list:
+def _checkpoint(tracker: Tracker, parent_id: str | None, hashes: list) -> PackCheckpoint | None:
+    """The checkpoint of a comparison's pack: of members under a parent, each with its hash."""
+    if not (parent_id and hashes and all(hashes)):
+        return None
+    return PackCheckpoint(tracker, parent_id, hashes)
+
+
+def _fit_members(recipes, data, seeds, sinks, on_epoch, *, models, checkpoint=None) -> list:
     """`fit_pack` with each member's epochs sent to its sink; nothing when no member."""
     from dlkit.nn.training import fit_pack
 
@@ -578,7 +600,7 @@ def _fit_members(recipes, data, seeds, sinks, on_epoch, *, models) -> list:
         if on_epoch is not None:
             on_epoch(k, metrics, epoch)
 
-    return fit_pack(recipes, data, seeds, on_epoch=logged, models=models)
+    return fit_pack(recipes, data, seeds, on_epoch=logged, models=models, checkpoint=checkpoint)
 
 
 def _end_member(tracker: Tracker, run_id: str, outcome, *, data: Dataset, sweep: bool, curves):

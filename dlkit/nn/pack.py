@@ -36,6 +36,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -347,6 +348,32 @@ class Pack:
             if len(variable.shape) == 3:  # one assignment per slot for all of them
                 variable.assign(tf.where(keep, variable.value, tf.zeros_like(variable.value)))
 
+    # Checkpoints.
+
+    def state(self) -> dict:
+        """The pack's training state between epochs: its stacked weights, its optimizer's
+        variables (each member's slots, and the step count) and its steps so far."""
+        return {
+            "variables": [v.value.numpy() for v in self.variables],
+            "slots": [v.value.numpy() for v in self.optimizer.variables],
+            "steps": self._steps,
+        }
+
+    def restore(self, state: dict, epochs: int) -> None:
+        """Continues from `state`, taken after `epochs` epochs: the weights, the optimizer's
+        variables and steps, and each member's data order at its next epoch."""
+        pairs = [*zip(self.variables, state["variables"]), *zip(self.optimizer.variables,
+                                                                state["slots"])]  # fmt: skip
+        if len(pairs) != len(self.variables) + len(self.optimizer.variables) or any(
+            tuple(v.shape) != np.shape(value) for v, value in pairs
+        ):
+            raise DlkitError("The checkpoint is of another pack's shape.")
+        for variable, value in pairs:
+            variable.assign(value)
+        self._steps = int(state["steps"])
+        for _ in range(epochs):  # the orders are drawn from the seeds: the next is as before
+            next(self._orders)
+
     # Scores and weights.
 
     def _score(self, x: tf.Tensor, y: tf.Tensor):
@@ -461,6 +488,7 @@ def train_pack(
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
     models: Sequence[bool] | None = None,
     compile_update: bool | None = None,
+    checkpoint: Any = None,
 ) -> tuple[list[Member], float, list[float]]:
     """Trains members together as one pack.
 
@@ -476,6 +504,12 @@ def train_pack(
         compile_update: Whether the optimizer's update is compiled with XLA;
             `None` (the default) compiles it where the pack is large enough to
             pay the compiling back (`COMPILE_UPDATE_AT`).
+        checkpoint: Where the pack's state is kept between epochs, to continue after an
+            interrupt: an object with `load()` (the state saved for these members, or
+            `None`), `due(seconds)` (whether to save after that many seconds of training)
+            and `save(state)` (see `dlkit.execution.checkpoints`). The state is saved at
+            the epoch an interrupt arrives in. A resumed pack calls `on_epoch` for the
+            epochs it restored. Defaults to `None`: not kept.
 
     Returns:
         Each member's `Member`, the pack's wall time in seconds, and the
@@ -487,42 +521,104 @@ def train_pack(
     be printed and lost.
     """
     with signals.deferred():
-        return _train(recipes, seeds, data, on_epoch, models, compile_update)
+        return _train(recipes, seeds, data, on_epoch, models, compile_update, checkpoint)
 
 
 def _train(
-    recipes, seeds, data, on_epoch, models, compile_update
+    recipes, seeds, data, on_epoch, models, compile_update, checkpoint
 ) -> tuple[list[Member], float, list[float]]:
     pack = Pack(recipes, seeds, data, compile_update=compile_update)
     signals.check()
-    members = [Member(history={}) for _ in range(pack.size)]
-    stoppers = [_EarlyStopping(r) if r.early_stopping else None for r in pack.recipes]
-    active = np.ones(pack.size, bool)
-    epoch_seconds: list[float] = []
-    start = time.perf_counter()
-    for epoch in range(max(r.epochs for r in pack.recipes)):
+    run = _Training(pack, on_epoch)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        run.restore(saved)
+    start = time.perf_counter() - run.seconds
+    for epoch in range(run.epochs, max(r.epochs for r in pack.recipes)):
         began = time.perf_counter()
-        loss, accuracy = pack.train_epoch(epoch, active)
-        epoch_seconds.append(time.perf_counter() - began)
+        loss, accuracy = pack.train_epoch(epoch, run.active)
+        run.epoch_seconds.append(time.perf_counter() - began)
         validation = pack.score("validation")[:2] if pack.data.info.validation_size else None
-        stopped = []
-        for k in np.flatnonzero(active):
-            logs = _epoch_logs(pack, k, epoch, loss, accuracy, validation)
-            for key, value in logs.items():
-                members[k].history.setdefault(key, []).append(value)
-            if on_epoch is not None:
-                on_epoch(int(k), logs, epoch + 1)
-            if _member_ends(pack, k, epoch, logs, members[k], stoppers[k]):
-                active[k] = False
-                stopped.append(int(k))
-        signals.check()
-        if not active.any():
-            break
+        stopped = run.end_epoch(epoch, loss, accuracy, validation)
         if stopped:  # others train on: these must not move
             pack.stop(stopped)
+        run.seconds = time.perf_counter() - start
+        if checkpoint is not None and run.active.any():
+            if signals.received() is not None or checkpoint.due(run.seconds):
+                checkpoint.save(run.state())  # the interrupt's epoch is saved before it stops
+        signals.check()
+        if not run.active.any():
+            break
     wall_time = time.perf_counter() - start
-    _finish(pack, members, stoppers, [True] * pack.size if models is None else models)
-    return members, wall_time, epoch_seconds
+    _finish(pack, run.members, run.stoppers, [True] * pack.size if models is None else models)
+    return run.members, wall_time, run.epoch_seconds
+
+
+class _Training:
+    """A pack's training as it goes: each member's history and stopping, and what a
+    checkpoint keeps of it."""
+
+    def __init__(self, pack: Pack, on_epoch: Callable | None):
+        self.pack, self.on_epoch = pack, on_epoch
+        self.members = [Member(history={}) for _ in range(pack.size)]
+        self.stoppers = [_EarlyStopping(r) if r.early_stopping else None for r in pack.recipes]
+        self.active = np.ones(pack.size, bool)
+        self.epoch_seconds: list[float] = []
+        self.epochs = 0  # epochs done
+        self.seconds = 0.0  # of training so far, a resumed pack's earlier ones included
+
+    def end_epoch(self, epoch: int, loss, accuracy, validation) -> list[int]:
+        """Records an epoch of every active member; returns those that stop after it."""
+        stopped = []
+        for k in np.flatnonzero(self.active):
+            logs = _epoch_logs(self.pack, k, epoch, loss, accuracy, validation)
+            for key, value in logs.items():
+                self.members[k].history.setdefault(key, []).append(value)
+            if self.on_epoch is not None:
+                self.on_epoch(int(k), logs, epoch + 1)
+            if _member_ends(self.pack, k, epoch, logs, self.members[k], self.stoppers[k]):
+                self.active[k] = False
+                stopped.append(int(k))
+        self.epochs = epoch + 1
+        return stopped
+
+    def state(self) -> dict:
+        """Everything a rerun needs to continue exactly: the pack's, and each member's."""
+        members = [
+            {
+                "history": member.history,
+                "stopped_epoch": member.stopped_epoch,
+                "diverged_at": member.diverged_at,
+                "active": bool(self.active[k]),
+                "stopper": vars(stopper).copy() if stopper is not None else None,
+            }
+            for k, (member, stopper) in enumerate(zip(self.members, self.stoppers))
+        ]
+        return {
+            **self.pack.state(),
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            "epoch_seconds": list(self.epoch_seconds),
+            "members": members,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continues from a checkpoint's `state`, replaying each member's epochs to
+        `on_epoch` (a new run's curves start at epoch 1)."""
+        self.pack.restore(state, state["epochs"])
+        self.epochs, self.seconds = int(state["epochs"]), float(state["seconds"])
+        self.epoch_seconds = list(state["epoch_seconds"])
+        for k, saved in enumerate(state["members"]):
+            member = self.members[k]
+            member.history = {key: list(values) for key, values in saved["history"].items()}
+            member.stopped_epoch, member.diverged_at = saved["stopped_epoch"], saved["diverged_at"]
+            self.active[k] = saved["active"]
+            if saved["stopper"] is not None:
+                vars(self.stoppers[k]).update(saved["stopper"])
+            for epoch in range(len(member.history.get("loss", []))):
+                if self.on_epoch is not None:
+                    logs = {key: values[epoch] for key, values in member.history.items()}
+                    self.on_epoch(k, logs, epoch + 1)
 
 
 def _epoch_logs(pack, k, epoch, loss, accuracy, validation) -> dict[str, float]:

@@ -376,6 +376,7 @@ def fit_pack(
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
     models: Sequence[bool] | None = None,
     compile_update: bool | None = None,
+    checkpoint: Any = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Trains members, a (recipe, seed) each, together in one pack (see `dlkit.nn.pack`).
 
@@ -398,6 +399,8 @@ def fit_pack(
             pack builds no model for it. Defaults to every member.
         compile_update: Compile the optimizer's update with XLA, or not; `None`
             leaves it to the pack's rule (`COMPILE_UPDATE_AT`). Defaults to `None`.
+        checkpoint: Where the pack's state is kept between epochs, to continue after an
+            interrupt (see `dlkit.nn.pack.train_pack`). Defaults to `None`: not kept.
 
     Returns:
         For each member in order, its `TrainResult`, or the `TrainingDiverged`
@@ -406,7 +409,13 @@ def fit_pack(
     info = per_member(data, len(recipes))[0].info  # the sizes: every member's alike
     recipes = [_trainable(recipe, info) for recipe in recipes]
     members, wall_time, seconds = train_pack(
-        recipes, seeds, data, on_epoch=on_epoch, models=models, compile_update=compile_update
+        recipes,
+        seeds,
+        data,
+        on_epoch=on_epoch,
+        models=models,
+        compile_update=compile_update,
+        checkpoint=checkpoint,
     )
     size = len(members)
     timed = seconds[1:] or seconds  # the first epoch includes tracing

@@ -889,6 +889,26 @@ class Tracker:
         """Returns a `.npy` artifact, or `None` when the run has no such file."""
         return self._read(run_id, path, lambda local: np.load(local, allow_pickle=False))
 
+    def read_bytes(self, run_id: str, path: str) -> bytes | None:
+        """Returns an artifact's bytes, or `None` when the run has no such file."""
+        return self._read(run_id, path, lambda local: Path(local).read_bytes())
+
+    def list_artifacts(self, run_id: str, folder: str) -> list[str]:
+        """Returns the names of the files in a run's artifact folder (none when it has none)."""
+        with _no_progress_bar():
+            found = self.client.list_artifacts(run_id, folder)
+        return [Path(item.path).name for item in found if not item.is_dir]
+
+    def delete_artifact(self, run_id: str, path: str) -> None:
+        """Deletes one of a run's artifacts, where its artifact store can (local folders and
+        MLflow servers can); a file already gone is no error."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        artifacts = self.client.get_run(run_id).info.artifact_uri
+        repository = get_artifact_repository(artifacts, tracking_uri=self.tracking_uri)
+        with contextlib.suppress(FileNotFoundError, NotImplementedError):
+            repository.delete_artifacts(path)
+
     def read_artifact(self, run_id: str, path: str) -> str | None:
         """Returns a text artifact's content, or `None` when the run has no such file."""
         return self._read(run_id, path, lambda local: Path(local).read_text())

@@ -1,0 +1,100 @@
+"""Pack checkpoints: an interrupted pack continues where it was saved, as if never stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from dlkit import Recipe, signals
+from dlkit.execution.checkpoints import FOLDER, PackCheckpoint
+from dlkit.nn.pack import train_pack
+from dlkit.tracking.tracker import Tracker
+
+# Members that each need their own state restored: momentum slots, dropout masks drawn from
+# the step, early stopping with best weights, a member that stops before the others.
+RECIPES = [
+    Recipe(name="a", depth=2, width=16, epochs=6, batch_size=64, learning_rate=0.05,
+           optimizer="momentum", dropout=0.2),
+    Recipe(name="b", depth=2, width=16, epochs=6, batch_size=64, learning_rate=0.01,
+           optimizer="momentum", early_stopping=True, patience=1, restore_best_weights=True),
+    Recipe(name="c", depth=2, width=16, epochs=3, batch_size=64, learning_rate=0.003,
+           optimizer="momentum"),
+]  # fmt: skip
+SEEDS = [0, 1, 2]
+HASHES = ["hash-a", "hash-b", "hash-c"]
+
+
+@pytest.fixture
+def parent(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "checkpoints")
+    with tracker.run("parent") as parent_id:
+        yield tracker, parent_id
+
+
+def interrupted_at(epoch: int):
+    """An `on_epoch` that sends this process a real SIGINT as `epoch` ends."""
+
+    def on_epoch(k: int, logs: dict, at: int) -> None:
+        if k == 0 and at == epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return on_epoch
+
+
+def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(digits, parent):
+    tracker, parent_id = parent
+    plain, _, _ = train_pack(RECIPES, SEEDS, digits)
+
+    first = PackCheckpoint(tracker, parent_id, HASHES)
+    with signals.handled(), pytest.raises(signals.Interrupted):
+        train_pack(RECIPES, SEEDS, digits, on_epoch=interrupted_at(2), checkpoint=first)
+    assert first.saved_epoch == 2  # saved at the epoch the interrupt arrived in
+    assert "saved at epoch 2 of 6 and resumes on rerun" in first.kept(6)
+
+    again = PackCheckpoint(tracker, parent_id, HASHES)
+    replayed: list[tuple[int, int]] = []
+    resumed, _, seconds = train_pack(
+        RECIPES,
+        SEEDS,
+        digits,
+        checkpoint=again,
+        on_epoch=lambda k, logs, e: replayed.append((k, e)),
+    )
+    assert again.loaded_from == first.key
+    # every member's curve is whole in its new run: the restored epochs are replayed first
+    assert [e for k, e in replayed if k == 2] == [1, 2, 3]
+    for mine, theirs in zip(resumed, plain, strict=True):
+        assert mine.history.keys() == theirs.history.keys()
+        for key, values in theirs.history.items():
+            assert mine.history[key] == pytest.approx(values, abs=1e-6), key
+        assert mine.test == pytest.approx(theirs.test, abs=1e-6)
+        assert mine.stopped_epoch == theirs.stopped_epoch
+        for x, y in zip(mine.model.get_weights(), theirs.model.get_weights(), strict=True):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    again.remove()
+    assert tracker.list_artifacts(parent_id, FOLDER) == []
+
+
+def test_a_pack_of_some_of_the_saved_members_resumes_them(digits, parent):
+    # A rerun packs only the members that had not finished: their rows of the saved pack.
+    tracker, parent_id = parent
+    plain, _, _ = train_pack(RECIPES[:2], SEEDS[:2], digits)
+    first = PackCheckpoint(tracker, parent_id, HASHES)
+    with signals.handled(), pytest.raises(signals.Interrupted):
+        train_pack(RECIPES, SEEDS, digits, on_epoch=interrupted_at(2), checkpoint=first)
+    later = PackCheckpoint(tracker, parent_id, list(reversed(HASHES[:2])))
+    resumed, _, _ = train_pack(RECIPES[1::-1], SEEDS[1::-1], digits, checkpoint=later)
+    assert later.loaded_from == first.key
+    for mine, theirs in zip(resumed, reversed(plain), strict=True):
+        assert mine.test == pytest.approx(theirs.test, abs=1e-6)
+
+
+def test_saves_stay_within_their_share_of_the_training_time(parent):
+    tracker, parent_id = parent
+    checkpoint = PackCheckpoint(tracker, parent_id, HASHES)
+    assert checkpoint.due(0.0)  # the first save measures what one costs
+    checkpoint._saving, checkpoint._saves = 1.0, 1
+    assert not checkpoint.due(30.0) and checkpoint.due(40.0)  # two saves: 2 s, 5% of 40 s
