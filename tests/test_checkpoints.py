@@ -98,3 +98,69 @@ def test_saves_stay_within_their_share_of_the_training_time(parent):
     assert checkpoint.due(0.0)  # the first save measures what one costs
     checkpoint._saving, checkpoint._saves = 1.0, 1
     assert not checkpoint.due(30.0) and checkpoint.due(40.0)  # two saves: 2 s, 5% of 40 s
+
+
+PACKED = {
+    "name": "resumed",
+    "dataset": {"source": "digits"},
+    "seeds": 2,
+    "overrides": {"epochs": 60, "width": 32, "batch_size": 64, "learning_rate": 0.003},
+    "variants": ["deep-relu", "deep-sigmoid"],  # one shape: one pack of 4
+}
+
+
+def test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison(tmp_path):
+    """A real `dlkit compare` process, a real SIGINT while its pack trains, a real rerun."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    file = tmp_path / "resumed.yaml"
+    file.write_text(yaml.safe_dump(PACKED))
+
+    def command(store: str) -> list[str]:
+        return [sys.executable, "-m", "dlkit.cli", "compare", str(file), "--tracking-uri",
+                f"sqlite:///{tmp_path / store}", "--output", str(tmp_path / "reports")]  # fmt: skip
+
+    def accuracies(store: str) -> dict[str, float]:
+        client = MlflowClient(f"sqlite:///{tmp_path / store}")
+        experiment = client.get_experiment_by_name("resumed").experiment_id
+        runs = client.search_runs(
+            [experiment], "tags.`dlkit.role` = 'child' and attributes.status = 'FINISHED'"
+        )  # the interrupted attempt's runs stay, KILLED
+        found = {r.data.tags["dlkit.config_hash"]: r.data.metrics["test_accuracy"] for r in runs}
+        assert len(found) == len(runs) == 4  # each member finished once
+        return found
+
+    subprocess.run(command("plain.db"), check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(command("interrupted.db"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(f"**/{FOLDER}/*.json")):  # its pack saved a first epoch
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output
+    assert "in training was saved at epoch " in output and "resumes on rerun" in output, output
+    saved = int(output.split("saved at epoch ")[1].split()[0])
+    assert 0 < saved < 60, output  # mid-pack
+
+    again = subprocess.run(command("interrupted.db"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed, plain = accuracies("interrupted.db"), accuracies("plain.db")
+    assert resumed.keys() == plain.keys()
+    for config, accuracy in plain.items():
+        assert resumed[config] == pytest.approx(accuracy, abs=1e-6)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'interrupted.db'}")
+    parent = Tracker(f"sqlite:///{tmp_path / 'interrupted.db'}", "resumed").latest_parent()
+    assert not client.list_artifacts(parent, FOLDER)  # removed once its members were logged
+
+
+test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison = pytest.mark.integration(
+    test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison
+)
