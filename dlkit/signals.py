@@ -132,7 +132,7 @@ def deferred() -> Iterator[None]:
         yield
     except BaseException as error:
         held = _end_deferral(borrowed)
-        if held is None:
+        if held is None or isinstance(error, Interrupted):  # the block raised it itself
             raise
         raise Interrupted(held) from error
     held = _end_deferral(borrowed)

@@ -92,6 +92,30 @@ def test_a_pack_of_some_of_the_saved_members_resumes_them(digits, parent):
         assert mine.test == pytest.approx(theirs.test, abs=1e-6)
 
 
+def test_members_done_before_an_interrupt_end_finished_and_the_rest_killed(digits, parent):
+    from mlflow.tracking import MlflowClient
+
+    from dlkit.execution.runs import tracked_pack
+
+    tracker, parent_id = parent
+    plain, _, _ = train_pack(RECIPES, SEEDS, digits)
+    tags = [{"dlkit.role": "child", "dlkit.config_hash": h} for h in HASHES]
+    with signals.handled(), pytest.raises(signals.Interrupted):
+        tracked_pack(
+            tracker, RECIPES, digits, SEEDS, names=["a", "b", "c"], tags=tags,
+            params=[{}] * 3, parent_id=parent_id, on_epoch=interrupted_at(4), checkpoints=True,
+        )  # fmt: skip
+    client = MlflowClient(tracker.tracking_uri)
+    runs = {r.info.run_name: r for r in tracker.client.search_runs([tracker.experiment_id])}
+    # c's 3 epochs were done at the interrupt in epoch 4: its run is whole, and FINISHED
+    assert runs["c"].info.status == "FINISHED"
+    assert runs["c"].data.metrics["test_accuracy"] == pytest.approx(plain[2].test["accuracy"])
+    assert len(client.get_metric_history(runs["c"].info.run_id, "loss")) == 3
+    assert runs["a"].info.status == "KILLED"
+    last = len(plain[1].history["loss"])  # b's last epoch: early stopping may end it first
+    assert runs["b"].info.status == ("FINISHED" if last <= 4 else "KILLED")
+
+
 def test_saves_stay_within_their_share_of_the_training_time(parent):
     tracker, parent_id = parent
     checkpoint = PackCheckpoint(tracker, parent_id, HASHES)

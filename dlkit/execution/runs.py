@@ -571,9 +571,14 @@ def tracked_pack(
                     outcomes[run_ids[k]] = end(outcome, sweep=sweeps[k], curves=sink)
             if checkpoint is not None:
                 checkpoint.remove()  # its members are logged
-        except BaseException:
+        except BaseException as error:
             for sink in curves:  # an interrupted run keeps the curves it had
                 sink.flush()
+            # Members done before an interrupt (their epochs, early stopping) end FINISHED.
+            for j, result in getattr(error, "results", {}).items():
+                k = mine[j]
+                _end_member(tracker, run_ids[k], result, data=datas[k], sweep=sweeps[k],
+                            curves=curves[j])  # fmt: skip
             if checkpoint is not None and checkpoint.saved_epoch is not None:
                 epochs = max(recipe.epochs for recipe in recipes)
                 signals.note(checkpoint.kept(epochs))

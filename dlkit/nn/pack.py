@@ -546,7 +546,8 @@ def _train(
         if checkpoint is not None and run.active.any():
             if signals.received() is not None or checkpoint.due(run.seconds):
                 checkpoint.save(run.state())  # the interrupt's epoch is saved before it stops
-        signals.check()
+        if signals.received() is not None:
+            raise run.interrupted([True] * pack.size if models is None else models)
         if not run.active.any():
             break
     wall_time = time.perf_counter() - start
@@ -581,6 +582,19 @@ class _Training:
                 stopped.append(int(k))
         self.epochs = epoch + 1
         return stopped
+
+    def interrupted(self, models: Sequence[bool]) -> signals.Interrupted:
+        """The interrupt that stops the pack, carrying the members that were done before it
+        (their epochs, early stopping or a NaN loss), finished and scored: `finished` maps
+        their indices to their `Member`, `timing` is the pack's seconds and epoch seconds."""
+        interrupt = signals.Interrupted(signals.received())
+        done = [int(k) for k in np.flatnonzero(~self.active)]
+        if done:
+            wanted = [models[k] and k in done for k in range(self.pack.size)]
+            _finish(self.pack, self.members, self.stoppers, wanted, only=done)
+        interrupt.finished = {k: self.members[k] for k in done}
+        interrupt.timing = (self.seconds, list(self.epoch_seconds))
+        return interrupt
 
     def state(self) -> dict:
         """Everything a rerun needs to continue exactly: the pack's, and each member's."""
@@ -640,8 +654,15 @@ def _member_ends(pack: Pack, k: int, epoch: int, logs, member: Member, stopper) 
     return epoch + 1 >= pack.recipes[k].epochs
 
 
-def _finish(pack: Pack, members: list[Member], stoppers: list, models: Sequence[bool]) -> None:
-    """Restores best weights where asked, scores every member, and unpacks those asked."""
+def _finish(
+    pack: Pack,
+    members: list[Member],
+    stoppers: list,
+    models: Sequence[bool],
+    only: Sequence[int] | None = None,
+) -> None:
+    """Restores best weights where asked, scores every member, and unpacks those asked;
+    `only` some members (those done when an interrupt came: not stopped by it)."""
     for k, stopper in enumerate(stoppers):
         if stopper is not None and stopper.best_weights is not None:
             pack.set_weights(k, stopper.best_weights)  # as Keras does at the end of fit
@@ -649,7 +670,10 @@ def _finish(pack: Pack, members: list[Member], stoppers: list, models: Sequence[
     train_accuracy = pack.score("train")[1]
     y_test = pack.labels("test")
     for k, member in enumerate(members):
-        signals.check()
+        if only is not None and k not in only:
+            continue
+        if only is None:
+            signals.check()
         member.model = pack.unpack(k) if models[k] else None
         member.test = {"loss": float(test_loss[k]), "accuracy": float(test_accuracy[k])}
         member.train_accuracy = float(train_accuracy[k])

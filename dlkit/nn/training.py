@@ -408,23 +408,37 @@ def fit_pack(
     """
     info = per_member(data, len(recipes))[0].info  # the sizes: every member's alike
     recipes = [_trainable(recipe, info) for recipe in recipes]
-    members, wall_time, seconds = train_pack(
-        recipes,
-        seeds,
-        data,
-        on_epoch=on_epoch,
-        models=models,
-        compile_update=compile_update,
-        checkpoint=checkpoint,
-    )
-    size = len(members)
-    timed = seconds[1:] or seconds  # the first epoch includes tracing
+    try:
+        members, wall_time, seconds = train_pack(
+            recipes,
+            seeds,
+            data,
+            on_epoch=on_epoch,
+            models=models,
+            compile_update=compile_update,
+            checkpoint=checkpoint,
+        )
+    except signals.Interrupted as interrupt:
+        # The members done before it are results: `results` maps their index to theirs.
+        wall_time, seconds = getattr(interrupt, "timing", (0.0, []))
+        done = getattr(interrupt, "finished", {})
+        interrupt.results = {
+            k: _result(recipes[k], info, seeds[k], member, wall_time, seconds, len(recipes))
+            for k, member in done.items()
+        }
+        raise
     return [
-        _diverged(recipe, member.diverged_at)
-        if member.diverged_at
-        else _member_result(recipe, info, seed, member, wall_time / size, timed, size)
+        _result(recipe, info, seed, member, wall_time, seconds, len(members))
         for recipe, seed, member in zip(recipes, seeds, members)
     ]
+
+
+def _result(recipe, info, seed, member, wall_time, seconds, size):
+    """A member's `TrainResult` (its share of the pack's time), or why it diverged."""
+    if member.diverged_at:
+        return _diverged(recipe, member.diverged_at)
+    timed = seconds[1:] or seconds  # the first epoch includes tracing
+    return _member_result(recipe, info, seed, member, wall_time / size, timed, size)
 
 
 def _fit_seeds(recipe, data, seeds, *, callbacks, devices, on_epoch=None) -> list[TrainResult]:
