@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -30,6 +31,13 @@ __version__ = "0.1.0"
 # setting wins. Not on ARM, where oneDNN is experimental and was not measured.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# What TensorFlow runs with, as every run records it (tag dlkit.onednn): the switch as it was
+# when TensorFlow loaded; loaded before dlkit, TensorFlow read it before dlkit could set it.
+ONEDNN = (
+    "as TensorFlow found it (loaded before dlkit)"
+    if "tensorflow" in sys.modules
+    else os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default")
+)
 
 from dlkit.data.sources import register_source  # noqa: E402
 from dlkit.errors import DlkitError  # noqa: E402
@@ -72,3 +80,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dlkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily imported ones among them (tab completion sees them)."""
+    return sorted({*__all__, "__version__"})

@@ -24,6 +24,7 @@ PID = "dlkit.pid"
 HEARTBEAT = "dlkit.heartbeat"  # Unix time the holding process last said it runs (other hosts)
 FAILURE = "dlkit.failure"  # why a run ended FAILED or KILLED
 VERSION = "dlkit.version"  # the dlkit that opened the run: how dlkit's runs are told apart
+ONEDNN = "dlkit.onednn"  # TF_ENABLE_ONEDNN_OPTS as TensorFlow loaded it: it changes numerics
 DEVICE = "dlkit.device"  # CPU or GPU, where a child trained
 # On a comparison's parent, once its report is made.
 FAILED_RUNS = "dlkit.failed_runs"

@@ -147,3 +147,18 @@ def test_no_function_is_longer_than_sixty_lines_of_code():
                         f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({n})"
                     )
     assert not long, "split these functions: " + ", ".join(long)
+
+
+def test_the_lazily_imported_names_are_listed_and_runs_record_the_onednn_switch(tmp_path):
+    import dlkit
+    from dlkit import keys
+    from dlkit.tracking.tracker import Tracker
+
+    assert {"compare", "train", "Comparison", "load_dataset"} <= set(dir(dlkit))
+    assert set(dlkit.__all__) <= set(dir(dlkit)) and "os" not in dir(dlkit)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "onednn")
+    with tracker.run("a run") as run_id:
+        pass
+    # as TensorFlow loaded it (it changes the numerics): the environment's, or dlkit's default
+    recorded = tracker.client.get_run(run_id).data.tags[keys.ONEDNN]
+    assert recorded == dlkit.ONEDNN and recorded

@@ -574,16 +574,20 @@ def tracked_pack(
         except BaseException as error:
             for sink in curves:  # an interrupted run keeps the curves it had
                 sink.flush()
-            # Members done before an interrupt (their epochs, early stopping) end FINISHED.
-            for j, result in getattr(error, "results", {}).items():
-                k = mine[j]
-                _end_member(tracker, run_ids[k], result, data=datas[k], sweep=sweeps[k],
-                            curves=curves[j])  # fmt: skip
-            if checkpoint is not None and checkpoint.saved_epoch is not None:
-                epochs = max(recipe.epochs for recipe in recipes)
-                signals.note(checkpoint.kept(epochs))
+            trained = [(run_ids[k], datas[k], sweeps[k], sink) for k, sink in zip(mine, curves)]
+            _keep(tracker, error, trained, checkpoint, max(r.epochs for r in recipes))
             raise
     return [(run_id, outcomes[run_id]) for run_id in run_ids]
+
+
+def _keep(tracker: Tracker, error: BaseException, members: list, checkpoint, epochs: int) -> None:
+    """What a pack keeps when an interrupt stops it: the members done before it (their epochs,
+    early stopping) end FINISHED, and its saved epoch is noted for the command's message."""
+    for j, result in getattr(error, "results", {}).items():
+        run_id, data, sweep, curves = members[j]
+        _end_member(tracker, run_id, result, data=data, sweep=sweep, curves=curves)
+    if checkpoint is not None and checkpoint.saved_epoch is not None:
+        signals.note(checkpoint.kept(epochs))
 
 
 def _checkpoint(tracker: Tracker, parent_id: str | None, hashes: list) -> PackCheckpoint | None:

@@ -390,6 +390,7 @@ class Tracker:
         all_tags = {
             MLFLOW_RUN_NAME: name,
             keys.VERSION: dlkit.__version__,
+            keys.ONEDNN: dlkit.ONEDNN,
             keys.HOST: socket.gethostname(),
             keys.PID: str(os.getpid()),
             **(tags or {}),
