@@ -238,8 +238,13 @@ def test_a_member_held_by_a_process_that_dies_is_trained_by_the_one_waiting(tmp_
 
 @pytest.mark.integration
 def test_four_processes_and_six_signals_then_reruns_finish_each_member_once(tmp_path):
+    four_processes_and_six_signals(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def four_processes_and_six_signals(tmp_path: Path, store: str) -> None:
     """Four `dlkit compare` processes on one fresh store, two of them on one experiment;
-    six signals at random moments (seeded); then every command rerun to the end."""
+    six signals at random moments (seeded); then every command rerun to the end: each
+    member FINISHED exactly once, nothing left RUNNING, no traceback."""
     import random
 
     rng = random.Random(0)
@@ -248,7 +253,6 @@ def test_four_processes_and_six_signals_then_reruns_finish_each_member_once(tmp_
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**EXPERIMENT, "name": name}))
         files[name] = path
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     def launch(name: str) -> subprocess.Popen:
         return subprocess.Popen(
