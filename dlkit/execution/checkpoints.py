@@ -10,9 +10,10 @@ rerun, a second process, or a retried Ray task whose pack's members are all in o
 checkpoint continues from it; once the members are logged, it is removed.
 
 A save costs a write of the pack's weights and slots, so it is made only while the
-saves so far took at most `BUDGET` of the training time, and always at the epoch an
-interrupt arrives in. The arrays are stored with numpy's own format and the rest as
-JSON: nothing is unpickled from a shared store.
+saves so far took at most `BUDGET` of the training time (the first once the pack has
+trained `FIRST` seconds), and always at the epoch an interrupt arrives in. The arrays are
+stored with numpy's own format and the rest as JSON: nothing is unpickled from a shared
+store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dlkit.tracking.tracker import Tracker
 
 FOLDER = "checkpoints"
 BUDGET = 0.05  # at most this share of a pack's training goes into saving it
+FIRST = 2.0  # seconds of training before a first save: a shorter pack loses little to a stop
 
 
 class PackCheckpoint:
@@ -51,8 +53,11 @@ class PackCheckpoint:
 
     def due(self, training_seconds: float) -> bool:
         """Whether a save now keeps the saves within `BUDGET` of the training time (the
-        next save counted at the mean cost of those before it)."""
-        each = self._saving / self._saves if self._saves else 0.0
+        next save counted at the mean cost of those before it); the first, after `FIRST`
+        seconds of training, measures what one costs."""
+        if not self._saves:
+            return training_seconds >= FIRST
+        each = self._saving / self._saves
         return self._saving + each <= BUDGET * training_seconds
 
     def save(self, state: dict[str, Any]) -> None:
