@@ -26,6 +26,7 @@ FAILURE = "dlkit.failure"  # why a run ended FAILED or KILLED
 VERSION = "dlkit.version"  # the dlkit that opened the run: how dlkit's runs are told apart
 ONEDNN = "dlkit.onednn"  # TF_ENABLE_ONEDNN_OPTS as TensorFlow loaded it: it changes numerics
 DEVICE = "dlkit.device"  # CPU or GPU, where a child trained
+RESUMED = "dlkit.resumed_epoch"  # a member continued from its pack's checkpoint of that epoch
 # On a comparison's parent, once its report is made.
 FAILED_RUNS = "dlkit.failed_runs"
 BEST_VARIANT = "dlkit.best_variant"

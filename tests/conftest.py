@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Ray instances the tests start bind their servers to the loopback only (Ray reads this as
+# it is imported): nothing of a test listens beyond 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import dlkit  # noqa: E402, F401  (its TensorFlow switches, set before any test loads TensorFlow)
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -134,8 +134,14 @@ PACKED = {
 }
 
 
+@pytest.mark.integration
 def test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison(tmp_path):
-    """A real `dlkit compare` process, a real SIGINT while its pack trains, a real rerun."""
+    sigint_mid_pack_then_a_rerun(tmp_path, f"sqlite:///{tmp_path / 'interrupted.db'}")
+
+
+def sigint_mid_pack_then_a_rerun(tmp_path, store: str) -> None:
+    """A real `dlkit compare` process on `store`, a real SIGINT while its pack trains, a real
+    rerun in another process: its results equal an uninterrupted comparison's."""
     import subprocess
     import sys
     import time
@@ -145,13 +151,14 @@ def test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison(tmp_pa
 
     file = tmp_path / "resumed.yaml"
     file.write_text(yaml.safe_dump(PACKED))
+    plain = f"sqlite:///{tmp_path / 'plain.db'}"
 
-    def command(store: str) -> list[str]:
-        return [sys.executable, "-m", "dlkit.cli", "compare", str(file), "--tracking-uri",
-                f"sqlite:///{tmp_path / store}", "--output", str(tmp_path / "reports")]  # fmt: skip
+    def command(uri: str) -> list[str]:
+        return [sys.executable, "-m", "dlkit.cli", "compare", str(file), "--tracking-uri", uri,
+                "--output", str(tmp_path / "reports")]  # fmt: skip
 
-    def accuracies(store: str) -> dict[str, float]:
-        client = MlflowClient(f"sqlite:///{tmp_path / store}")
+    def accuracies(uri: str) -> dict[str, float]:
+        client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("resumed").experiment_id
         runs = client.search_runs(
             [experiment], "tags.`dlkit.role` = 'child' and attributes.status = 'FINISHED'"
@@ -160,8 +167,8 @@ def test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison(tmp_pa
         assert len(found) == len(runs) == 4  # each member finished once
         return found
 
-    subprocess.run(command("plain.db"), check=True, capture_output=True, timeout=600)
-    process = subprocess.Popen(command("interrupted.db"), stdout=subprocess.PIPE,
+    subprocess.run(command(plain), check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(command(store), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(f"**/{FOLDER}/*.json")):  # its pack saved a first epoch
@@ -175,17 +182,19 @@ def test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison(tmp_pa
     saved = int(output.split("saved at epoch ")[1].split()[0])
     assert 0 < saved < 60, output  # mid-pack
 
-    again = subprocess.run(command("interrupted.db"), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command(store), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    resumed, plain = accuracies("interrupted.db"), accuracies("plain.db")
-    assert resumed.keys() == plain.keys()
-    for config, accuracy in plain.items():
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("resumed").experiment_id
+    finished = client.search_runs([experiment], "attributes.status = 'FINISHED'")
+    assert {
+        r.data.tags.get("dlkit.resumed_epoch")
+        for r in finished
+        if r.data.tags.get("dlkit.role") == "child"
+    } == {str(saved)}  # each says where it continued from
+    resumed, reference = accuracies(store), accuracies(plain)
+    assert resumed.keys() == reference.keys()
+    for config, accuracy in reference.items():
         assert resumed[config] == pytest.approx(accuracy, abs=1e-6)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'interrupted.db'}")
-    parent = Tracker(f"sqlite:///{tmp_path / 'interrupted.db'}", "resumed").latest_parent()
-    assert not client.list_artifacts(parent, FOLDER)  # removed once its members were logged
-
-
-test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison = pytest.mark.integration(
-    test_sigint_mid_pack_then_a_rerun_ends_as_an_uninterrupted_comparison
-)
+    parent = Tracker(store, "resumed").latest_parent()
+    assert not MlflowClient(store).list_artifacts(parent, FOLDER)  # removed once logged

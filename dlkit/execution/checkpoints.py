@@ -48,6 +48,7 @@ class PackCheckpoint:
         self.tracker, self.parent_id, self.members = tracker, parent_id, list(members)
         self.key = hashlib.sha256("|".join(members).encode()).hexdigest()[:16]
         self.loaded_from: str | None = None  # the key of the checkpoint it continued
+        self.loaded_epoch: int | None = None  # and that checkpoint's epoch
         self.saved_epoch: int | None = None  # the epoch of its last save
         self._saving, self._saves = 0.0, 0  # seconds spent saving, and saves
 
@@ -98,7 +99,7 @@ class PackCheckpoint:
         with np.load(io.BytesIO(blob), allow_pickle=False) as saved:
             meta = json.loads(str(saved["meta"]))
             state = _decode(meta["state"], saved)
-        self.loaded_from = best[0]
+        self.loaded_from, self.loaded_epoch = best[0], int(best[1])
         return _rows(state, [meta["members"].index(m) for m in self.members])
 
     def kept(self, epochs: int) -> str:

@@ -145,6 +145,10 @@ def _remote(address: str | None) -> bool:
 
 
 def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildSpec, Any]]:
+    if resources.ray_address in (None, "", "local"):
+        # The comparison's own Ray instance serves this machine only: Ray then binds its
+        # servers to the loopback, not every interface (read as Ray is first imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     started_here = not ray.is_initialized()
@@ -158,7 +162,15 @@ def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildS
             options["num_cpus"] = os.cpu_count() or 1
         else:
             options["address"] = resources.ray_address
-        ray.init(**options)
+        try:
+            ray.init(**options)
+        except (ConnectionError, ValueError) as error:  # no cluster there, or a bad address
+            raise DlkitError(
+                f"Cannot join the Ray cluster at {resources.ray_address}: "
+                f"{str(error).strip().splitlines()[0]} Check --ray-address / $RAY_ADDRESS "
+                "(`ray status` on the head node shows its address), or leave it out for a "
+                "local Ray instance."
+            ) from None
     try:
         task = ray.remote(_unit_task).options(
             num_cpus=resources.cpus_per_run or (os.cpu_count() or 1) / resources.workers,

@@ -561,6 +561,9 @@ def tracked_pack(
                 models=[not sweeps[k] for k in mine],  # a sweep's runs log no model
                 checkpoint=checkpoint,
             )
+            if checkpoint is not None and checkpoint.loaded_epoch is not None:
+                for k in mine:  # the run says it continued a saved pack, and from where
+                    tracker.set_tags(run_ids[k], {keys.RESUMED: checkpoint.loaded_epoch})
             # One look for all of them: a member that FINISHED in another process meanwhile
             # withdraws instead of finishing a second time.
             done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
