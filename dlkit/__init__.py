@@ -1,7 +1,8 @@
 """dlkit: fair, reproducible comparisons of neural networks on Keras, logged to MLflow.
 
 Recipes (`get_recipe`, `list_recipes`, `register_recipe`, `Recipe`) are pure
-Python, and data sources register the same way (`register_source`).
+Python, and data sources and your own Keras models register the same way
+(`register_source`, `register_model`).
 Everything that needs TensorFlow or MLflow is imported on first use, so
 `import dlkit` and the CLI's listings start fast.
 
@@ -42,6 +43,7 @@ ONEDNN = (
 from dlkit.data.sources import register_source  # noqa: E402
 from dlkit.errors import DlkitError  # noqa: E402
 from dlkit.recipes import presets  # noqa: E402, F401  (registers the presets on import)
+from dlkit.recipes.builders import register_model  # noqa: E402
 from dlkit.recipes.recipe import Recipe, get_recipe, list_recipes, register_recipe  # noqa: E402
 
 _LAZY = {
@@ -70,6 +72,7 @@ __all__ = [
     "Recipe",
     "get_recipe",
     "list_recipes",
+    "register_model",
     "register_recipe",
     "register_source",
     *_LAZY,

@@ -92,6 +92,29 @@ output_option = click.option(
     help="Folder the report files are written to (in a subfolder per experiment).",
 )
 
+
+def _import_modules(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> None:
+    if value:
+        from dlkit.recipes.builders import import_modules
+
+        try:
+            import_modules(value)
+        except DlkitError as error:
+            raise click.BadParameter(str(error)) from None
+
+
+import_option = click.option(
+    "--import",
+    "imports",
+    metavar="MODULE",
+    multiple=True,
+    is_eager=True,  # before anything resolves a recipe
+    expose_value=False,
+    callback=_import_modules,
+    help="Import a module (a name, from this folder or installed, or a .py file) first, for "
+    "the models it registers with dlkit.register_model. Repeatable.",
+)
+
 wide_option = click.option(
     "--wide",
     is_flag=True,
@@ -255,9 +278,11 @@ def main() -> None:
     show_default=True,
     help="Number of classes the parameter counts are computed for.",
 )
+@import_option
 @_handle_errors
 def recipes(input_dim: int, classes: int) -> None:
-    """List the preset recipes: layers, activation, regularization, parameters."""
+    """List the recipes: layers, activation, regularization, parameters; registered models
+    (dlkit.register_model) with the module they come from."""
     rows = [get_recipe(name).describe(input_dim, classes) for name in list_recipes()]
     click.echo(text_table(rows, align_right=("params",)))
     click.echo(
@@ -290,6 +315,7 @@ def recipes(input_dim: int, classes: int) -> None:
     default=None,
     help="Register the trained model in the MLflow Model Registry as a new version of NAME.",
 )
+@import_option
 @_handle_errors
 def train(
     recipe: str,
@@ -478,6 +504,7 @@ def train(
 )
 @output_option
 @wide_option
+@import_option
 @_handle_errors
 @_resumes  # finished children are reused
 def compare(
@@ -544,6 +571,7 @@ def compare(
 @tracking_uri_option
 @output_option
 @wide_option
+@import_option
 @_handle_errors
 def report(experiment: str, tracking_uri: str | None, output_dir: str, wide: bool) -> None:
     """Rebuild a comparison's table and plots from MLflow, without training.

@@ -42,6 +42,18 @@ def load_tensorflow(*, verbose: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def quiet_tensorflow_start() -> Iterator[None]:
+    """Hides TensorFlow's start-up chatter should it load inside (a user's module that
+    imports keras), as `load_tensorflow` does; a user's `TF_CPP_MIN_LOG_LEVEL` wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    with filtered_stderr(_NOISE):
+        yield
+
+
+@contextlib.contextmanager
 def filtered_stderr(noise: re.Pattern[str]) -> Iterator[None]:
     """Captures everything written to file descriptor 2 and writes back what `noise` misses."""
     sys.stderr.flush()

@@ -235,10 +235,16 @@ the last column is the first slice again with each variant at its own tuned lear
 """
     if missing:
         summary.append(f"\nNot rerun yet: {', '.join(missing)} ([below](#not-rerun-yet)).")
-    (ROOT / "docs" / "lessons.md").write_text(
-        intro + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
-    )
+    page = ROOT / "docs" / "lessons.md"
+    kept = _kept_sections(page.read_text() if page.exists() else "")
+    page.write_text(intro + "\n".join(summary) + "\n\n" + "\n\n".join([*sections, *kept]) + "\n")
     print(f"wrote docs/lessons.md: {len(sections)} lessons", flush=True)
+
+
+def _kept_sections(text: str) -> list[str]:
+    """Sections other scripts write into the page between their own markers (`<!-- name:
+    script -->` ... `<!-- /name -->`, such as docs/make_batch_norm.py's): kept as they are."""
+    return re.findall(r"(?ms)^<!-- [\w-]+: docs/\S+ -->$.*?^<!-- /[\w-]+ -->$", text)
 
 
 def main() -> None:

@@ -51,13 +51,15 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(autouse=True)
 def _restore_registries():
-    # A recipe or source a test registers must not leak into the next test.
+    # A recipe, source or model a test registers must not leak into the next test.
     from dlkit.data import sources
+    from dlkit.recipes import builders
     from dlkit.recipes import recipe as recipes
 
-    saved = dict(recipes._REGISTRY), dict(sources._SOURCES)
+    saved = dict(recipes._REGISTRY), dict(sources._SOURCES), dict(builders._BUILDERS)
     yield
-    recipes._REGISTRY.clear()
-    recipes._REGISTRY.update(saved[0])
-    sources._SOURCES.clear()
-    sources._SOURCES.update(saved[1])
+    for registry, before in zip(
+        (recipes._REGISTRY, sources._SOURCES, builders._BUILDERS), saved, strict=True
+    ):
+        registry.clear()
+        registry.update(before)

@@ -7,7 +7,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ _MAX_PARAM = 500  # longer lists are logged as a count; the full plan is plan.js
 
 
 def compare(
-    target: Experiment | str | Path | Sequence[str],
+    target: Experiment | str | Path | Sequence[Any] | Mapping[str, Any],
     options: Options | None = None,
     *,
     callbacks: Sequence[Any] = (),
@@ -62,7 +62,9 @@ def compare(
     with the best mean validation accuracy (see `dlkit.comparison.tuning`).
 
     Args:
-        target: An experiment file, recipe names, or an `Experiment`.
+        target: An experiment file, recipe names, or an `Experiment`. A name may be a
+            model builder function instead (see `dlkit.register_model`), and a mapping
+            labels each variant: `{"bn": bn_mlp, "baseline": "deep-relu"}`.
         options: How to run it, as an `Options`. Defaults to `Options()`.
         callbacks: Extra Keras callbacks for every training.
         log: Where progress lines go. Defaults to printing them at once (flushed).

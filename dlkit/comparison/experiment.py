@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ TOP_KEYS = (
     "tune",
     "max_seeds",
     "equivalence",
+    "imports",
 )
 DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split", "split")
 VARIANT_KEYS = ("label", "recipe", "overrides")
@@ -82,6 +83,8 @@ class Experiment:
             `dlkit.comparison.sequential`); `None` trains `seeds` only.
         equivalence: A `>` or `<` on an accuracy-scale metric whose interval lies
             inside ±this is decided "equivalent". Defaults to `0.01`.
+        imports: Modules imported before the variants resolve, for the models they
+            register (`dlkit.register_model`), as the file names them. Defaults to `()`.
         path: The file it was read from, if any.
     """
 
@@ -97,6 +100,7 @@ class Experiment:
     tune: Tune | None = None
     max_seeds: int | None = None
     equivalence: float = 0.01
+    imports: tuple[str, ...] = ()
     path: str | None = None
 
     def recipes(self) -> dict[str, Recipe]:
@@ -191,6 +195,10 @@ def config_hash(recipe: Recipe, data: DataSpec, seed: int, *, devices: int | str
     if not fields["conv_filters"] and not fields["match_recipe"]:  # nor before convnets
         for key in ("conv_filters", "kernel_size", "pool_size", "match_recipe"):
             del fields[key]
+    if fields.pop("model"):  # a registered model is its builder: its name and source
+        from dlkit.recipes.builders import get_builder
+
+        fields["model"] = get_builder(recipe.model).identity
     payload = {
         "recipe": fields,
         "data": data.identity(),
@@ -271,6 +279,7 @@ def parse_experiment(
     if not isinstance(raw, dict):
         raise DlkitError("an experiment file must be a mapping of keys such as name, variants.")
     _check_keys(raw, TOP_KEYS, "")
+    imports = _imports(raw.get("imports", []), path)
     name = check_name(_string(raw.get("name", default_name), "name"), "name")
     question = _string(raw["question"], "question") if "question" in raw else ""
     data = _data_spec(raw.get("dataset", {}))
@@ -297,6 +306,7 @@ def parse_experiment(
         tune=parse_tune(raw.get("tune")),
         max_seeds=_max_seeds(raw.get("max_seeds"), "max_seeds"),
         equivalence=_equivalence(raw.get("equivalence", 0.01), "equivalence"),
+        imports=imports,
         path=path,
     )
     experiment.recipes()
@@ -308,6 +318,24 @@ def parse_experiment(
         except DlkitError as error:
             raise DlkitError(f"expect[{i}]: {error}") from None
     return experiment
+
+
+def _imports(value: Any, path: str | None) -> tuple[str, ...]:
+    """Imports the modules an experiment file names (`imports: [models]`), each looked for
+    first in the file's own folder; they register the models its variants use."""
+    from dlkit.recipes.builders import import_modules
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DlkitError(
+            f"imports: expected a list of module names or .py files, e.g. [models]. "
+            f"Received: {value!r}"
+        )
+    try:
+        import_modules(names, folder=Path(path).parent if path else None)
+    except DlkitError as error:
+        raise DlkitError(f"imports: {error}") from None
+    return tuple(names)
 
 
 def _max_seeds(value: Any, where: str) -> int | None:
@@ -374,30 +402,37 @@ def _published(published: Any, labels: list[str]) -> dict[str, float]:
 
 
 def experiment_from_recipes(
-    names: Sequence[str], *, dataset: str = DEFAULT_SOURCE, seeds: int | Sequence[int] = 1
+    names: Sequence[str] | Mapping[str, str],
+    *,
+    dataset: str = DEFAULT_SOURCE,
+    seeds: int | Sequence[int] = 1,
 ) -> Experiment:
-    """Returns an experiment comparing registered recipes as they are."""
-    repeated = sorted({name for name in names if list(names).count(name) > 1})
-    if repeated:
+    """Returns an experiment comparing registered recipes as they are: `names`, or a mapping
+    of each variant's label to its recipe."""
+    labelled = dict(names) if isinstance(names, Mapping) else {name: name for name in names}
+    repeated = sorted({name for name in labelled.values() if list(names).count(name) > 1})
+    if not isinstance(names, Mapping) and repeated:
         raise DlkitError(
             f"Recipe {', '.join(map(repr, repeated))} is named twice: the same configuration "
             "would be trained twice and read as extra seeds. Name each recipe once (use "
             "--seeds for more seeds)."
         )
-    variants = tuple(Variant(label=name, recipe=name) for name in names)
-    for name in names:
-        get_recipe(name)
-    name = "compare-" + "-vs-".join(names)
+    for recipe in labelled.values():
+        get_recipe(recipe)
+    labels = list(labelled)
+    name = "compare-" + "-vs-".join(labels)
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         name = f"{name[: MAX_NAME - 9]}-{digest}"
-    return Experiment(
+    experiment = Experiment(
         name=name,
-        question=f"How do {', '.join(names)} compare?",
+        question=f"How do {', '.join(labels)} compare?",
         data=DataSpec(source=dataset),
-        variants=variants,
+        variants=tuple(Variant(label=label, recipe=r) for label, r in labelled.items()),
         seeds=_seeds(seeds, "seeds"),
     )
+    experiment.recipes()  # two labels of one configuration are one mistake
+    return experiment
 
 
 def check_name(name: str, where: str = "name") -> str:
@@ -576,22 +611,42 @@ def _data_spec(raw: Any) -> DataSpec:
 
 
 def resolve_experiment(
-    target: Experiment | str | Path | Sequence[str], options: Options | None = None
+    target: Experiment | str | Path | Sequence[Any] | Mapping[str, Any],
+    options: Options | None = None,
 ) -> Experiment:
     """Returns the validated experiment that a file, recipe names or `Experiment` describe.
 
     Args:
-        target: An experiment file, recipe names, or an `Experiment`.
+        target: An experiment file, recipe names, or an `Experiment`. Recipe names may be
+            model builder functions too (see `dlkit.register_model`), and a mapping gives
+            each variant's label: `{"bn": bn_mlp, "baseline": "deep-relu"}`.
         options: The comparison's `Options`; they beat the file. Defaults to `Options()`.
     """
     if isinstance(target, Experiment):
         experiment = target
     elif isinstance(target, (str, Path)) and is_experiment_file(str(target)):
         experiment = load_experiment(target)
+    elif isinstance(target, Mapping):
+        experiment = experiment_from_recipes({str(k): _recipe_name(v) for k, v in target.items()})
     else:
-        names = [target] if isinstance(target, (str, Path)) else list(target)
-        experiment = experiment_from_recipes([str(n) for n in names])
+        names = [target] if isinstance(target, (str, Path)) or callable(target) else list(target)
+        experiment = experiment_from_recipes([_recipe_name(n) for n in names])
     return experiment.with_options(options or Options())
+
+
+def _recipe_name(item: Any) -> str:
+    """A variant given in Python: a recipe's name, or a model builder function (registered
+    under its own name, `bn_mlp` as `bn-mlp`, unless it already is under another)."""
+    if not callable(item):
+        return str(item)
+    from dlkit.recipes.builders import list_builders, register_model
+
+    for builder in list_builders():
+        if builder.function is item:
+            return builder.name
+    name = item.__name__.replace("_", "-")
+    register_model(name)(item)
+    return name
 
 
 def is_experiment_file(target: str) -> bool:

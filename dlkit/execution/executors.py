@@ -97,6 +97,10 @@ def run_unit(
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
 ) -> list[ChildResult]:
     """Trains a unit: its members as one pack, or its one child alone. A result per child."""
+    from dlkit.recipes.builders import ensure_imported
+
+    for spec in unit.specs:
+        ensure_imported(spec.imports)  # in a worker: the modules its models come from
     if unit.packed:
         return run_pack(unit.specs, on_epoch=on_epoch)
     return [run_child(unit.specs[0], callbacks=callbacks)]
@@ -162,6 +166,7 @@ def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildS
             options["num_cpus"] = os.cpu_count() or 1
         else:
             options["address"] = resources.ray_address
+        options.update(_shipped(work))
         try:
             ray.init(**options)
         except (ConnectionError, ValueError) as error:  # no cluster there, or a bad address
@@ -196,6 +201,14 @@ def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildS
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _shipped(work: Sequence[Unit]) -> dict[str, Any]:
+    """The modules registering the work's models, shipped to Ray's workers with the job
+    (`py_modules`, which Ray uploads only as the job starts), so that a cluster's nodes import
+    the files this machine has."""
+    files = sorted({f for u in work for s in u.specs for f in s.imports.values() if f})
+    return {"runtime_env": {"py_modules": files}} if files else {}
 
 
 def _unit_task(unit: Unit, threads: int) -> list[ChildResult]:

@@ -35,12 +35,16 @@ def train_params(recipe: Recipe, info: DatasetInfo, seed: int) -> dict[str, Any]
 
     The recipe's fields that take effect, the network they resolve to on this
     data (`hidden_widths`, `param_count`), the data and the seed. The exact
-    recipe, every field, is the run's `recipe.json`.
+    recipe, every field, is the run's `recipe.json`. A registered model's network is its
+    builder's: `model` says which, and no `hidden_widths` are made up for it.
     """
+    from dlkit.nn.models import count_params  # TensorFlow: loaded by the training already
+
+    widths = {} if recipe.model else {"hidden_widths": recipe.hidden_layers(*info.dims) or "none"}
     return {
         **recipe.applicable(),
-        "hidden_widths": recipe.hidden_layers(*info.dims) or "none",
-        "param_count": recipe.param_count(*info.dims),
+        **widths,
+        "param_count": count_params(recipe, *info.dims),
         **info.to_params(),
         "seed": seed,
     }
@@ -314,7 +318,19 @@ def load_model(source: str, *, tracking_uri: str | None = None) -> Any:
     if uri is None:
         raise DlkitError(f"Run {source} logged no model (it did not finish, or it predates them).")
     with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-        return load_keras_file(str(tracker.download_model(uri, tmp)))
+        file = tracker.download_model(uri, tmp)
+        _import_logged_code(Path(tmp))
+        return load_keras_file(str(file))
+
+
+def _import_logged_code(folder: Any) -> None:
+    """Imports the modules a model was logged with (its `code/`: the files defining its own
+    layers), those not imported yet, so that Keras finds their registered classes."""
+    from dlkit.recipes.builders import ensure_imported
+
+    for code in folder.rglob("code"):
+        for file in sorted(code.glob("*.py")):
+            ensure_imported({file.stem: str(file)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +353,8 @@ class ChildSpec:
         devices: Devices the child trains on at once. Defaults to `1`.
         sweep: A tuning sweep's run: params and metrics only, without the
             model, the artifacts or the dataset inputs. Defaults to `False`.
+        imports: Modules that register the recipe's model (name -> file), which a
+            worker imports before it builds anything. Defaults to `{}`.
     """
 
     recipe: dict[str, Any]
@@ -352,14 +370,18 @@ class ChildSpec:
     verbose: int | str = 0
     devices: int | str = 1
     sweep: bool = False
+    imports: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(
         cls, recipe: Recipe, data: DataSpec, seed: int, tracker: Tracker, **fields: Any
     ) -> ChildSpec:
         """Returns the spec of training `recipe` on `data` into `tracker`'s experiment."""
+        from dlkit.recipes.builders import modules_of
+
         return cls(
             recipe=recipe.to_dict(),
+            imports=modules_of(recipe),
             data=dataclasses.asdict(data),
             seed=seed,
             tracking_uri=portable_uri(tracker.tracking_uri),

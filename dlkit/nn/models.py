@@ -26,11 +26,13 @@ def build_model(
     input_mean: np.ndarray | None = None,
     input_variance: np.ndarray | None = None,
     image_shape: Sequence[int] | None = None,
-) -> keras.Sequential:
+) -> keras.Model:
     """Builds the network a recipe describes, ready for `compile_model`.
 
     The input normalization is the model's first layer, so a saved model takes
-    raw inputs, and every variant of a comparison reads the very same data.
+    raw inputs, and every variant of a comparison reads the very same data. A
+    registered model (`recipe.model`) is its builder's, inside the same input
+    normalization (see `build_registered`).
 
     Args:
         recipe: The recipe to build.
@@ -44,7 +46,8 @@ def build_model(
             reshapes its (flat) input to. Defaults to `None`.
 
     Returns:
-        An uncompiled `keras.Sequential` named after the recipe.
+        An uncompiled `keras.Sequential` named after the recipe (a Functional model around a
+        registered builder's).
 
     Example:
 
@@ -56,6 +59,9 @@ def build_model(
     # the input scaling, the softmax output and so the loss stay float32.
     policy = resolve_precision(recipe.precision)
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    if recipe.model:
+        normalize = _input_layers(recipe, input_max, input_mean, input_variance)
+        return build_registered(recipe, shape, num_classes, normalize, image_shape)
     layers: list[keras.layers.Layer] = [keras.Input(shape=shape)]
     if len(shape) > 1:
         layers.append(keras.layers.Flatten())
@@ -89,6 +95,117 @@ def build_model(
         )
     )
     return keras.Sequential(layers, name=recipe.name.replace("-", "_"))
+
+
+def build_registered(
+    recipe: Recipe,
+    shape: tuple[int, ...],
+    num_classes: int,
+    normalize: list[keras.layers.Layer],
+    image_shape: Sequence[int] | None,
+) -> keras.Model:
+    """A registered builder's model, made to read what a preset reads and answer as one does.
+
+    The builder gets each example's shape (the image's, `(height, width, channels)`, where the
+    data has one) and builds under the recipe's precision policy. Around its model go the
+    recipe's input normalization (and the reshape from the flat examples dlkit feeds), and,
+    when its outputs are logits, a float32 softmax: whether they are is read off the model
+    itself, from a forward pass on a few random examples. The recipe's weight decay becomes
+    an L2 penalty on every kernel the model has.
+
+    Raises:
+        DlkitError: The builder returned no `keras.Model`, or one whose output is not one
+            score per class, or one with a custom class Keras cannot save and load.
+    """
+    from dlkit.errors import DlkitError
+    from dlkit.recipes.builders import get_builder
+
+    builder = get_builder(recipe.model)
+    example = tuple(int(d) for d in image_shape) if image_shape else shape
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(resolve_precision(recipe.precision))
+    try:
+        inner = builder.function(recipe, example, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if not isinstance(inner, keras.Model):
+        raise DlkitError(
+            f"The builder of model {recipe.model!r} ({builder.origin}) returned "
+            f"{type(inner).__name__}, not a keras.Model."
+        )
+    check_savable(inner, recipe.model)
+    inputs = keras.Input(shape=shape, name="inputs")
+    x = inputs
+    for layer in normalize:
+        x = layer(x)
+    if image_shape:
+        x = keras.layers.Reshape(example, name="image")(x)
+    outputs = inner(x)
+    if tuple(outputs.shape[1:]) != (num_classes,):
+        raise DlkitError(
+            f"The model {recipe.model!r} outputs shape {tuple(outputs.shape)}; a classifier "
+            f"of this data outputs one score per class: (None, {num_classes})."
+        )
+    probabilities = _outputs_probabilities(inner, example)
+    finish = keras.layers.Activation("linear" if probabilities else "softmax", dtype="float32")
+    model = keras.Model(inputs, finish(outputs), name=recipe.name.replace("-", "_"))
+    if recipe.weight_decay:
+        for layer in inner._flatten_layers(include_self=False):
+            kernel = getattr(layer, "kernel", None)
+            if isinstance(kernel, keras.Variable) and kernel.trainable:
+                kernel.regularizer = keras.regularizers.L2(recipe.weight_decay)
+    return model
+
+
+def _outputs_probabilities(model: keras.Model, example: tuple[int, ...]) -> bool:
+    """Whether `model` ends in a softmax: on random inputs, every row it outputs is
+    non-negative and sums to 1 (logits almost never do)."""
+    inputs = np.random.default_rng(0).normal(size=(4, *example)).astype("float32")
+    rows = np.asarray(keras.ops.convert_to_numpy(model(inputs, training=False)), "float64")
+    return bool((rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+
+
+def check_savable(model: keras.Model, name: str) -> None:
+    """Raises `DlkitError` when `model` holds a class of its own (a layer, or the model's
+    class) that Keras cannot find again when loading: one not registered with
+    `keras.saving.register_keras_serializable`."""
+    from dlkit.errors import DlkitError
+
+    for layer in model._flatten_layers(include_self=True):
+        cls = type(layer)
+        if cls.__module__.startswith("keras."):
+            continue
+        if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
+            raise DlkitError(
+                f"The model {name!r} holds {cls.__module__}.{cls.__qualname__}, which Keras "
+                "cannot load back from a saved model: register it, "
+                "@keras.saving.register_keras_serializable(package=...) above its class, "
+                "with a get_config() returning its constructor's arguments."
+            )
+
+
+def custom_classes(model: keras.Model) -> dict[str, type]:
+    """The classes of `model`'s layers (and its own) that are not Keras's, by registered
+    name: what a loader needs imported (see `check_savable`)."""
+    found = {}
+    for layer in model._flatten_layers(include_self=True):
+        cls = type(layer)
+        if not cls.__module__.startswith("keras."):
+            found[keras.saving.get_registered_name(cls)] = cls
+    return found
+
+
+def count_params(
+    recipe: Recipe, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
+) -> int:
+    """The trainable parameters of a recipe's network on this data: a preset's counted from its
+    fields, a registered model's by building it."""
+    if not recipe.model:
+        return recipe.param_count(input_dim, num_classes, image_shape)
+    model = build_model(
+        recipe.replace(normalization="none"), (input_dim,), num_classes, image_shape=image_shape
+    )
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
 def _conv_blocks(
@@ -147,7 +264,7 @@ def _input_layers(
     ]
 
 
-def build_for(recipe: Recipe, data: Dataset) -> keras.Sequential:
+def build_for(recipe: Recipe, data: Dataset) -> keras.Model:
     """Builds the network a recipe describes for `data`: its input shape, classes and scaling."""
     info = data.info
     return build_model(

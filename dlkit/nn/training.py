@@ -18,7 +18,7 @@ from dlkit import signals
 from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
-from dlkit.nn.models import build_for, compile_model
+from dlkit.nn.models import build_for, compile_model, count_params
 from dlkit.nn.pack import per_member, train_pack
 from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
@@ -266,7 +266,7 @@ def _fit_one(
         dataset=info,
         seed=seed,
         history=history,
-        params=recipe.param_count(*info.dims),
+        params=count_params(recipe, *info.dims),
         epochs_run=len(losses),
         best_epoch=_best_epoch(history, recipe.monitor),
         stopped_epoch=stopped,
@@ -499,7 +499,7 @@ def _member_result(recipe, info, seed, member, wall_time, timed, size) -> TrainR
         history=member.history,
         test_loss=member.test["loss"],
         test_accuracy=member.test["accuracy"],
-        params=recipe.param_count(*info.dims),
+        params=count_params(recipe, *info.dims),
         epochs_run=epochs_run,
         best_epoch=_best_epoch(member.history, recipe.monitor),
         stopped_epoch=member.stopped_epoch,

@@ -56,6 +56,8 @@ def packable(recipe: Recipe) -> bool:
 
     `mixed_float16` needs a loss scale that one step shares, so such a recipe
     trains alone, as Keras trains it; so does a convnet (the packed trainer
-    stacks dense kernels only).
+    stacks dense kernels only), and a registered model (any Keras model).
     """
-    return resolve_precision(recipe.precision) != "mixed_float16" and not recipe.convolutional
+    if recipe.model or recipe.convolutional:
+        return False
+    return resolve_precision(recipe.precision) != "mixed_float16"

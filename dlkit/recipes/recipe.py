@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dlkit.errors import DlkitError, closest
+from dlkit.recipes.builders import ARCHITECTURE, get_builder, list_builders
 
 ACTIVATIONS = (
     "sigmoid",
@@ -146,6 +147,10 @@ class Recipe:
             scaling) or `"auto"` (bfloat16 where the hardware has it, see
             `dlkit.recipes.precision.resolve_precision`). Weights, the softmax output
             and the loss stay float32. Defaults to `"float32"`.
+        model: The name of a registered Keras model builder (`dlkit.register_model`) that
+            defines the architecture instead of the fields above; the recipe still says
+            how it trains. Only the architecture fields the builder declares it uses may
+            be set. Defaults to `""` (the fully connected net or convnet the fields describe).
 
     Example:
 
@@ -184,6 +189,7 @@ class Recipe:
     restore_best_weights: bool = True
     normalization: str = "scale"
     precision: str = "float32"
+    model: str = ""
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -194,6 +200,21 @@ class Recipe:
         self._check_widths()
         self._check_conv()
         self._check_sizing()
+        if self.model:
+            self._check_model()
+
+    def _check_model(self) -> None:
+        """A registered model's recipe sets only the architecture fields its builder reads."""
+        builder = get_builder(self.model)
+        for field in ARCHITECTURE:
+            if field not in builder.uses and getattr(self, field) != _DEFAULTS[field]:
+                reads = ", ".join(builder.uses) or "none of them"
+                raise DlkitError(
+                    f"Recipe field `{field}` is set ({field}={getattr(self, field)!r}), but "
+                    f"the model {self.model!r} does not use it: of the architecture fields "
+                    f"its builder reads {reads}. Leave `{field}` out, or declare it: "
+                    f"@dlkit.register_model({self.model!r}, uses=[..., {field!r}])."
+                )
 
     def _coerce_types(self) -> None:
         for field in dataclasses.fields(self):
@@ -262,8 +283,19 @@ class Recipe:
         the momentum optimizers, patience to early stopping, and so on, so a
         run's params say what was trained. `to_dict()` keeps every field.
         """
-        fields = self.to_dict()
-        unused = set()
+        unused = self._unused_architecture()
+        if self.optimizer not in ("momentum", "nesterov"):
+            unused.add("momentum")
+        if not self.lr_decay_epochs:
+            unused.add("lr_decay")
+        if not self.early_stopping:
+            unused |= {"monitor", "patience", "restore_best_weights"}
+        return {key: value for key, value in self.to_dict().items() if key not in unused}
+
+    def _unused_architecture(self) -> set[str]:
+        if self.model:  # its builder reads the fields it declared, and no other
+            return set(ARCHITECTURE) - set(get_builder(self.model).uses)
+        unused = {"model"}
         if self.widths:
             unused |= {"depth", "width", "match_depth", "match_recipe"}
         else:
@@ -277,13 +309,7 @@ class Recipe:
             unused |= {"conv_filters", "kernel_size", "pool_size"}
         if self.activation != "maxout":
             unused.add("maxout_pieces")
-        if self.optimizer not in ("momentum", "nesterov"):
-            unused.add("momentum")
-        if not self.lr_decay_epochs:
-            unused.add("lr_decay")
-        if not self.early_stopping:
-            unused |= {"monitor", "patience", "restore_best_weights"}
-        return {key: value for key, value in fields.items() if key not in unused}
+        return unused
 
     def _check_conv(self) -> None:
         for filters in self.conv_filters:
@@ -353,7 +379,10 @@ class Recipe:
     def hidden_layers(
         self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
     ) -> tuple[int, ...]:
-        """Returns the hidden-layer widths for data of this input and output size."""
+        """Returns the hidden-layer widths for data of this input and output size (none for a
+        registered model, whose builder defines its layers)."""
+        if self.model:
+            return ()
         if self.widths:
             return self.widths
         if not (self.match_depth or self.match_recipe):
@@ -387,7 +416,14 @@ class Recipe:
         self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
     ) -> int:
         """Returns the number of trainable parameters for this input and output size (and
-        image shape, for a convnet)."""
+        image shape, for a convnet). A registered model's are counted by building it,
+        which needs TensorFlow: `dlkit.nn.models.count_params` counts either kind."""
+        if self.model:
+            raise DlkitError(
+                f"Recipe {self.name!r} is the registered model {self.model!r}: its parameters "
+                "are counted by building it (dlkit.nn.models.count_params), and a match_recipe "
+                "must be a preset."
+            )
         conv, flat = self._head(input_dim, image_shape)
         hidden = self.hidden_layers(input_dim, num_classes, image_shape)
         return conv + _count(flat, num_classes, hidden, self._pieces)
@@ -399,8 +435,11 @@ class Recipe:
         data, a kernel larger than the image) or this machine's memory.
 
         The memory estimate is `BYTES_PER_PARAM` bytes per parameter, against the
-        physical memory, before anything is allocated.
+        physical memory, before anything is allocated. A registered model is the user's own
+        and is not estimated.
         """
+        if self.model:
+            return
         params = self.param_count(input_dim, num_classes, image_shape)
         needed = params * BYTES_PER_PARAM
         memory = physical_memory()
@@ -415,6 +454,8 @@ class Recipe:
         self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
     ) -> dict[str, str]:
         """Returns a one-line-per-column summary for listings such as `dlkit recipes`."""
+        if self.model:
+            return self._describe_model()
         if image_shape is None and (self.convolutional or self.match_recipe):
             side = math.isqrt(input_dim)  # a listing's --input-dim: a square, one channel
             image_shape = (side, side, 1) if side * side == input_dim else None
@@ -445,9 +486,26 @@ class Recipe:
             "params": params,
         }
 
+    def _describe_model(self) -> dict[str, str]:
+        """A registered model in a listing: where its builder is, and how it trains (its
+        parameters need TensorFlow to count, which a listing does not load)."""
+        builder = get_builder(self.model)
+        return {
+            "name": self.name,
+            "layers": f"model: {builder.origin}",
+            "activation": self.activation if "activation" in builder.uses else "-",
+            "regularization": f"L2 {self.weight_decay:g}" if self.weight_decay else "-",
+            "training": f"{self.optimizer} lr {self.learning_rate:g}, {self.loss}, "
+            f"batch {self.batch_size}, {self.epochs} epochs",
+            "params": "-",
+        }
+
     @property
     def _pieces(self) -> int:
         return self.maxout_pieces if self.activation == "maxout" else 1
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe)}
 
 
 def physical_memory() -> int | None:
@@ -644,14 +702,18 @@ def get_recipe(name: str, /, **overrides: Any) -> Recipe:
     >>> get_recipe("deep-relu", dropout=0.2).dropout
     0.2
     """
-    if name not in _REGISTRY:
-        raise DlkitError(
-            f"Unknown recipe {name!r}.{closest(name, _REGISTRY)} "
-            "Run `dlkit recipes` to list them all."
-        )
-    return dataclasses.replace(_REGISTRY[name](), name=name).replace(**overrides)
+    if name in _REGISTRY:
+        return dataclasses.replace(_REGISTRY[name](), name=name).replace(**overrides)
+    models = {builder.name for builder in list_builders()}  # installed packages' included
+    if name in models:
+        return Recipe(name=name, model=name).replace(**overrides)
+    raise DlkitError(
+        f"Unknown recipe {name!r}.{closest(name, [*_REGISTRY, *models])} "
+        "Run `dlkit recipes` to list them all (with --import MODULE for your own models)."
+    )
 
 
 def list_recipes() -> list[str]:
-    """Returns the registered recipe names, in registration order."""
-    return list(_REGISTRY)
+    """Returns the registered recipe names, in registration order, then the registered
+    models' (`dlkit.register_model`; those of installed packages' entry points included)."""
+    return [*_REGISTRY, *(b.name for b in list_builders() if b.name not in _REGISTRY)]

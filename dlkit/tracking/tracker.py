@@ -710,6 +710,7 @@ class Tracker:
                     input_example=example,
                     pip_requirements=_model_requirements(),
                     custom_objects=_custom_objects(model),
+                    code_paths=_code_paths(model),
                 )
             self.client.log_model_artifacts(logged.model_id, str(local))
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
@@ -1176,12 +1177,28 @@ def _model_requirements() -> list[str]:
 
 
 def _custom_objects(model: Any) -> dict[str, Any] | None:
-    """dlkit's own layers in `model`, for MLflow's loader (which then needs dlkit installed)."""
-    from dlkit.nn.layers import Maxout
+    """The classes of `model` that are not Keras's own (dlkit's maxout layer, a registered
+    model's layers), by registered name, for MLflow's loader."""
+    from dlkit.nn.models import custom_classes
 
-    if any(isinstance(layer, Maxout) for layer in model.layers):
-        return {"dlkit>Maxout": Maxout}
-    return None
+    return custom_classes(model) or None
+
+
+def _code_paths(model: Any) -> list[str] | None:
+    """The files of the modules that define `model`'s own classes, where they are not part
+    of an installed package: logged with the model (its `code/`), so that a loader in
+    another process imports them first."""
+    found = set()
+    for cls in (_custom_objects(model) or {}).values():
+        module = sys.modules.get(cls.__module__)
+        file = getattr(module, "__file__", None)
+        if (
+            file
+            and "site-packages" not in Path(file).parts
+            and not cls.__module__.startswith("dlkit.")
+        ):
+            found.add(file)
+    return sorted(found) or None
 
 
 def _param_text(value: Any) -> str:
