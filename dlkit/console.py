@@ -51,6 +51,8 @@ def quiet_tensorflow_start() -> Iterator[None]:
         return
     with filtered_stderr(_NOISE):
         yield
+        if "tensorflow" in sys.modules:  # it loaded: its devices' start-up talks too
+            sys.modules["tensorflow"].config.list_physical_devices()
 
 
 @contextlib.contextmanager
