@@ -690,12 +690,8 @@ def ui(
     import subprocess
 
     from dlkit.comparison.experiment import is_experiment_file, load_experiment
-    from dlkit.tracking.tracker import (
-        Tracker,
-        latest_experiment,
-        resolve_tracking_uri,
-        sqlite_path,
-    )
+    from dlkit.tracking.stores import latest_experiment, resolve_tracking_uri, sqlite_path
+    from dlkit.tracking.tracker import Tracker
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -778,7 +774,7 @@ def _print_report(comparison: Any, tracking_uri: str | None, wide: bool = False)
 
 
 def _print_review(page: str, tracking_uri: str | None) -> None:
-    from dlkit.tracking.tracker import resolve_tracking_uri
+    from dlkit.tracking.stores import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from tiny import tiny
 from trials import read_store, training
 
+from dlkit.tracking import liveness
 from dlkit.tracking import tracker as tracker_module
 from dlkit.tracking.claims import contested, rival, undecided
 from dlkit.tracking.tracker import RunRecord, Tracker, process_alive
@@ -295,7 +296,7 @@ def test_a_claim_of_another_machine_lives_as_long_as_its_heartbeat():
     now = 1_000_000.0
     other = {"dlkit.host": "another-machine", "dlkit.pid": "12"}
     fresh = {**other, "dlkit.heartbeat": f"{now - 30:.3f}"}
-    stale = {**other, "dlkit.heartbeat": f"{now - tracker_module.HEARTBEAT_STALE - 1:.3f}"}
+    stale = {**other, "dlkit.heartbeat": f"{now - liveness.HEARTBEAT_STALE - 1:.3f}"}
     assert process_alive(fresh, now=now)
     assert not process_alive(stale, now=now)
     assert process_alive(other, now=now)  # an older dlkit's run: nothing here can tell

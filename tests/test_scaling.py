@@ -81,6 +81,18 @@ def test_a_worker_killed_mid_child_is_retried(tmp_path):
     assert victim.run_id not in set(result.runs["run_id"])
 
 
+def test_a_ray_task_retried_after_its_worker_died_continues_from_its_checkpoint(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result, victim = kill_a_worker_mid_child(store, TINY, executor="ray", checkpointed=True)
+
+    assert result.failed == 0
+    finished = MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name(TINY["name"]).experiment_id],
+        "attributes.status = 'FINISHED' and tags.`dlkit.role` = 'child'",
+    )
+    assert any(int(r.data.tags.get("dlkit.resumed_epoch", 0)) > 0 for r in finished)
+
+
 def test_ray_comparison_logs_to_an_mlflow_server(tmp_path):
     backend = f"sqlite:///{tmp_path}/server.db"
     with serve(backend, artifacts=str(tmp_path / "mlartifacts")) as address:

@@ -61,6 +61,17 @@ def test_a_worker_killed_mid_child_is_replaced_and_its_child_trained_again(tmp_p
     assert MlflowClient(store).get_run(victim.run_id).info.status == "KILLED"
 
 
+def test_a_pack_retried_after_its_worker_died_continues_from_its_checkpoint(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result, victim = kill_a_worker_mid_child(store, TINY, workers=2, checkpointed=True)
+
+    assert result.failed == 0 and len(result.runs) == 2
+    resumed = [r for r in children(store, "workers", "FINISHED") if "dlkit.resumed_epoch" in
+               r.data.tags]  # fmt: skip
+    assert resumed, "the retried pack started again from epoch 0"
+    assert all(int(r.data.tags["dlkit.resumed_epoch"]) > 0 for r in resumed)
+
+
 def test_retries_count_per_child_the_deaths_of_its_worker_while_it_trained(tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
     three = {**TINY, "variants": [*TINY["variants"], {"label": "wide", "recipe": "wide-relu"}]}

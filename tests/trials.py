@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
@@ -104,11 +105,16 @@ def training(
 
 
 def kill_a_worker_mid_child(
-    store: str, experiment: dict[str, Any], *, in_flight: int = 1, **options: Any
+    store: str,
+    experiment: dict[str, Any],
+    *,
+    in_flight: int = 1,
+    checkpointed: bool = False,
+    **options: Any,
 ) -> tuple[Any, Any]:
     """Runs a comparison of one slow seed per variant and, once `in_flight` children are
-    training, SIGKILLs the worker of one. Returns the comparison and the killed child's run
-    as it was."""
+    training (and, if `checkpointed`, a pack has saved a checkpoint), SIGKILLs the worker of
+    one. Returns the comparison and the killed child's run as it was."""
     slow = {**experiment, "dataset": {"source": "digits"}, "seeds": 1}
     slow["overrides"] = {**experiment["overrides"], "epochs": 120, "batch_size": 32}
     outcome: dict = {}
@@ -133,6 +139,12 @@ def kill_a_worker_mid_child(
     except AssertionError as missed:  # the comparison ended first: say how
         thread.join(timeout=600)
         raise AssertionError(f"{missed}; the comparison ended with {outcome}") from None
+    if checkpointed:
+        folder = Path(store.removeprefix("sqlite:///")).parent
+        deadline = time.monotonic() + 180
+        while not list(folder.glob("**/checkpoints/*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(folder.glob("**/checkpoints/*.json")), "no pack saved a checkpoint"
     os.kill(found[0].pid, signal.SIGKILL)
     thread.join(timeout=600)
     assert not thread.is_alive(), "the comparison did not end within 600 s of the kill"

@@ -21,8 +21,10 @@ from dlkit.execution.checkpoints import PackCheckpoint
 from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe, get_recipe
+from dlkit.tracking.calls import EpochMetrics
 from dlkit.tracking.claims import ClaimedElsewhere, contested
-from dlkit.tracking.tracker import EpochMetrics, Tracker, portable_uri
+from dlkit.tracking.stores import portable_uri
+from dlkit.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     from dlkit.nn.training import TrainResult

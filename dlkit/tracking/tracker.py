@@ -1,6 +1,9 @@
-"""MLflow tracking: the one module that talks to MLflow, for reads and writes alike.
+"""MLflow tracking: a `Tracker` opens, writes and reads back runs in one experiment.
 
-A `Tracker` opens runs (ending them FINISHED, FAILED or KILLED, never left
+With its helpers beside it (`stores`: URIs and sqlite stores; `calls`: store calls that
+ride out a busy store; `liveness`: whether a run's process lives; `logged_models`: what a
+logged model carries), `dlkit.tracking` is the one package that talks to MLflow. A
+`Tracker` opens runs (ending them FINISHED, FAILED or KILLED, never left
 RUNNING), logs params, metrics, a training's results and artifacts, and reads
 back what reports and resumed comparisons need: the latest parent, its
 children as plain `RunRecord`s, metric histories and artifacts. Training code
@@ -12,26 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
-import shutil
-import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import filelock
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -40,201 +37,37 @@ from dlkit import keys, signals
 from dlkit.errors import DlkitError
 from dlkit.keys import CORRECT_ARTIFACT
 from dlkit.text import safe_name
+from dlkit.tracking.calls import (
+    BUSY_PATIENCE,
+    INTERRUPTIBLE_LOGGERS,
+    METRIC_BATCH,
+    REPORTED_BY_DLKIT,
+    EpochMetrics,
+    Rounds,
+    StoreCalls,
+    beside_another_writer,
+    locked,
+    no_progress_bar,
+    quiet_logger,
+    signal_name,
+    stamped,
+)
+from dlkit.tracking.liveness import HEARTBEAT_EVERY, process_alive
+from dlkit.tracking.logged_models import code_paths, custom_objects, model_requirements
+from dlkit.tracking.stores import (
+    HALF_MADE,
+    artifact_location,
+    create_sqlite_store,
+    resolve_tracking_uri,
+    sqlite_path,
+    ui_address,
+)
 
 if TYPE_CHECKING:
     from dlkit.data.dataset import Dataset
     from dlkit.nn.training import TrainResult
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_UI_PORT = 5000
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
-_METRIC_BATCH = 1000  # and at most 1,000 metrics
-# How long the write that ends a run rides out a store another process keeps locked, in
-# seconds, on top of the 20 s that MLflow's own SQLite busy timeout waits in each attempt.
-_BUSY_PATIENCE = 60.0
-# A process renews the heartbeat tag of the runs it holds this often, in seconds; a run of
-# another machine whose heartbeat is older than HEARTBEAT_STALE is taken to be orphaned (the
-# clocks of the two machines may differ by less than the difference of the two).
-HEARTBEAT_EVERY = 60.0
-HEARTBEAT_STALE = 600.0
-# What SQLite says when MLflow meets tables that a stopped first run left half-built.
-_HALF_MADE = ("already exists", "duplicate column", "no such table", "no such column")
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Returns `tracking_uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def ui_address(tracking_uri: str | None = None, *, port: int = DEFAULT_UI_PORT) -> str:
-    """Returns where the MLflow UI for this store is: the server itself, or `dlkit ui`'s address."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
-    return f"http://127.0.0.1:{port}"
-
-
-def latest_experiment(tracking_uri: str | None = None) -> str | None:
-    """Returns the name of the experiment with the most recent dlkit run in the store, if any."""
-    client = StoreCalls(MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri)))
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = (
-        client.search_runs(
-            ids,
-            f"tags.`{keys.VERSION}` != ''",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if ids
-        else []
-    )
-    return client.get_experiment(runs[0].info.experiment_id).name if runs else None
-
-
-def _signal_name(interrupt: BaseException) -> str:
-    signum = getattr(interrupt, "signum", None)
-    return "Ctrl-C" if signum in (None, signal.SIGINT) else signal.Signals(signum).name
-
-
-def process_alive(tags: dict[str, str], now: float | None = None) -> bool:
-    """Whether the process a run's `dlkit.host`/`dlkit.pid` tags name still runs.
-
-    On this machine, the pid says so. On another one, the run's heartbeat
-    does: it is renewed every `HEARTBEAT_EVERY` seconds while the process
-    holds the run, so one older than `HEARTBEAT_STALE` is a process gone. A
-    run of another machine without a heartbeat (an older dlkit) counts as alive.
-    """
-    host, pid = tags.get(keys.HOST), tags.get(keys.PID)
-    if host is None or pid is None or not pid.isdigit():
-        return False
-    if host != socket.gethostname():
-        beat = tags.get(keys.HEARTBEAT, "")
-        if not beat.replace(".", "", 1).isdigit():
-            return True  # nothing here can tell, so leave it
-        return (time.time() if now is None else now) - float(beat) < HEARTBEAT_STALE
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, under another user
-        return True
-    return not _zombie(int(pid))
-
-
-def _zombie(pid: int) -> bool:
-    """Whether `pid` has ended but its parent has not reaped it yet (Linux; elsewhere
-    no such process is told apart)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def create_sqlite_store(tracking_uri: str) -> None:
-    """Creates a missing local sqlite store whole, or not at all, and fast.
-
-    MLflow builds a new store's tables in place, which takes seconds, so a
-    signal meanwhile, or two processes starting together, can leave a file
-    that never opens again. Here the store is made in a temporary file beside
-    it and moved into place in one step, under a lock file beside it, so a
-    second process waits and then opens the finished store. The tables are
-    built once per machine and MLflow version into a template in
-    `$XDG_CACHE_HOME/dlkit` (default `~/.cache/dlkit`), which every new store
-    copies. Other URIs are left alone.
-    """
-    if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
-        return
-    path = sqlite_path(tracking_uri)
-    if path.exists():
-        return
-    if not path.parent.is_dir():
-        raise DlkitError(
-            f"Cannot create the MLflow store {path}: the folder {path.parent} does not exist. "
-            "Create it, or point --tracking-uri at an existing folder."
-        )
-    artifacts = path.parent / "mlruns"  # where MLflow puts them for ./mlflow.db
-
-    def make(temporary: Path) -> None:
-        template = _store_template()
-        if template is None:
-            _build_store(temporary, artifacts)
-            return
-        shutil.copyfile(template, temporary)
-        with contextlib.closing(sqlite3.connect(temporary)) as db, db:
-            db.execute(
-                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                (artifacts.as_uri(),),
-            )
-
-    _create_whole(path, make)
-
-
-def _store_template() -> Path | None:
-    """Returns an empty, migrated store for this MLflow version (built on first use), or None.
-
-    None where no cache folder can be written: the store is then built in place.
-    """
-    import mlflow
-
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlkit"
-    template = folder / f"mlflow-{mlflow.__version__}.db"
-    if template.exists():
-        return template
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _create_whole(template, lambda temporary: _build_store(temporary, folder / "mlruns"))
-    except OSError:
-        return None
-    return template
-
-
-def _create_whole(path: Path, make: Callable[[Path], None]) -> None:
-    """Has `make` write a temporary file beside `path`, then moves it into place in one step.
-
-    Under a lock file beside it (`.<name>.lock`): a process that waited finds `path` made
-    and does nothing.
-    """
-    with filelock.FileLock(path.with_name(f".{path.name}.lock")):
-        if path.exists():
-            return
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            make(temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-
-
-def _build_store(path: Path, artifacts: Path) -> None:
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    uri = f"sqlite:///{path}"
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    SqlAlchemyStore(uri, artifacts.as_uri())
-    # A private reach, the only way: MLflow caches one engine per URI on the class, with no
-    # public close, and the file is moved into place next, so its engine must be let go.
-    SqlAlchemyStore._engine_map.pop(uri).dispose()
-
-
-def sqlite_path(tracking_uri: str) -> Path:
-    """The file of a `sqlite:///` tracking URI, absolute (relative paths are from here)."""
-    return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
-
-
-def portable_uri(tracking_uri: str) -> str:
-    """Returns `tracking_uri` with a relative sqlite path made absolute.
-
-    `sqlite:///mlflow.db` means "in the working folder"; a worker running
-    elsewhere must be told which file that was.
-    """
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or tracking_uri.startswith(prefix + "/"):
-        return tracking_uri
-    path = tracking_uri.removeprefix(prefix)
-    if path == ":memory:" or Path(path).is_absolute():
-        return tracking_uri
-    return prefix + str(Path(path).expanduser().resolve())
 
 
 class Tracker:
@@ -260,7 +93,7 @@ class Tracker:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         try:
             # Alembic logs a line per migration (INFO) while MLflow builds or checks tables.
-            with _quiet_logger("alembic", logging.WARNING):
+            with quiet_logger("alembic", logging.WARNING):
                 create_sqlite_store(self.tracking_uri)
                 self.client = StoreCalls(MlflowClient(tracking_uri=self.tracking_uri))
                 found = self.client.get_experiment_by_name(experiment) if experiment else None
@@ -268,7 +101,7 @@ class Tracker:
             raise
         except Exception as error:
             text = str(error).splitlines()[0] if str(error) else type(error).__name__
-            if self.tracking_uri.startswith("sqlite:") and any(sign in text for sign in _HALF_MADE):
+            if self.tracking_uri.startswith("sqlite:") and any(sign in text for sign in HALF_MADE):
                 db = sqlite_path(self.tracking_uri)
                 raise DlkitError(
                     f"The MLflow store {db} was left half-created ({text}), most likely by a "
@@ -280,7 +113,7 @@ class Tracker:
                 "Check --tracking-uri / $MLFLOW_TRACKING_URI."
             ) from None
         self.experiment = experiment
-        self.busy_patience = _BUSY_PATIENCE
+        self.busy_patience = BUSY_PATIENCE
         self._ended: set[str] = set()  # runs of `runs` ended early, by `finish` or `fail`
         self._held: set[str] = set()  # runs this tracker opened and has not ended yet
         self._heartbeat: threading.Thread | None = None
@@ -295,7 +128,7 @@ class Tracker:
             try:
                 self.experiment_id = self.client.create_experiment(
                     experiment,
-                    artifact_location=_artifact_location(self.tracking_uri, experiment),
+                    artifact_location=artifact_location(self.tracking_uri, experiment),
                     tags={EXPERIMENT_KIND: MODEL_TRAINING},
                 )
             except Exception:  # another process created it first: use theirs
@@ -446,12 +279,12 @@ class Tracker:
         try:
             yield
         except KeyboardInterrupt as interrupt:
-            end("KILLED", f"interrupted ({_signal_name(interrupt)})")
+            end("KILLED", f"interrupted ({signal_name(interrupt)})")
             raise
         except BaseException as error:
             if signals.received() is not None:  # e.g. TensorFlow re-raised it as its own error
                 interrupt = signals.Interrupted(signals.received())
-                end("KILLED", f"interrupted ({_signal_name(interrupt)})")
+                end("KILLED", f"interrupted ({signal_name(interrupt)})")
                 raise interrupt from error
             end("FAILED", f"{type(error).__name__}: {error}")
             raise
@@ -502,11 +335,11 @@ class Tracker:
             DlkitError: the store stayed locked for `busy_patience` seconds.
         """
         self._held.discard(run_id)
-        _REPORTED_BY_DLKIT.ending.add(threading.get_ident())
+        REPORTED_BY_DLKIT.ending.add(threading.get_ident())
         try:
             self._end_patiently(run_id, status, reason)
         finally:
-            _REPORTED_BY_DLKIT.ending.discard(threading.get_ident())
+            REPORTED_BY_DLKIT.ending.discard(threading.get_ident())
 
     def _end_patiently(self, run_id: str, status: str, reason: str | None) -> None:
         deadline, pause = time.monotonic() + self.busy_patience, 0.1
@@ -517,7 +350,7 @@ class Tracker:
                 self.client.set_terminated(run_id, status)
                 return
             except Exception as error:
-                if not _locked(error):
+                if not locked(error):
                     raise
                 if time.monotonic() + pause > deadline:
                     raise DlkitError(
@@ -564,11 +397,11 @@ class Tracker:
     ) -> None:
         """Logs a few params, metrics (at `step`) and tags in one write to the store, with
         the per-epoch metrics `curves` still holds (a run's last, most often all of them)."""
-        ended = _stamped(metrics or {}, step)
+        ended = stamped(metrics or {}, step)
         history = curves.take() if curves is not None else []
-        while len(history) + len(ended) > _METRIC_BATCH - _BATCH:  # room for params and tags
-            self.client.log_batch(run_id, metrics=history[:_METRIC_BATCH])
-            history = history[_METRIC_BATCH:]
+        while len(history) + len(ended) > METRIC_BATCH - _BATCH:  # room for params and tags
+            self.client.log_batch(run_id, metrics=history[:METRIC_BATCH])
+            history = history[METRIC_BATCH:]
         self.client.log_batch(
             run_id,
             metrics=[*history, *ended],
@@ -586,7 +419,7 @@ class Tracker:
             logged = self.client.get_run(run_id).data.params
             self.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
 
-        _beside_another_writer(log)
+        beside_another_writer(log)
 
     def set_description(self, run_id: str, text: str) -> None:
         """Sets the run's description, shown on its page in the MLflow UI (Markdown)."""
@@ -596,7 +429,7 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        self.client.log_batch(run_id, metrics=_stamped(metrics, step))
+        self.client.log_batch(run_id, metrics=stamped(metrics, step))
 
     def epoch_metrics(self, run_id: str, every: float = 2.0) -> EpochMetrics:
         """A sink for per-epoch metrics that writes to MLflow at most every `every` seconds."""
@@ -605,7 +438,7 @@ class Tracker:
     def pack_metrics(self, run_ids: Sequence[str], every: float = 2.0) -> list[EpochMetrics]:
         """One sink per run for runs that train together (a pack's members): they write in
         rounds, all at once, at most every `every` seconds (see `EpochMetrics`)."""
-        rounds = _Rounds(every)
+        rounds = Rounds(every)
         rounds.sinks = [EpochMetrics(self.client, run_id, rounds) for run_id in run_ids]
         return list(rounds.sinks)
 
@@ -639,7 +472,7 @@ class Tracker:
             )
         # MLflow skips a dataset the store holds already: a retry after another process
         # logged the same ones to a parent they share logs nothing twice.
-        _beside_another_writer(lambda: self.client.log_inputs(run_id, datasets=inputs))
+        beside_another_writer(lambda: self.client.log_inputs(run_id, datasets=inputs))
 
     def log_result(
         self,
@@ -701,16 +534,16 @@ class Tracker:
         info = Model(artifact_path=None, run_id=run_id, model_id=logged.model_id)
         with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
             local = Path(tmp, "model")
-            with _quiet_logger("mlflow"):
+            with quiet_logger("mlflow"):
                 mlflow.tensorflow.save_model(
                     model,
                     str(local),
                     mlflow_model=info,
                     signature=signature,
                     input_example=example,
-                    pip_requirements=_model_requirements(),
-                    custom_objects=_custom_objects(model),
-                    code_paths=_code_paths(model),
+                    pip_requirements=model_requirements(),
+                    custom_objects=custom_objects(model),
+                    code_paths=code_paths(model),
                 )
             self.client.log_model_artifacts(logged.model_id, str(local))
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
@@ -739,7 +572,7 @@ class Tracker:
 
         try:
             location = self._model_location(model_uri)
-            with _no_progress_bar():
+            with no_progress_bar():
                 local = Path(download_artifacts(artifact_uri=location, dst_path=str(folder)))
         except DlkitError:
             raise
@@ -897,7 +730,7 @@ class Tracker:
 
     def list_artifacts(self, run_id: str, folder: str) -> list[str]:
         """Returns the names of the files in a run's artifact folder (none when it has none)."""
-        with _no_progress_bar():
+        with no_progress_bar():
             found = self.client.list_artifacts(run_id, folder)
         return [Path(item.path).name for item in found if not item.is_dir]
 
@@ -916,7 +749,7 @@ class Tracker:
         return self._read(run_id, path, lambda local: Path(local).read_text())
 
     def _read(self, run_id: str, path: str, load: Callable[[str], Any]) -> Any:
-        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp, _no_progress_bar():
+        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp, no_progress_bar():
             try:
                 local = self.client.download_artifacts(run_id, path, tmp)
             except Exception:  # MLflow raises several kinds for a missing artifact
@@ -930,130 +763,6 @@ _MAX_CHILDREN = 50_000
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 _MAX_PARENTS = 1_000  # the latest parents a resume looks through for one of its kind
 _MAX_NOTE = 60_000  # a description is a tag; keep it well inside MLflow's tag limit
-
-
-class EpochMetrics:
-    """Per-epoch metrics, each stamped with its epoch's end, written in one batch every few seconds.
-
-    A write to the store costs about as much as a small model's epoch, so a
-    short training sends its curves in a batch or two instead of one per
-    epoch; a long one still shows live in the MLflow UI. The sinks of runs
-    that train together write in rounds (`_Rounds`): a pack of 32 members
-    makes 32 writes a round, so rounds are spaced to keep the writing to a
-    small share of the training. When training ends, hand what is left to the
-    write that ends the run (`Tracker.log_batch`), or `flush` it (an
-    interrupt, a failure).
-    """
-
-    def __init__(self, client: StoreCalls, run_id: str, rounds: _Rounds):
-        self.client, self.run_id, self.rounds = client, run_id, rounds
-        self._pending: list[Metric] = []
-
-    def __call__(self, metrics: dict[str, float], step: int = 0) -> None:
-        self._pending += _stamped(metrics, step)
-        if self.rounds.due():
-            self.rounds.write()
-
-    def flush(self) -> None:
-        pending = self.take()
-        for i in range(0, len(pending), _METRIC_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[i : i + _METRIC_BATCH])
-
-    def take(self) -> list[Metric]:
-        """Returns the metrics not written yet, for the caller to write (`Tracker.log_batch`
-        takes them into the write that ends a run)."""
-        pending, self._pending = self._pending, []
-        return pending
-
-
-class _Rounds:
-    """When the sinks of runs that train together write: all of them in one round, at
-    most every `every` seconds, and never so often that the rounds take more than
-    `_WRITE_SHARE` of the time (the pause after a round is at least its own duration
-    divided by that share)."""
-
-    def __init__(self, every: float):
-        self.every = every
-        self.sinks: list[EpochMetrics] = []
-        self._sent = time.monotonic()
-        self.took = 0.0  # how long the last round's writes took, in seconds
-
-    def due(self) -> bool:
-        return time.monotonic() - self._sent >= max(self.every, self.took / _WRITE_SHARE)
-
-    def write(self) -> None:
-        start = time.monotonic()
-        for sink in self.sinks:
-            sink.flush()
-        self._sent = time.monotonic()
-        self.took = self._sent - start
-
-
-_WRITE_SHARE = 0.05
-
-
-class StoreCalls:
-    """An `MlflowClient` whose every call holds Ctrl-C and SIGTERM back until it returns.
-
-    A signal raised inside one of MLflow's SQLAlchemy sessions would leave that
-    session's connection in an open transaction, and SQLite would then refuse the
-    clean-up's write that ends the run KILLED ("database is locked"). See
-    `signals.deferred`.
-    """
-
-    def __init__(self, client: MlflowClient):
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._client, name)
-        if not callable(value):
-            return value
-
-        @functools.wraps(value)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with signals.deferred():
-                return value(*args, **kwargs)
-
-        return call
-
-
-# How stores say a row is there already: SQLite, PostgreSQL, MySQL (through a server too).
-_DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
-
-
-def _beside_another_writer(write: Callable[[], None], tries: int = 3) -> None:
-    """Runs `write`, which another process may be making to the same run at once: when
-    both insert the same rows, the store refuses the second (a UNIQUE constraint), and
-    `write`, run again, finds the other's rows and writes only the rest."""
-    for attempt in range(tries):
-        try:
-            return write()
-        except Exception as error:
-            duplicate = any(_in_chain(error, text) for text in _DUPLICATE_ROW)
-            if attempt == tries - 1 or not duplicate:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-
-
-def _in_chain(error: BaseException, text: str) -> bool:
-    """Whether `text` is in `error` or in what it was raised from."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if text in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _locked(error: BaseException) -> bool:
-    """Whether `error` (or what it was raised from) is SQLite's "database is locked"."""
-    return _in_chain(error, "database is locked")
-
-
-def _stamped(metrics: dict[str, float], step: int) -> list[Metric]:
-    """MLflow metrics at `step`, stamped with the current time."""
-    now = int(time.time() * 1000)
-    return [Metric(key, float(value), now, step) for key, value in metrics.items()]
 
 
 def _record(run: Any) -> RunRecord:
@@ -1088,63 +797,9 @@ class RunRecord:
     metrics: dict[str, float]
 
 
-class _ReportedByDlkit(logging.Filter):
-    """Drops the store errors (and tracebacks) that dlkit reports itself, once.
-
-    A query a Ctrl-C or SIGTERM broke: the signal's exception lands inside
-    SQLAlchemy, which MLflow logs as a database error before it propagates, or
-    which SQLAlchemy's connection pool logs as an "Exception during reset" when it
-    lands in the pool's clean-up of a connection. And a locked store met while a
-    thread ends a run (`Tracker._end`), which retries and gives up in one line.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ending: set[int] = set()  # threads inside Tracker._end
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return signals.received() is None and record.thread not in self.ending
-
-
-_REPORTED_BY_DLKIT = _ReportedByDlkit()
-# A filter applies to its own logger's records only, so each logger that reports them is named:
-# MLflow's store, and the connection pools SQLAlchemy names after their classes.
-_INTERRUPTIBLE_LOGGERS = (
-    "mlflow.store.db.utils",
-    *(f"sqlalchemy.pool.impl.{pool}" for pool in ("QueuePool", "NullPool", "StaticPool")),
-)
-
-
 # Installed once, on import: the filter drops only what dlkit reports itself (see above).
-for _name in _INTERRUPTIBLE_LOGGERS:
-    logging.getLogger(_name).addFilter(_REPORTED_BY_DLKIT)
-
-
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """MLflow draws a progress bar for every artifact download; a report fetches several.
-
-    Set for the download only, and only when the user has not chosen."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
+for _name in INTERRUPTIBLE_LOGGERS:
+    logging.getLogger(_name).addFilter(REPORTED_BY_DLKIT)
 
 
 def _dataset_source(source: str) -> Any:
@@ -1169,49 +824,9 @@ _DATASET_PAGES = {
 }
 
 
-def _model_requirements() -> list[str]:
-    """What serving a dlkit model needs, pinned to what trained it."""
-    from importlib.metadata import version
-
-    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy")]
-
-
-def _custom_objects(model: Any) -> dict[str, Any] | None:
-    """The classes of `model` that are not Keras's own (dlkit's maxout layer, a registered
-    model's layers), by registered name, for MLflow's loader."""
-    from dlkit.nn.models import custom_classes
-
-    return custom_classes(model) or None
-
-
-def _code_paths(model: Any) -> list[str] | None:
-    """The files of the modules that define `model`'s own classes, where they are not part
-    of an installed package: logged with the model (its `code/`), so that a loader in
-    another process imports them first."""
-    found = set()
-    for cls in (_custom_objects(model) or {}).values():
-        module = sys.modules.get(cls.__module__)
-        file = getattr(module, "__file__", None)
-        if (
-            file
-            and "site-packages" not in Path(file).parts
-            and not cls.__module__.startswith("dlkit.")
-        ):
-            found.add(file)
-    return sorted(found) or None
-
-
 def _param_text(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
-
-
-def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    # Keep artifacts beside a local sqlite store (mlflow.db -> mlruns/), as
-    # MLflow does for ./mlflow.db, instead of in whatever folder runs it.
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (sqlite_path(tracking_uri).parent / "mlruns" / safe_name(experiment)).as_uri()
