@@ -21,7 +21,7 @@ HEAVY = ("tensorflow", "keras", "tensorflow_datasets")
 # folder before it, and from the root modules every layer uses; the CLI sits on top.
 FOLDERS = ("recipes", "data", "nn", "tracking", "execution", "comparison", "bench")
 SHARED = ("errors", "text", "keys", "signals", "console")
-TOP = ("cli",)
+TOP = ("cli", "cli_options")
 # The one folder that may import TensorFlow when loaded: commands that list, validate or
 # read MLflow never load it. The benchmarks load it on use.
 TENSORFLOW_FOLDER = "nn"
