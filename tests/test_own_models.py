@@ -322,3 +322,28 @@ def helped(recipe, input_shape, num_classes):
     builders.import_modules([str(path)])
     after = builders.get_builder("helped").identity
     assert before != after and before.split("@")[0] == after.split("@")[0] == "own_helped.helped"
+
+
+def test_a_builder_registered_again_is_not_served_from_the_traced_models(digits):
+    """A notebook cell run again with an edited builder: the next training builds the new
+    one, though the model traced from the old one fits the same shapes."""
+    import keras
+
+    from dlkit.nn.training import fit
+
+    def make(activation):
+        def same(recipe, input_shape, num_classes):
+            inputs = keras.Input(input_shape)
+            x = keras.layers.Flatten()(inputs)
+            x = keras.layers.Dense(8, activation=activation, name="hidden")(x)
+            return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+        return same
+
+    dlkit.register_model("same")(make("relu"))
+    recipe = dlkit.get_recipe("same", epochs=1)
+    fit(recipe, digits, seed=0, verbose=0, reuse=True)
+    dlkit.register_model("same")(make("tanh"))  # the same name, module and qualname
+    again = fit(recipe, digits, seed=1, verbose=0, reuse=True)
+    fresh = fit(recipe, digits, seed=1, verbose=0)  # built from the tanh builder, not kept
+    assert again.history["loss"] == pytest.approx(fresh.history["loss"], rel=1e-5)

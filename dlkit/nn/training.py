@@ -20,6 +20,7 @@ from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_for, compile_model, count_params
 from dlkit.nn.pack import per_member, train_pack
+from dlkit.recipes.builders import get_builder
 from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
@@ -233,7 +234,10 @@ def _fit_one(
     steps, repeat, steps_per_execution = _loop(info, recipe, strategy, steps_per_execution)
     keras.utils.set_random_seed(seed)
     reuse = reuse and not strategy
-    key = (recipe, steps_per_execution, jit_compile)
+    # A registered model's recipe names its builder; the builder itself (re-registered in a
+    # notebook, say) is part of what a kept model was traced from.
+    builder = get_builder(recipe.model).function if recipe.model else None
+    key = (recipe, builder, steps_per_execution, jit_compile)
     model, optimizer_start = _compiled(recipe, data, strategy, key, reuse=reuse)
     own, validation, early_stopping, timer = _own_callbacks(recipe, data, strategy)
 
@@ -318,7 +322,7 @@ def _compiled(recipe: Recipe, data: Dataset, strategy: Any, key: tuple, *, reuse
         traced = _TRACED.take(key, data, model) if reuse else None
         if traced:
             return traced
-        _, steps_per_execution, jit_compile = key
+        _, _, steps_per_execution, jit_compile = key
         compile_model(
             model, recipe, steps_per_execution=steps_per_execution, jit_compile=jit_compile
         )
