@@ -264,7 +264,9 @@ def ensure_imported(modules: dict[str, str]) -> None:
             continue
         path = Path(file) if file else None
         try:
-            if path is not None and path.is_file():
+            # A module of a package imports by its name, its package first; a lone file
+            # (a module beside an experiment file) from where it is.
+            if "." not in name and path is not None and path.is_file():
                 _import_file(path.resolve())
             else:
                 importlib.import_module(name)
