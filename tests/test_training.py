@@ -242,3 +242,12 @@ def test_a_signal_inside_a_weak_reference_callback_is_raised_after_it(monkeypatc
         time.sleep(5)  # never elapses: the signal comes again in here
     assert reference() is None
     assert not unraisable, [u.exc_value for u in unraisable]
+
+
+def test_the_traced_models_can_be_forgotten(digits):
+    from dlkit.nn import training
+
+    fit(SMALL.replace(epochs=1), digits, verbose=0, reuse=True)
+    assert training._TRACED._entries
+    training.forget_traced_models()
+    assert not training._TRACED._entries

@@ -547,6 +547,10 @@ class _TracedModels:
                 return model, start
         return None
 
+    def clear(self) -> None:
+        """Lets go of every kept model (and the memory its graph holds)."""
+        self._entries.clear()
+
     def keep(self, key: tuple, data: Dataset, model: keras.Model, start: list[np.ndarray]) -> None:
         """Keeps a trained model for the next training of the same recipe on `data`."""
         self._entries = [e for e in self._entries if not (e[0] == key and e[1].same_examples(data))]
@@ -555,6 +559,12 @@ class _TracedModels:
 
 
 _TRACED = _TracedModels()
+
+
+def forget_traced_models() -> None:
+    """Drops the models this process keeps traced for a variant's next seed (at most
+    `_TracedModels.size`): their memory back, and the next training traces afresh."""
+    _TRACED.clear()
 
 
 def distribution(devices: int | str) -> tf.distribute.Strategy | None:
