@@ -171,11 +171,8 @@ def check_savable(model: keras.Model, name: str) -> None:
     `keras.saving.register_keras_serializable`."""
     from dlkit.errors import DlkitError
 
-    for layer in model._flatten_layers(include_self=True):
-        cls = type(layer)
-        if cls.__module__.startswith("keras."):
-            continue
-        if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
+    for registered, cls in custom_classes(model).items():
+        if keras.saving.get_registered_object(registered) is not cls:
             raise DlkitError(
                 f"The model {name!r} holds {cls.__module__}.{cls.__qualname__}, which Keras "
                 "cannot load back from a saved model: register it, "
@@ -205,6 +202,11 @@ def count_params(
     model = build_model(
         recipe.replace(normalization="none"), (input_dim,), num_classes, image_shape=image_shape
     )
+    return trainable_count(model)
+
+
+def trainable_count(model: keras.Model) -> int:
+    """The trainable parameters a built model holds."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 

@@ -18,7 +18,7 @@ from dlkit import signals
 from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
-from dlkit.nn.models import build_for, compile_model, count_params
+from dlkit.nn.models import build_for, compile_model, count_params, trainable_count
 from dlkit.nn.pack import per_member, train_pack
 from dlkit.recipes.builders import get_builder
 from dlkit.recipes.packing import single_device, trains_alone
@@ -270,7 +270,8 @@ def _fit_one(
         dataset=info,
         seed=seed,
         history=history,
-        params=count_params(recipe, *info.dims),
+        # a registered model's count is its built model's: read off the one trained here
+        params=trainable_count(model) if recipe.model else count_params(recipe, *info.dims),
         epochs_run=len(losses),
         best_epoch=_best_epoch(history, recipe.monitor),
         stopped_epoch=stopped,
