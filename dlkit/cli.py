@@ -30,6 +30,7 @@ from dlkit.cli_options import (
 from dlkit.comparison.options import MAX_SEED, MAX_SEEDS, Options
 from dlkit.data.dataset import DataSpec
 from dlkit.errors import DlkitError
+from dlkit.recipes.listing import describe
 from dlkit.recipes.recipe import get_recipe, list_recipes
 from dlkit.text import text_table
 
@@ -121,7 +122,7 @@ def main() -> None:
 def recipes(input_dim: int, classes: int) -> None:
     """List the recipes: layers, activation, regularization, parameters; registered models
     (dlkit.register_model) with the module they come from."""
-    rows = [get_recipe(name).describe(input_dim, classes) for name in list_recipes()]
+    rows = [describe(get_recipe(name), input_dim, classes) for name in list_recipes()]
     click.echo(text_table(rows, align_right=("params",)))
     click.echo(
         f"\n{len(rows)} recipes; parameter counts for {input_dim} inputs and {classes} classes. "

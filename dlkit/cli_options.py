@@ -10,7 +10,8 @@ import click
 from dlkit.comparison.options import OUTPUT_DIR
 from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT
 from dlkit.errors import DlkitError
-from dlkit.recipes.recipe import PRECISIONS, parse_assignments
+from dlkit.recipes.fields import PRECISIONS
+from dlkit.recipes.recipe import parse_assignments
 
 tracking_uri_option = click.option(
     "--tracking-uri",

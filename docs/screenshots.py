@@ -46,7 +46,7 @@ def take(store: str, output: Path) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     from dlkit import Tracker
-    from dlkit.comparison.reports import load_comparison
+    from dlkit.comparison.loading import load_comparison
     from dlkit.tracking import ui
 
     tracker = Tracker(store, "quickstart", create=False)

@@ -17,8 +17,7 @@ from click.testing import CliRunner
 
 from dlkit import Recipe
 from dlkit.cli import main
-from dlkit.recipes.recipe import (
-    _FIELD_TYPES,
+from dlkit.recipes.fields import (
     ACTIVATIONS,
     INITIALIZERS,
     LOSSES,
@@ -26,6 +25,7 @@ from dlkit.recipes.recipe import (
     NORMALIZATIONS,
     OPTIMIZERS,
 )
+from dlkit.recipes.recipe import _FIELD_TYPES
 
 CHOICES = {
     "activation": ACTIVATIONS,

@@ -10,7 +10,7 @@ import pytest
 
 from dlkit import Recipe, signals
 from dlkit.execution.checkpoints import FOLDER, PackCheckpoint
-from dlkit.nn.pack import train_pack
+from dlkit.nn.pack_training import train_pack
 from dlkit.tracking.tracker import Tracker
 
 # Members that each need their own state restored: momentum slots, dropout masks drawn from
@@ -95,7 +95,7 @@ def test_a_pack_of_some_of_the_saved_members_resumes_them(digits, parent):
 def test_members_done_before_an_interrupt_end_finished_and_the_rest_killed(digits, parent):
     from mlflow.tracking import MlflowClient
 
-    from dlkit.execution.runs import tracked_pack
+    from dlkit.execution.pack_runs import tracked_pack
 
     tracker, parent_id = parent
     plain, _, _ = train_pack(RECIPES, SEEDS, digits)

@@ -14,7 +14,7 @@ import dlkit
 from dlkit.cli import main
 from dlkit.comparison.compare import report
 from dlkit.comparison.experiment import config_hash, parse_experiment
-from dlkit.comparison.reports import load_comparison
+from dlkit.comparison.loading import load_comparison
 from dlkit.data.dataset import DataSpec
 from dlkit.errors import DlkitError
 from dlkit.recipes.recipe import get_recipe

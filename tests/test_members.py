@@ -8,7 +8,7 @@ from tiny import tiny
 
 import dlkit
 from dlkit import keys
-from dlkit.comparison.reports import load_comparison
+from dlkit.comparison.loading import load_comparison
 from dlkit.comparison.sweep import _sweep_scores
 from dlkit.tracking.claims import holders
 from dlkit.tracking.members import finished, members

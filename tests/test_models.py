@@ -13,7 +13,7 @@ from dlkit import Recipe, get_recipe, list_recipes
 from dlkit.nn.layers import Maxout
 from dlkit.nn.models import build_model, compile_model, load_model, make_optimizer
 from dlkit.nn.training import fit
-from dlkit.recipes.recipe import ACTIVATIONS, INITIALIZERS, LOSSES, OPTIMIZERS
+from dlkit.recipes.fields import ACTIVATIONS, INITIALIZERS, LOSSES, OPTIMIZERS
 
 
 @pytest.mark.parametrize("name", list_recipes())

@@ -11,8 +11,8 @@ from tiny import tiny
 from dlkit import DlkitError, compare, load_model, train
 from dlkit.cli import main
 from dlkit.comparison.experiment import parse_experiment
+from dlkit.execution.children import ChildSpec
 from dlkit.execution.packs import MAX_PACK, auto_size, units
-from dlkit.execution.runs import ChildSpec
 from dlkit.recipes.recipe import Recipe
 
 # The tiny comparison's variants differ in their inputs' normalization: two packs of two seeds.

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from dlkit import DlkitError, Recipe, get_recipe, list_recipes, register_recipe
+from dlkit.recipes.listing import describe
 from dlkit.recipes.recipe import parse_assignments
 
 
@@ -148,7 +149,7 @@ def test_param_count_by_hand():
 
 
 def test_describe_shows_layers_regularization_and_params():
-    row = get_recipe("deep-relu-dropout-early-stop").describe(784, 10)
+    row = describe(get_recipe("deep-relu-dropout-early-stop"), 784, 10)
     assert row["layers"] == "784-500-500-500-10"
     assert "dropout" in row["regularization"] and "early stop" in row["regularization"]
     assert row["params"] == "898,510"

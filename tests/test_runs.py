@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from dlkit import Recipe, keys
 from dlkit.data.dataset import DataSpec
-from dlkit.execution.runs import ChildResult, ChildSpec, run_child
+from dlkit.execution.children import ChildResult, ChildSpec, run_child
 from dlkit.tracking.tracker import Tracker
 
 DATA = DataSpec(source="digits", train_size=200)

@@ -11,7 +11,7 @@ from tiny import tiny
 from dlkit import DlkitError, compare, report
 from dlkit.cli import main
 from dlkit.comparison.experiment import parse_experiment
-from dlkit.comparison.reports import load_comparison
+from dlkit.comparison.loading import load_comparison
 from dlkit.comparison.tuning import (
     SEED_BASE,
     Tune,

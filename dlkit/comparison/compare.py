@@ -21,9 +21,10 @@ from dlkit.comparison.experiment import (
     load_experiment,
     resolve_experiment,
 )
+from dlkit.comparison.loading import PLAN_ARTIFACT, load_comparison
 from dlkit.comparison.options import LARGE_COMPARISON, Options
 from dlkit.comparison.progress import in_notebook
-from dlkit.comparison.reports import PLAN_ARTIFACT, Comparison, load_comparison
+from dlkit.comparison.reports import Comparison
 from dlkit.comparison.running import Run, child_spec
 from dlkit.comparison.seeds import Seeds
 from dlkit.comparison.sweep import tuned

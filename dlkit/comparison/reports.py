@@ -1,4 +1,4 @@
-"""Comparison reports: rebuilt from MLflow alone, as tables (terminal, CSV, Markdown) and plots."""
+"""A comparison's report: its tables (terminal, CSV, Markdown, HTML), verdicts and plots."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 import hashlib
 import html
 import io
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,32 +15,14 @@ import numpy as np
 import pandas as pd
 
 import dlkit
-from dlkit import keys
-from dlkit.comparison.expectations import METRICS, Sample, Verdict, evaluate, parse_expectation
+from dlkit.comparison.expectations import Verdict, evaluate, parse_expectation
 from dlkit.comparison.sequential import Look
+from dlkit.comparison.summary import samples_by_variant, summarize
 from dlkit.comparison.tuning import point_label
-from dlkit.errors import DlkitError
-from dlkit.keys import CORRECT_ARTIFACT, GRAD_PREFIX
 from dlkit.text import plural, text_table, wrap
 
 if TYPE_CHECKING:
-    from dlkit.tracking.tracker import RunRecord, Tracker
-
-
-PLAN_ARTIFACT = "plan.json"
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-RUN_METRICS = (
-    "test_accuracy",
-    "test_loss",
-    "best_val_accuracy",
-    "train_accuracy",
-    "final_accuracy",
-    "epochs_run",
-    "stopped_epoch",
-    "wall_time_s",
-    "samples_per_second",
-    "params",
-)
+    pass
 
 
 class Comparison:
@@ -446,173 +427,6 @@ _WIDE = (
 )  # fmt: skip
 
 
-def samples_by_variant(
-    runs: pd.DataFrame, table: pd.DataFrame, correct: dict[str, dict[int, np.ndarray]]
-) -> dict[str, Sample]:
-    """Returns each variant's per-seed results, as the verdicts read them."""
-    done = runs[runs["status"] == "FINISHED"].assign(
-        train_accuracy=_train_accuracy,
-        gap=lambda r: _train_accuracy(r) - r["test_accuracy"],
-    )
-    diverged = dict(zip(table["variant"], table["diverged"]))
-    samples = {}
-    for variant in table["variant"]:
-        rows = done[done["variant"] == variant]
-        seeds = [int(seed) for seed in rows["seed"]]
-        samples[variant] = Sample(
-            values={metric: rows[metric].tolist() for metric in METRICS},
-            # Per-example results only where every finished seed has them (older runs may not).
-            correct=_each(correct.get(variant, {}), seeds),
-            seeds=seeds,
-            diverged=bool(diverged[variant]),
-        )
-    return samples
-
-
-def _each(by_seed: dict[int, np.ndarray], seeds: list[int]) -> list[np.ndarray]:
-    return [by_seed[s] for s in seeds] if all(s in by_seed for s in seeds) else []
-
-
-def _train_accuracy(runs: pd.DataFrame) -> pd.Series:
-    # Measured after training without dropout; runs logged before dlkit measured
-    # it have only the last epoch's running accuracy (dropout on).
-    return runs["train_accuracy"].fillna(runs["final_accuracy"])
-
-
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Aggregates child runs into one row per variant (mean and std over seeds)."""
-    rows = []
-    for variant, group in runs.groupby("variant", sort=False):
-        done = group[group["status"] == "FINISHED"]
-
-        def mean(column: str, frame: pd.DataFrame = done) -> float:
-            values = frame[column].dropna() if column in frame else []
-            return float(np.mean(values)) if len(values) else math.nan
-
-        def std(column: str, done: pd.DataFrame = done) -> float:
-            values = done[column].dropna()
-            return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-        train_acc = float(np.mean(_train_accuracy(done))) if len(done) else math.nan
-        rows.append(
-            {
-                "variant": variant,
-                "recipe": group["recipe"].iloc[0],
-                "planned": len(group),
-                "finished": len(done),
-                "failed": int((group["status"] != "FINISHED").sum()),
-                "diverged": bool(
-                    len(group)
-                    and group["failure"].astype(str).str.startswith("TrainingDiverged").all()
-                ),
-                "params": mean("params", group),
-                "test_accuracy_mean": mean("test_accuracy"),
-                "test_accuracy_std": std("test_accuracy"),
-                "test_loss_mean": mean("test_loss"),
-                "test_loss_std": std("test_loss"),
-                "best_val_accuracy": mean("best_val_accuracy"),
-                "train_accuracy": train_acc,
-                "gap": train_acc - mean("test_accuracy"),
-                "epochs_run": mean("epochs_run"),
-                "stopped_epoch": mean("stopped_epoch"),
-                "wall_time_s": mean("wall_time_s"),
-                "samples_per_second": mean("samples_per_second"),
-            }
-        )
-    table = pd.DataFrame(rows)
-    # Counts are whole numbers (a variant with no finished run has no parameter count).
-    table["params"] = table["params"].round().astype("Int64")
-    scores = table["test_accuracy_mean"].fillna(-1.0)
-    table["best"] = (scores == scores.max()) & (scores >= 0)
-    return table
-
-
-def load_comparison(
-    tracker: Tracker, parent_run_id: str | None = None, *, verdicts_only: bool = False
-) -> Comparison:
-    """Rebuilds a comparison from MLflow alone: the parent's plan, its children's metrics.
-
-    Args:
-        tracker: A `dlkit.tracking.tracker.Tracker` on the comparison's MLflow experiment.
-        parent_run_id: The parent run. Defaults to the experiment's latest.
-        verdicts_only: Read only what the verdicts need (a comparison adding seeds looks
-            after every round): no learning curves or gradient norms, and no per-example
-            results under a random split, whose verdicts do not use them. Defaults to `False`.
-    """
-    parent_run_id = parent_run_id or tracker.latest_parent()
-    if parent_run_id is None:
-        raise DlkitError(
-            f"MLflow experiment {tracker.experiment!r} at {tracker.tracking_uri} has no "
-            "comparison yet. Run `dlkit compare` first, or check --tracking-uri."
-        )
-    text = tracker.read_artifact(parent_run_id, PLAN_ARTIFACT)
-    if text is None:
-        raise DlkitError(
-            f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison, or "
-            "it stopped while tuning, before its plan was set. Rerun `dlkit compare`."
-        )
-    plan = json.loads(text)
-
-    from dlkit.tracking.members import members
-
-    # The run that counts for each planned config (a tuning sweep's runs are read from the plan).
-    by_hash = {m.config_hash: m.run for m in members(tracker, parent_run_id, "child").values()}
-    rows, histories, gradients, correct = [], {}, {}, {}
-    paired = (plan.get("context") or {}).get("split") == "random"
-    for entry in plan["runs"]:
-        child = by_hash.get(entry["config_hash"])
-        row = _row(entry, child)
-        histories.setdefault(entry["variant"], [])
-        gradients.setdefault(entry["variant"], [])
-        correct.setdefault(entry["variant"], {})
-        if child and child.status == "FINISHED" and verdicts_only:
-            if not paired:
-                outcomes = tracker.read_array(child.run_id, CORRECT_ARTIFACT)
-                if outcomes is not None:
-                    correct[entry["variant"]][int(entry["seed"])] = outcomes
-        elif child and child.status == "FINISHED":
-            history = _history(tracker, child.run_id)
-            histories[entry["variant"]].append(history)
-            if history.get("accuracy"):  # the last epoch's training accuracy
-                row["final_accuracy"] = history["accuracy"][-1]
-            outcomes = tracker.read_array(child.run_id, CORRECT_ARTIFACT)
-            if outcomes is not None:  # runs logged before dlkit kept them have none
-                correct[entry["variant"]][int(entry["seed"])] = outcomes
-            if plan.get("gradient_norms"):
-                gradients[entry["variant"]].append(_gradients(tracker, child))
-        rows.append(row)
-    return Comparison(
-        name=plan["name"],
-        question=plan.get("question", ""),
-        parent_run_id=parent_run_id,
-        runs=pd.DataFrame(rows),
-        histories=histories,
-        expect=tuple(plan.get("expect", ())),
-        gradients=gradients if plan.get("gradient_norms") else None,
-        published=plan.get("published"),
-        correct={variant: runs for variant, runs in correct.items() if runs},
-        context=plan.get("context"),
-        tuning=plan.get("tuning"),
-        sequential=plan.get("sequential"),
-    )
-
-
-def _row(entry: dict[str, Any], child: RunRecord | None) -> dict[str, Any]:
-    """A planned run's row of the runs table: its run's status, failure and metrics."""
-    row = {
-        "variant": entry["variant"],
-        "recipe": entry["recipe"],
-        "seed": entry["seed"],
-        "config_hash": entry["config_hash"],
-        "run_id": child.run_id if child else None,
-        "status": child.status if child else "NOT RUN",
-        "failure": child.tags.get(keys.FAILURE, "") if child else "not run yet",
-    }
-    for metric in RUN_METRICS:
-        row[metric] = child.metrics.get(metric, math.nan) if child else math.nan
-    return row
-
-
 def _png(figure) -> str:
     """A matplotlib figure as base64 PNG text, closed afterwards."""
     import matplotlib.pyplot as plt
@@ -621,23 +435,6 @@ def _png(figure) -> str:
     figure.savefig(buffer, format="png", dpi=80)
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _history(tracker: Tracker, run_id: str) -> dict[str, list[float]]:
-    history = {}
-    for key in HISTORY_KEYS:
-        points = tracker.metric_history(run_id, key)
-        if points:
-            history[key] = [points[step] for step in sorted(points)]
-    return history
-
-
-def _gradients(tracker: Tracker, run: RunRecord) -> dict[int, dict[int, float]]:
-    layers = {}
-    for key in run.metrics:
-        if key.startswith(GRAD_PREFIX):
-            layers[int(key.removeprefix(GRAD_PREFIX))] = tracker.metric_history(run.run_id, key)
-    return dict(sorted(layers.items()))
 
 
 def _pm(mean: float, std: float) -> str:

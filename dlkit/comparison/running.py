@@ -17,9 +17,9 @@ from dlkit import keys, signals
 from dlkit.comparison.experiment import Experiment
 from dlkit.comparison.options import Options
 from dlkit.comparison.progress import Progress
+from dlkit.execution.children import ELSEWHERE, ChildSpec
 from dlkit.execution.executors import execute, in_this_process
 from dlkit.execution.packs import Unit, units
-from dlkit.execution.runs import ELSEWHERE, ChildSpec
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural
 from dlkit.tracking.claims import holders

@@ -18,7 +18,7 @@ from dlkit import keys
 from dlkit.comparison.experiment import config_hash
 from dlkit.comparison.running import Run, child_spec
 from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label, short_label
-from dlkit.execution.runs import ChildSpec
+from dlkit.execution.children import ChildSpec
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, wrap
 from dlkit.tracking.members import members

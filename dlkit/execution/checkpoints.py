@@ -62,7 +62,7 @@ class PackCheckpoint:
         return self._saving + each <= BUDGET * training_seconds
 
     def save(self, state: dict[str, Any]) -> None:
-        """Saves `state` (a pack's, from `dlkit.nn.pack`), replacing this pack's last one."""
+        """Saves `state` (a pack's, see `dlkit.nn.pack_training`), replacing its last one."""
         began = time.perf_counter()
         arrays: dict[str, np.ndarray] = {}
         meta = {"members": self.members, "state": _encode(state, arrays)}

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from dlkit import signals
 from dlkit.errors import DlkitError
+from dlkit.execution.children import ChildResult, ChildSpec, run_child, run_pack
 from dlkit.execution.packs import Unit
-from dlkit.execution.runs import ChildResult, ChildSpec, run_child, run_pack
 from dlkit.text import plural
 
 EXECUTORS = ("local", "ray")

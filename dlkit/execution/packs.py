@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from dlkit.execution.runs import ChildSpec
+from dlkit.execution.children import ChildSpec
+from dlkit.recipes.fields import BYTES_PER_PARAM, physical_memory
 from dlkit.recipes.packing import pack_shape, trains_alone
-from dlkit.recipes.recipe import BYTES_PER_PARAM, Recipe, physical_memory
+from dlkit.recipes.recipe import Recipe
 
 MAX_PACK = 32  # members per pack when memory allows: past about 16 a member costs no less
 MEMORY_SHARE = 4  # the packs training at once may take a quarter of this machine's memory

@@ -19,7 +19,8 @@ from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
 from dlkit.nn.models import build_for, compile_model, count_params, trainable_count
-from dlkit.nn.pack import per_member, train_pack
+from dlkit.nn.pack import per_member
+from dlkit.nn.pack_training import train_pack
 from dlkit.recipes.builders import get_builder
 from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
@@ -405,7 +406,7 @@ def fit_pack(
         compile_update: Compile the optimizer's update with XLA, or not; `None`
             leaves it to the pack's rule (`COMPILE_UPDATE_AT`). Defaults to `None`.
         checkpoint: Where the pack's state is kept between epochs, to continue after an
-            interrupt (see `dlkit.nn.pack.train_pack`). Defaults to `None`: not kept.
+            interrupt (see `dlkit.nn.pack_training.train_pack`). Defaults to `None`: not kept.
 
     Returns:
         For each member in order, its `TrainResult`, or the `TrainingDiverged`

@@ -8,73 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dlkit.errors import DlkitError, closest
 from dlkit.recipes.builders import ARCHITECTURE, get_builder, list_builders
-
-ACTIVATIONS = (
-    "sigmoid",
-    "relu",
-    "tanh",
-    "leaky_relu",
-    "elu",
-    "selu",
-    "softplus",
-    "linear",
-    "maxout",
+from dlkit.recipes.fields import (
+    BYTES_PER_PARAM,
+    CHOICES,
+    MAX_DEPTH,
+    RANGES,
+    TYPE_NAMES,
+    check_choice,
+    check_range,
+    count_dense,
+    is_type,
+    parse_text,
+    physical_memory,
 )
-INITIALIZERS = (
-    "glorot_uniform",
-    "glorot_normal",
-    "he_uniform",
-    "he_normal",
-    "lecun_normal",
-    "random_normal",  # stddev 0.05, Keras's default for RandomNormal
-    "large_normal",  # stddev 1.0: the "large random" of the initialization lesson
-    "zeros",
-)
-LOSSES = ("crossentropy", "mse")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
-NORMALIZATIONS = ("none", "scale", "standardize")
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
-MAX_DEPTH = 1000  # hidden layers; far past where any lesson needs them
-# What each choice field accepts, and each number field's range, checked in this order.
-_CHOICES = (
-    ("activation", ACTIVATIONS),
-    ("initializer", INITIALIZERS),
-    ("loss", LOSSES),
-    ("optimizer", OPTIMIZERS),
-    ("normalization", NORMALIZATIONS),
-    ("monitor", MONITORS),
-    ("precision", PRECISIONS),
-)
-_RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("depth", {"low": 0, "high": MAX_DEPTH}),
-    ("width", {"low": 1}),
-    ("match_depth", {"low": 0, "high": MAX_DEPTH}),
-    ("maxout_pieces", {"low": 2}),
-    ("kernel_size", {"low": 1}),
-    ("pool_size", {"low": 1}),
-    ("input_dropout", {"low": 0.0, "high": 1.0, "high_open": True}),
-    ("dropout", {"low": 0.0, "high": 1.0, "high_open": True}),
-    ("weight_decay", {"low": 0.0}),
-    ("max_norm", {"low": 0.0}),
-    ("learning_rate", {"low": 0.0, "low_open": True}),
-    ("momentum", {"low": 0.0, "high": 1.0, "high_open": True}),
-    ("lr_decay", {"low": 0.0, "high": 1.0, "low_open": True}),
-    ("lr_decay_epochs", {"low": 0}),
-    ("batch_size", {"low": 1}),
-    ("epochs", {"low": 1}),
-    ("patience", {"low": 0}),
-)
-# Bytes of memory per parameter while training: float32 weights, gradients
-# and up to two optimizer slots (Adam), with room for Keras's copies.
-BYTES_PER_PARAM = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +145,10 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self._coerce_types()
-        for name, choices in _CHOICES:
-            _check_choice(name, getattr(self, name), choices)
-        for name, bounds in _RANGES:
-            _check_range(name, getattr(self, name), **bounds)
+        for name, choices in CHOICES:
+            check_choice(name, getattr(self, name), choices)
+        for name, bounds in RANGES:
+            check_range(name, getattr(self, name), **bounds)
         self._check_widths()
         self._check_conv()
         self._check_sizing()
@@ -224,9 +176,9 @@ class Recipe:
                 object.__setattr__(self, field.name, float(value))
             elif expected is tuple and isinstance(value, list):
                 object.__setattr__(self, field.name, tuple(value))
-            elif not _is_type(value, expected):
+            elif not is_type(value, expected):
                 raise DlkitError(
-                    f"Recipe field `{field.name}` must be {_TYPE_NAMES[expected]}. "
+                    f"Recipe field `{field.name}` must be {TYPE_NAMES[expected]}. "
                     f"Received: {field.name}={value!r}"
                 )
 
@@ -391,12 +343,12 @@ class Recipe:
         if self.match_recipe:
             target = get_recipe(self.match_recipe).param_count(input_dim, num_classes, image_shape)
         else:
-            target = conv + _count(
+            target = conv + count_dense(
                 flat, num_classes, (self.width,) * self.match_depth, self._pieces
             )
 
         def params(units: int) -> int:
-            return conv + _count(flat, num_classes, (units,) * self.depth, self._pieces)
+            return conv + count_dense(flat, num_classes, (units,) * self.depth, self._pieces)
 
         # The count grows with the width, so bisect for the last width at or
         # under the target, then keep whichever neighbour lands closer.
@@ -426,7 +378,7 @@ class Recipe:
             )
         conv, flat = self._head(input_dim, image_shape)
         hidden = self.hidden_layers(input_dim, num_classes, image_shape)
-        return conv + _count(flat, num_classes, hidden, self._pieces)
+        return conv + count_dense(flat, num_classes, hidden, self._pieces)
 
     def check_size(
         self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
@@ -450,78 +402,12 @@ class Recipe:
                 f"{memory / 2**30:,.1f} GiB. Use a smaller depth or width."
             )
 
-    def describe(
-        self, input_dim: int, num_classes: int, image_shape: Sequence[int] | None = None
-    ) -> dict[str, str]:
-        """Returns a one-line-per-column summary for listings such as `dlkit recipes`."""
-        if self.model:
-            return self._describe_model()
-        if image_shape is None and (self.convolutional or self.match_recipe):
-            side = math.isqrt(input_dim)  # a listing's --input-dim: a square, one channel
-            image_shape = (side, side, 1) if side * side == input_dim else None
-        try:
-            hidden = self.hidden_layers(input_dim, num_classes, image_shape)
-            params = f"{self.param_count(input_dim, num_classes, image_shape):,}"
-        except DlkitError:  # a convnet that does not fit this input
-            hidden, params = (self.width,) * self.depth, "-"
-        conv = [f"conv{f}" for f in self.conv_filters]
-        layers = "-".join(str(n) for n in (input_dim, *conv, *hidden, num_classes))
-        activation = self.activation if hidden or conv else "-"
-        if self.activation == "maxout" and hidden:
-            activation = f"maxout(k={self.maxout_pieces})"
-        regularization = []
-        if self.input_dropout or self.dropout:
-            regularization.append(f"dropout {self.input_dropout:g}/{self.dropout:g}")
-        if self.weight_decay:
-            regularization.append(f"L2 {self.weight_decay:g}")
-        if self.early_stopping:
-            regularization.append(f"early stop ({self.monitor}, patience {self.patience})")
-        return {
-            "name": self.name,
-            "layers": layers,
-            "activation": activation,
-            "regularization": ", ".join(regularization) or "-",
-            "training": f"{self.optimizer} lr {self.learning_rate:g}, {self.loss}, "
-            f"batch {self.batch_size}, {self.epochs} epochs",
-            "params": params,
-        }
-
-    def _describe_model(self) -> dict[str, str]:
-        """A registered model in a listing: where its builder is, and how it trains (its
-        parameters need TensorFlow to count, which a listing does not load)."""
-        builder = get_builder(self.model)
-        return {
-            "name": self.name,
-            "layers": f"model: {builder.origin}",
-            "activation": self.activation if "activation" in builder.uses else "-",
-            "regularization": f"L2 {self.weight_decay:g}" if self.weight_decay else "-",
-            "training": f"{self.optimizer} lr {self.learning_rate:g}, {self.loss}, "
-            f"batch {self.batch_size}, {self.epochs} epochs",
-            "params": "-",
-        }
-
     @property
     def _pieces(self) -> int:
         return self.maxout_pieces if self.activation == "maxout" else 1
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe)}
-
-
-def physical_memory() -> int | None:
-    """Returns this machine's physical memory in bytes, or `None` where it cannot tell."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): do not guess
-        return None
-
-
-def _count(input_dim: int, num_classes: int, hidden: tuple[int, ...], pieces: int) -> int:
-    total, fan_in = 0, input_dim
-    for units in hidden:
-        total += (fan_in + 1) * units * pieces
-        fan_in = units
-    return total + (fan_in + 1) * num_classes
 
 
 def _field_types() -> dict[str, type]:
@@ -534,51 +420,7 @@ def _field_types() -> dict[str, type]:
 
 
 _FIELD_TYPES = _field_types()
-_TYPE_NAMES = {
-    str: "a string",
-    int: "a whole number",
-    float: "a number",
-    bool: "true or false",
-    tuple: "a list of whole numbers",
-}
 FIELDS = tuple(_FIELD_TYPES)
-
-
-def _is_type(value: Any, expected: type) -> bool:
-    if expected in (int, float) and isinstance(value, bool):
-        return False
-    if expected is float:
-        return isinstance(value, float) and math.isfinite(value)
-    return isinstance(value, expected)
-
-
-def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise DlkitError(
-            f"Unknown {field} {value!r}.{closest(value, choices)} "
-            f"Expected one of: {', '.join(choices)}."
-        )
-
-
-def _check_range(
-    field: str,
-    value: float,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        expected = " and ".join(part for part in (left, right) if part)
-        raise DlkitError(
-            f"Recipe field `{field}` is out of range: expected a value {expected}. "
-            f"Received: {field}={value!r}"
-        )
 
 
 def coerce_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -594,7 +436,7 @@ def coerce_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
                 f"Unknown recipe field {key!r}.{closest(key, FIELDS)} "
                 f"Valid fields: {', '.join(FIELDS)}."
             )
-        parsed[key] = _parse(key, value) if isinstance(value, str) else value
+        parsed[key] = parse_text(key, value, _FIELD_TYPES[key]) if isinstance(value, str) else value
     return parsed
 
 
@@ -609,30 +451,6 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, Any]:
             )
         overrides[key.strip()] = value.strip()
     return coerce_overrides(overrides)
-
-
-def _parse(field: str, text: str) -> Any:
-    expected = _FIELD_TYPES[field]
-    try:
-        if expected is str:
-            return text
-        if expected is bool:
-            lowered = text.lower()
-            if lowered in ("true", "yes", "on", "1"):
-                return True
-            if lowered in ("false", "no", "off", "0"):
-                return False
-            raise ValueError(text)
-        if expected is int:
-            return int(text)
-        if expected is float:
-            return float(text)
-        parts = text.replace("x", ",").replace(" ", ",").split(",")
-        return tuple(int(part) for part in parts)
-    except ValueError:
-        raise DlkitError(
-            f"Recipe field `{field}` must be {_TYPE_NAMES[expected]}. Received: {field}={text!r}"
-        ) from None
 
 
 # The registry: three verbs, keyed by name. Presets themselves live in
