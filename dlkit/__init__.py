@@ -64,7 +64,7 @@ _LAZY = {
     "Options": "dlkit.comparison.options",
     "Comparison": "dlkit.comparison.reports",
     "Experiment": "dlkit.comparison.experiment",
-    "load_experiment": "dlkit.comparison.experiment",
+    "load_experiment": "dlkit.comparison.experiment_file",
 }
 
 __all__ = [

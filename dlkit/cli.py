@@ -364,7 +364,7 @@ def compare(
     dlkit compare experiments/quickstart.yaml
     dlkit compare deep-relu wide-relu --dataset digits --seeds 3 --epochs 10
     """
-    from dlkit.comparison.experiment import is_experiment_file, resolve_experiment
+    from dlkit.comparison.experiment_file import is_experiment_file, resolve_experiment
     from dlkit.comparison.tuning import parse_tune_option
     from dlkit.data.sources import find_source
 
@@ -528,7 +528,7 @@ def ui(
     """
     import subprocess
 
-    from dlkit.comparison.experiment import is_experiment_file, load_experiment
+    from dlkit.comparison.experiment_file import is_experiment_file, load_experiment
     from dlkit.tracking.stores import latest_experiment, resolve_tracking_uri, sqlite_path
     from dlkit.tracking.tracker import Tracker
 

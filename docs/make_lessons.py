@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dlkit
 from dlkit.comparison.compare import replication_of
-from dlkit.comparison.experiment import load_experiment
+from dlkit.comparison.experiment_file import load_experiment
 from dlkit.comparison.reports import verdict_cell
 from dlkit.errors import DlkitError
 

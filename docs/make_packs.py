@@ -18,8 +18,8 @@ import platform
 from pathlib import Path
 
 import dlkit
-from dlkit.bench.benchmark import TARGET
 from dlkit.bench.packs import QUICKSTART_NET, format_packs, packed
+from dlkit.bench.throughput import TARGET
 from dlkit.data.dataset import load_dataset
 
 DOCS = Path(__file__).resolve().parent

@@ -21,7 +21,7 @@ from pathlib import Path
 from make_lessons import LESSONS, lesson_arguments, stored  # this folder
 
 import dlkit
-from dlkit.comparison.experiment import load_experiment
+from dlkit.comparison.experiment_file import load_experiment
 from dlkit.comparison.reports import verdict_cell
 from dlkit.recipes.precision import resolve_precision
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import dlkit
-from dlkit.comparison.experiment import load_experiment
+from dlkit.comparison.experiment_file import load_experiment
 from dlkit.comparison.reports import verdict_cell
 from dlkit.comparison.tuning import point_label
 from dlkit.errors import DlkitError

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dlkit import Recipe
-from dlkit.bench.benchmark import TARGET, format_results, load_bench_data, run
+from dlkit.bench.benchmark import format_results, run
+from dlkit.bench.throughput import TARGET, load_bench_data
 from dlkit.cli import main
 from dlkit.data.sources import synthetic_mnist
 
@@ -102,7 +103,8 @@ def test_bench_command_is_listed():
 
 @pytest.mark.integration  # a real process or server, or a benchmark
 def test_levers_are_timed_alone_together_and_all_but_one_and_a_step_is_profiled():
-    from dlkit.bench.benchmark import LEVERS, format_levers, levers, load_bench_data, step_profile
+    from dlkit.bench.levers import LEVERS, format_levers, levers, step_profile
+    from dlkit.bench.throughput import load_bench_data
 
     tiny = Recipe(name="tiny", depth=1, width=8, batch_size=64)
     digits = load_bench_data("digits")
@@ -120,7 +122,7 @@ def test_levers_are_timed_alone_together_and_all_but_one_and_a_step_is_profiled(
 
 def test_pytorch_reference_trains_the_same_network_when_torch_is_installed():
     pytest.importorskip("torch")
-    from dlkit.bench.benchmark import load_bench_data, torch_reference
+    from dlkit.bench.throughput import load_bench_data, torch_reference
 
     small = Recipe(name="small", depth=1, width=32, batch_size=32)
     figures = torch_reference(small, load_bench_data("digits"), epochs=5, seed=0)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from dlkit import Tracker, compare
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.tracking import ui
 
 pytestmark = pytest.mark.browser

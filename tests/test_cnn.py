@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 import dlkit
 from dlkit import DlkitError, compare, get_recipe
-from dlkit.comparison.experiment import config_hash, parse_experiment
+from dlkit.comparison.experiment import config_hash
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.data.dataset import DataSpec, load_dataset
 from dlkit.nn.models import build_for
 from dlkit.recipes.packing import packable

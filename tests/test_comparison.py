@@ -13,7 +13,7 @@ from tiny import tiny
 
 from dlkit import DlkitError, compare, report
 from dlkit.cli import main
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.data.dataset import load_dataset
 
 TINY = tiny("tiny", gradient_norms=True, published={"relu": 0.95})

@@ -13,7 +13,8 @@ from tiny import tiny
 import dlkit
 from dlkit.cli import main
 from dlkit.comparison.compare import report
-from dlkit.comparison.experiment import config_hash, parse_experiment
+from dlkit.comparison.experiment import config_hash
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.comparison.loading import load_comparison
 from dlkit.data.dataset import DataSpec
 from dlkit.errors import DlkitError
@@ -141,10 +142,10 @@ def test_the_command_line_takes_split_max_seeds_and_equivalence(tmp_path):
 def test_a_random_split_a_class_cannot_fill_says_so_before_training():
     import numpy as np
 
-    from dlkit.data.dataset import _random_index
+    from dlkit.data.splits import random_index
 
     with pytest.raises(DlkitError, match="Cannot draw a stratified random split .* split: fixed"):
-        _random_index(np.array([0] * 50 + [1]), 30, 5, 16, 0)
+        random_index(np.array([0] * 50 + [1]), 30, 5, 16, 0)
 
 
 def test_a_variant_that_fell_behind_gets_the_seeds_the_others_have_first():

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from dlkit import DlkitError
-from dlkit.comparison.experiment import (
-    config_hash,
+from dlkit.comparison.experiment import config_hash
+from dlkit.comparison.experiment_file import (
     expand_grid,
     experiment_from_recipes,
     load_experiment,

@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED_MNIST
 
 from dlkit import get_recipe
-from dlkit.comparison.experiment import load_experiment
+from dlkit.comparison.experiment_file import load_experiment
 from dlkit.data.dataset import load_dataset
 from dlkit.nn.training import fit
 

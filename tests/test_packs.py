@@ -10,7 +10,7 @@ from tiny import tiny
 
 from dlkit import DlkitError, compare, load_model, train
 from dlkit.cli import main
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.execution.children import ChildSpec
 from dlkit.execution.packs import MAX_PACK, auto_size, units
 from dlkit.recipes.recipe import Recipe

@@ -22,7 +22,7 @@ from tiny import tiny
 
 from dlkit import DlkitError, Tracker, compare, load_model, train
 from dlkit.cli import main
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.comparison.progress import Progress
 from dlkit.console import filtered_stderr
 from dlkit.tracking.ui import free_port

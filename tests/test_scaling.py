@@ -15,7 +15,7 @@ from tiny import tiny
 from trials import accuracies, kill_a_worker_mid_child
 
 from dlkit import DlkitError, compare
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.tracking.ui import serve
 
 ray = pytest.importorskip("ray", reason="pip install 'ray>=2.9'")

@@ -10,7 +10,7 @@ from tiny import tiny
 
 from dlkit import DlkitError, compare, report
 from dlkit.cli import main
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.comparison.loading import load_comparison
 from dlkit.comparison.tuning import (
     SEED_BASE,

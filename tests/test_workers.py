@@ -20,7 +20,7 @@ from tiny import tiny
 from trials import accuracies, children, created, kill_a_worker_mid_child, training
 
 from dlkit import DlkitError, compare
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from mlflow.tracking import MlflowClient
 
 from dlkit import compare
-from dlkit.comparison.experiment import parse_experiment
+from dlkit.comparison.experiment_file import parse_experiment
 
 
 def accuracies(result) -> dict[tuple[str, int], float]:

@@ -1,7 +1,7 @@
 """Benchmarks: dlkit's training path against plain Keras, measured in one run on one machine.
 
     dlkit bench
-    dlkit bench --json bench.json --dataset ../shared/data/mnist
+    dlkit bench --json bench.json --dataset path/to/mnist
 
 Every figure is a ratio or a share measured in the same run, so a noisy,
 shared machine moves both sides alike.
@@ -14,346 +14,23 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dlkit.bench.levers import format_levers, levers, plus_minus, step_profile
+from dlkit.bench.overhead import cli_startup, comparison_overhead, tracking_overhead
+from dlkit.bench.throughput import (
+    PEAK_DTYPE,
+    TARGET,
+    dlkit_path,
+    load_bench_data,
+    matmul_peak,
+    plain_keras,
+    torch_reference,
+)
 from dlkit.recipes.recipe import Recipe, get_recipe
-
-# The network of the speed target: 784-500-500-10 ReLU, Adam, batch 128.
-TARGET = Recipe(name="mlp-500x2", depth=2, width=500, activation="relu", batch_size=128)
-
-
-def load_bench_data(source: str):
-    """Loads `source` with every training example in the training split (no validation)."""
-    from dlkit.data.dataset import load_dataset
-
-    return load_dataset(source, validation_split=0.0)
-
-
-def plain_keras(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
-    """Trains the same network the way a user writes it: numpy arrays into `model.fit`."""
-    import keras
-
-    from dlkit.nn.callbacks import EpochTimer
-
-    keras.utils.set_random_seed(seed)
-    info = data.info
-    x, y = data.arrays("train")
-    x_test, y_test = data.arrays("test")
-    layers = [keras.Input(shape=info.input_shape)]
-    layers += [
-        keras.layers.Dense(units, activation=recipe.activation)
-        for units in recipe.hidden_layers(int(np.prod(info.input_shape)), info.num_classes)
-    ]
-    model = keras.Sequential([*layers, keras.layers.Dense(info.num_classes, activation="softmax")])
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    timer = EpochTimer()
-    onehot = np.eye(info.num_classes, dtype=np.float32)
-    model.fit(
-        x / info.input_max,
-        onehot[y],
-        batch_size=recipe.batch_size,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[timer],
-    )
-    _, accuracy = model.evaluate(x_test / info.input_max, onehot[y_test], verbose=0)
-    return {"samples_per_second": timer.samples_per_second(len(x)), "test_accuracy": accuracy}
-
-
-def torch_reference(
-    recipe: Recipe, data, epochs: int, seed: int, *, bf16: bool = False
-) -> dict[str, float] | None:
-    """The same network trained in PyTorch eager (Adam, batch size, epochs), when torch is here.
-
-    Not a dependency: a reference line for what this machine does without
-    TensorFlow's per-step costs. `bf16` trains under CPU bfloat16 autocast. It
-    runs in a fresh process (`dlkit.bench.torch_reference`): PyTorch and TensorFlow
-    in one process can crash each other's native libraries. Returns `None`
-    when torch is not importable.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return None
-    info = data.info
-    x, y = data.arrays("train")
-    x_test, y_test = data.arrays("test")
-    spec = {
-        "hidden": recipe.hidden_layers(int(np.prod(info.input_shape)), info.num_classes),
-        "classes": info.num_classes,
-        "learning_rate": recipe.learning_rate,
-        "batch_size": recipe.batch_size,
-        "epochs": epochs,
-        "seed": seed,
-        "bf16": bf16,
-    }
-    with tempfile.TemporaryDirectory(prefix="dlkit-torch-") as tmp:
-        arrays = Path(tmp) / "data.npz"
-        flat = [a.reshape(len(a), -1) / info.input_max for a in (x, x_test)]
-        np.savez(arrays, x=flat[0].astype(np.float32), y=y, x_test=flat[1], y_test=y_test)
-        done = subprocess.run(
-            [sys.executable, "-m", "dlkit.bench.torch_reference", str(arrays), json.dumps(spec)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def dlkit_path(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
-    from dlkit.nn.training import fit
-
-    result = fit(recipe.replace(epochs=epochs), data, seed=seed, verbose=0)
-    return {
-        "samples_per_second": result.samples_per_second,
-        "test_accuracy": result.test_accuracy,
-        "wall_time": result.wall_time,
-    }
-
-
-# The per-step levers `levers` measures, each against the plain baseline
-# (float32, no XLA, one step per call, Keras's Adam, the accuracy metric every batch).
-LEVERS = ("bf16", "xla", "steps_per_execution", "fused_adam", "no_batch_metrics")
-
-
-def lever_run(recipe: Recipe, data, epochs: int, on: frozenset[str], seed: int = 0) -> float:
-    """Samples/s of one training with the levers in `on` (after the first, tracing, epoch)."""
-    import keras
-
-    from dlkit.nn.callbacks import EpochTimer
-    from dlkit.nn.models import build_model, make_loss
-    from dlkit.nn.optimizers import fused_adam
-
-    recipe = recipe.replace(precision="mixed_bfloat16" if "bf16" in on else "float32")
-    keras.utils.set_random_seed(seed)
-    info = data.info
-    model = build_model(recipe, info.input_shape, info.num_classes, input_max=info.input_max)
-    adam = fused_adam if "fused_adam" in on else keras.optimizers.Adam
-    model.compile(
-        optimizer=adam(recipe.learning_rate),
-        loss=make_loss(recipe),
-        metrics=[] if "no_batch_metrics" in on else ["accuracy"],
-        steps_per_execution=128 if "steps_per_execution" in on else 1,
-        jit_compile="xla" in on,
-    )
-    timer = EpochTimer()
-    model.fit(
-        data.pipeline("train", recipe.batch_size, seed=seed),
-        epochs=epochs,
-        verbose=0,
-        shuffle=False,  # the pipeline reshuffles every epoch
-        callbacks=[timer],
-    )
-    return timer.samples_per_second(info.train_size)
-
-
-def levers(
-    recipe: Recipe | None = None, data=None, *, epochs: int = 3, repeats: int = 3
-) -> dict[str, Any]:
-    """Every lever alone, all together and all but one, timed in alternating rounds.
-
-    Each round times every configuration once, in the same order; a
-    configuration's speed-up is the median over rounds of its samples/s over
-    the baseline's in the same round.
-    """
-    recipe = recipe or TARGET
-    data = data if data is not None else load_bench_data("synthetic")
-    configs = {"baseline": frozenset()}
-    configs.update({lever: frozenset({lever}) for lever in LEVERS})
-    configs["all"] = frozenset(LEVERS)
-    configs.update({f"all but {lever}": frozenset(LEVERS) - {lever} for lever in LEVERS})
-    rounds = []
-    for seed in range(repeats):
-        rounds.append(
-            {name: lever_run(recipe, data, epochs, on, seed) for name, on in configs.items()}
-        )
-    return {
-        name: {
-            "levers": sorted(on),
-            "samples_per_second": statistics.median(r[name] for r in rounds),
-            "speedup": statistics.median(r[name] / r["baseline"] for r in rounds),
-            "speedup_per_round": [r[name] / r["baseline"] for r in rounds],
-        }
-        for name, on in configs.items()
-    }
-
-
-def step_profile(
-    recipe: Recipe | None = None, data=None, *, steps: int = 50, logdir: str | None = None
-):
-    """Where one training step's time goes, by TensorFlow operation type, from its profiler.
-
-    Traces `steps` steps of dlkit's training step (one step per call, so each
-    step's host-side dispatch shows) with `tf.profiler` and returns the
-    operation types' self-time, largest first, as shares of the total.
-    """
-    import glob
-    import json as json_module
-
-    import tensorflow as tf
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
-
-    from dlkit.nn.models import build_model, compile_model
-
-    recipe = recipe or TARGET
-    data = data if data is not None else load_bench_data("synthetic")
-    info = data.info
-    model = build_model(recipe, info.input_shape, info.num_classes, input_max=info.input_max)
-    compile_model(model, recipe, steps_per_execution=1)
-    batches = data.pipeline("train", recipe.batch_size, seed=0)
-    model.fit(batches.take(20), epochs=1, verbose=0, shuffle=False)  # traced before the profile
-    with tempfile.TemporaryDirectory(prefix="dlkit-profile-") as tmp:
-        folder = logdir or tmp
-        tf.profiler.experimental.start(folder)
-        start = time.perf_counter()
-        model.fit(batches.take(steps), epochs=1, verbose=0, shuffle=False)
-        wall = time.perf_counter() - start
-        tf.profiler.experimental.stop()
-        path = sorted(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True))[-1]
-        raw, _ = plugin.xspace_to_tools_data([path], "framework_op_stats", {})
-    table = json_module.loads(raw)
-    table = table[0] if isinstance(table, list) else table
-    columns = [c["id"] for c in table["cols"]]
-    by_type: dict[str, float] = {}
-    for row in table["rows"]:
-        cells = dict(zip(columns, (c.get("v") if c else None for c in row["c"])))
-        if cells.get("type") in (None, "IDLE"):
-            continue
-        by_type[cells["type"]] = by_type.get(cells["type"], 0.0) + float(cells["total_self_time"])
-    total = sum(by_type.values())
-    return {
-        "steps": steps,
-        "wall_ms_per_step": 1000 * wall / steps,
-        "op_ms_per_step": total / 1000 / steps,
-        "by_type": {
-            name: {"ms_per_step": us / 1000 / steps, "share": us / total}
-            for name, us in sorted(by_type.items(), key=lambda item: -item[1])
-        },
-    }
-
-
-def matmul_peak(n: int = 4096, seconds: float = 3.0, dtype: str = "float32") -> float:
-    """Matmul throughput (FLOP/s) of TensorFlow on this machine in `dtype`."""
-    import tensorflow as tf
-
-    a, b = (tf.cast(tf.random.normal((n, n)), dtype) for _ in range(2))
-    matmul = tf.function(tf.linalg.matmul)
-    matmul(a, b).numpy()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        c = matmul(a, b)
-        reps += 1
-    c.numpy()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
-def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str, float]:
-    """Time spent in MLflow calls during a tracked training, as a share of its training time.
-
-    Measured on a second run in the process (as every child but the first of a
-    comparison); the first run's tracking seconds are returned beside it.
-    """
-    from dlkit.execution.runs import tracked_fit
-    from dlkit.tracking.tracker import Tracker
-
-    class TimedTracker(Tracker):
-        seconds = 0.0
-
-        def _timed(self, name: str, *args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return getattr(super(), name)(*args, **kwargs)
-            finally:
-                TimedTracker.seconds += time.perf_counter() - start
-
-        def log_params(self, *a, **k):
-            return self._timed("log_params", *a, **k)
-
-        def log_metrics(self, *a, **k):
-            return self._timed("log_metrics", *a, **k)
-
-        def log_result(self, *a, **k):
-            return self._timed("log_result", *a, **k)
-
-        def log_dataset(self, *a, **k):
-            return self._timed("log_dataset", *a, **k)
-
-    with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as tmp:
-        tracker = TimedTracker(f"sqlite:///{tmp}/mlflow.db", "bench")
-        # A first tracked run pays one-time costs (MLflow's model code loading, Keras's
-        # saving code): a comparison pays them once, not per child. Timed apart.
-        tracked_fit(
-            tracker, recipe.replace(epochs=1), data, seed=seed, run_name="warm-up", verbose=0
-        )
-        first_run = TimedTracker.seconds
-        TimedTracker.seconds = 0.0
-        start = time.perf_counter()
-        _, result = tracked_fit(
-            tracker, recipe.replace(epochs=epochs), data, seed=seed, run_name="bench", verbose=0
-        )
-        total = time.perf_counter() - start
-    return {
-        "epochs": epochs,
-        "tracking_seconds": TimedTracker.seconds,
-        "first_run_tracking_seconds": first_run,
-        "training_seconds": result.wall_time,
-        "total_seconds": total,
-        "overhead_percent": 100 * TimedTracker.seconds / result.wall_time,
-    }
-
-
-def comparison_overhead(data_source: str, epochs: int, train_size: int = 1000) -> dict[str, float]:
-    """Seconds a comparison spends per child run beyond the child's own `fit`."""
-    from dlkit.comparison.compare import compare
-    from dlkit.comparison.experiment import parse_experiment
-
-    spec = {
-        "name": "bench-overhead",
-        "dataset": {"source": data_source, "train_size": train_size},
-        "seeds": 2,
-        "overrides": {"epochs": epochs, "width": 64},
-        "variants": ["deep-relu", "wide-relu"],
-    }
-    with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as tmp:
-        start = time.perf_counter()
-        result = compare(
-            parse_experiment(spec),
-            tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-            output_dir=Path(tmp) / "reports",
-            verbose=0,
-            log=lambda line: None,
-        )
-        total = time.perf_counter() - start
-    fit_seconds = float(result.runs["wall_time_s"].sum())
-    children = len(result.runs)
-    return {
-        "children": children,
-        "total_seconds": total,
-        "fit_seconds": fit_seconds,
-        "overhead_per_child_seconds": (total - fit_seconds) / children,
-    }
-
-
-def cli_startup(repeats: int = 3) -> dict[str, float]:
-    """Median wall time of `dlkit --help` and `dlkit recipes` in fresh processes."""
-    script = Path(sys.executable).with_name("dlkit")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "dlkit.cli"]
-    timings = {}
-    for name, args in (("help", ["--help"]), ("recipes", ["recipes"])):
-        runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            subprocess.run([*command, *args], check=True, capture_output=True)
-            runs.append(time.perf_counter() - start)
-        timings[f"{name}_seconds"] = statistics.median(runs)
-    return timings
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -362,10 +39,6 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-# The dtype whose matmul peak a precision's model-FLOP utilization is measured against.
-PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
 def _machine() -> dict[str, Any]:
@@ -552,7 +225,7 @@ def _throughput_rows(name: str, t: dict[str, Any], ours: str) -> list[dict[str, 
         _row(
             f"{name}: test accuracy, mean ± std over seeds (dlkit / plain)",
             "",
-            f"{_pm(t, 'dlkit_test_accuracy')} / {_pm(t, 'plain_test_accuracy')}",
+            f"{plus_minus(t, 'dlkit_test_accuracy')} / {plus_minus(t, 'plain_test_accuracy')}",
             "within 0.5 points" if target else "",
         ),
     ]
@@ -606,43 +279,3 @@ def format_results(results: dict[str, Any]) -> str:
     if "levers" in results:
         text += "\n\n" + format_levers(results["levers"], results.get("step_profile"))
     return text
-
-
-def format_levers(figures: dict[str, Any], profile: dict[str, Any] | None = None) -> str:
-    """Returns the lever table (and the step profile's largest operation types) as text."""
-    from dlkit.text import text_table
-
-    rows = [
-        {
-            "configuration": name,
-            "samples/s": f"{f['samples_per_second']:,.0f}",
-            "vs baseline (median; each round)": f"{f['speedup']:.2f}x ("
-            + ", ".join(f"{r:.2f}" for r in f["speedup_per_round"])
-            + ")",
-        }
-        for name, f in figures.items()
-    ]
-    text = (
-        "Per-step levers on the first network (baseline: float32, no XLA, one step per call, "
-        "Keras's Adam, accuracy every batch):\n\n" + text_table(rows)
-    )
-    if profile:
-        top = [
-            {
-                "operation type": name,
-                "ms per step": f"{f['ms_per_step']:.3f}",
-                "share": f"{f['share']:.0%}",
-            }
-            for name, f in list(profile["by_type"].items())[:12]
-        ]
-        text += (
-            f"\n\nOne training step under TensorFlow's profiler (dlkit's float32 step, one "
-            f"step per call, {profile['steps']} steps, {profile['wall_ms_per_step']:.1f} ms "
-            "each), self-time by operation type:\n\n" + text_table(top)
-        )
-    return text
-
-
-def _pm(figures: dict[str, float], key: str) -> str:
-    std = figures.get(f"{key}_std", math.nan)
-    return f"{figures[key]:.4f}" + (f" ± {std:.4f}" if math.isfinite(std) else "")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dlkit.bench.benchmark import TARGET, load_bench_data, matmul_peak, plain_keras
+from dlkit.bench.throughput import TARGET, load_bench_data, matmul_peak, plain_keras
 from dlkit.recipes.recipe import Recipe, get_recipe
 
 SIZES = (1, 4, 16)

@@ -14,13 +14,8 @@ from typing import Any
 import yaml
 
 from dlkit import keys, signals
-from dlkit.comparison.experiment import (
-    Experiment,
-    config_hash,
-    is_experiment_file,
-    load_experiment,
-    resolve_experiment,
-)
+from dlkit.comparison.experiment import Experiment, config_hash
+from dlkit.comparison.experiment_file import is_experiment_file, load_experiment, resolve_experiment
 from dlkit.comparison.loading import PLAN_ARTIFACT, load_comparison
 from dlkit.comparison.options import LARGE_COMPARISON, Options
 from dlkit.comparison.progress import in_notebook

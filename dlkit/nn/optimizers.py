@@ -3,7 +3,7 @@
 Keras 3's Adam updates each variable with about ten separate operations (two moment
 updates, the bias-corrected step, the assignment): on 784-500-500-10 at batch 128,
 TensorFlow's profiler puts those at about half of a training step's operation time
-on CPU (`dlkit.bench.benchmark.step_profile`). TensorFlow's `ResourceApplyAdam` kernel does the
+on CPU (`dlkit.bench.levers.step_profile`). TensorFlow's `ResourceApplyAdam` kernel does the
 same arithmetic in one operation.
 """
 
