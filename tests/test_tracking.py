@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from dlkit import DlkitError, Recipe, get_recipe, keys, load_model, signals, train
 from dlkit.nn.training import TrainingDiverged
-from dlkit.tracking.tracker import Tracker, create_sqlite_store
+from dlkit.tracking.stores import create_sqlite_store
+from dlkit.tracking.tracker import Tracker
 
 RECIPE = Recipe(
     name="small-es",

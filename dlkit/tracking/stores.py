@@ -10,6 +10,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import filelock
 from mlflow.tracking import MlflowClient
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from dlkit import keys
 from dlkit.errors import DlkitError
 from dlkit.text import safe_name
-from dlkit.tracking.calls import StoreCalls
+from dlkit.tracking.calls import StoreCalls, quiet_logger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -171,3 +172,71 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     return (sqlite_path(tracking_uri).parent / "mlruns" / safe_name(experiment)).as_uri()
+
+
+# The experiment tag MLflow 3's UI reads to pick its layout: model training (runs, models),
+# not GenAI (traces, an assistant panel), for the experiments dlkit creates.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def connect(tracking_uri: str, experiment: str | None) -> tuple[StoreCalls, Any]:
+    """Opens the store (a sqlite store is created whole first); returns its client and the
+    experiment named `experiment` as the store has it (`None` when it has none).
+
+    Raises:
+        DlkitError: the store cannot be opened, or a sqlite store was left half-created.
+    """
+    try:
+        # Alembic logs a line per migration (INFO) while MLflow builds or checks tables.
+        with quiet_logger("alembic", logging.WARNING):
+            create_sqlite_store(tracking_uri)
+            client = StoreCalls(MlflowClient(tracking_uri=tracking_uri))
+            return client, client.get_experiment_by_name(experiment) if experiment else None
+    except DlkitError:
+        raise
+    except Exception as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if tracking_uri.startswith("sqlite:") and any(sign in text for sign in HALF_MADE):
+            db = sqlite_path(tracking_uri)
+            raise DlkitError(
+                f"The MLflow store {db} was left half-created ({text}), most likely by a "
+                "first run that was interrupted under an older dlkit. It holds no runs: "
+                f"move it aside (mv {db} {db}.broken) and run again."
+            ) from None
+        raise DlkitError(
+            f"Cannot open the MLflow tracking store {tracking_uri!r}: {text}. "
+            "Check --tracking-uri / $MLFLOW_TRACKING_URI."
+        ) from None
+
+
+def experiment_id(
+    client: StoreCalls, tracking_uri: str, experiment: str, found: Any, *, create: bool
+) -> str:
+    """The id of the experiment named `experiment`: `found` (restored if deleted), or, with
+    `create`, one made now (or the one another process made meanwhile).
+
+    Raises:
+        DlkitError: there is no such experiment and `create` is off.
+    """
+    if found is None or (not create and found.lifecycle_stage == "deleted"):
+        if not create:
+            raise DlkitError(
+                f"No MLflow experiment named {experiment!r} in the tracking store "
+                f"{tracking_uri}. Run `dlkit compare` first, or check --tracking-uri."
+            )
+        try:
+            return client.create_experiment(
+                experiment,
+                artifact_location=artifact_location(tracking_uri, experiment),
+                tags={EXPERIMENT_KIND: MODEL_TRAINING},
+            )
+        except Exception:  # another process created it first: use theirs
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    if create and EXPERIMENT_KIND not in found.tags:  # made before dlkit set it
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    return found.experiment_id

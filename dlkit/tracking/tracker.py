@@ -1,20 +1,18 @@
 """MLflow tracking: a `Tracker` opens, writes and reads back runs in one experiment.
 
-With its helpers beside it (`stores`: URIs and sqlite stores; `calls`: store calls that
-ride out a busy store; `liveness`: whether a run's process lives; `logged_models`: what a
-logged model carries), `dlkit.tracking` is the one package that talks to MLflow. A
-`Tracker` opens runs (ending them FINISHED, FAILED or KILLED, never left
-RUNNING), logs params, metrics, a training's results and artifacts, and reads
-back what reports and resumed comparisons need: the latest parent, its
-children as plain `RunRecord`s, metric histories and artifacts. Training code
-stays MLflow-free, and nothing here imports TensorFlow, so commands that only
-read runs start fast.
+With its helpers beside it (`stores`: URIs, sqlite stores, opening one; `calls`: store calls
+that ride out a busy store; `liveness`: whether a run's process lives; `records`: runs as
+plain values and the searches that find them; `datasets`: a dataset as MLflow inputs;
+`logged_models`: models logged, found and registered), `dlkit.tracking` is the one package
+that talks to MLflow. A `Tracker` opens runs (ending them FINISHED, FAILED or KILLED, never
+left RUNNING), logs params, metrics, a training's results and artifacts, and reads back what
+reports and resumed comparisons need. Training code stays MLflow-free, and nothing here
+imports TensorFlow, so commands that only read runs start fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -29,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow.entities import Param, RunTag
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import dlkit
 from dlkit import keys, signals
 from dlkit.errors import DlkitError
 from dlkit.keys import CORRECT_ARTIFACT
-from dlkit.text import safe_name
+from dlkit.tracking import logged_models, records
 from dlkit.tracking.calls import (
     BUSY_PATIENCE,
     INTERRUPTIBLE_LOGGERS,
@@ -44,22 +41,19 @@ from dlkit.tracking.calls import (
     REPORTED_BY_DLKIT,
     EpochMetrics,
     Rounds,
-    StoreCalls,
     beside_another_writer,
     locked,
     no_progress_bar,
-    quiet_logger,
     signal_name,
     stamped,
 )
+from dlkit.tracking.datasets import dataset_inputs
 from dlkit.tracking.liveness import HEARTBEAT_EVERY, process_alive
-from dlkit.tracking.logged_models import code_paths, custom_objects, model_requirements
+from dlkit.tracking.records import RunRecord
 from dlkit.tracking.stores import (
-    HALF_MADE,
-    artifact_location,
-    create_sqlite_store,
+    connect,
+    experiment_id,
     resolve_tracking_uri,
-    sqlite_path,
     ui_address,
 )
 
@@ -91,57 +85,17 @@ class Tracker:
         create: bool = True,
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        try:
-            # Alembic logs a line per migration (INFO) while MLflow builds or checks tables.
-            with quiet_logger("alembic", logging.WARNING):
-                create_sqlite_store(self.tracking_uri)
-                self.client = StoreCalls(MlflowClient(tracking_uri=self.tracking_uri))
-                found = self.client.get_experiment_by_name(experiment) if experiment else None
-        except DlkitError:
-            raise
-        except Exception as error:
-            text = str(error).splitlines()[0] if str(error) else type(error).__name__
-            if self.tracking_uri.startswith("sqlite:") and any(sign in text for sign in HALF_MADE):
-                db = sqlite_path(self.tracking_uri)
-                raise DlkitError(
-                    f"The MLflow store {db} was left half-created ({text}), most likely by a "
-                    "first run that was interrupted under an older dlkit. It holds no runs: "
-                    f"move it aside (mv {db} {db}.broken) and run again."
-                ) from None
-            raise DlkitError(
-                f"Cannot open the MLflow tracking store {self.tracking_uri!r}: {text}. "
-                "Check --tracking-uri / $MLFLOW_TRACKING_URI."
-            ) from None
+        self.client, found = connect(self.tracking_uri, experiment)
         self.experiment = experiment
         self.busy_patience = BUSY_PATIENCE
         self._ended: set[str] = set()  # runs of `runs` ended early, by `finish` or `fail`
         self._held: set[str] = set()  # runs this tracker opened and has not ended yet
         self._heartbeat: threading.Thread | None = None
-        if experiment is None:  # reads of runs and models by id only
-            self.experiment_id = None
-        elif found is None or (not create and found.lifecycle_stage == "deleted"):
-            if not create:
-                raise DlkitError(
-                    f"No MLflow experiment named {experiment!r} in the tracking store "
-                    f"{self.tracking_uri}. Run `dlkit compare` first, or check --tracking-uri."
-                )
-            try:
-                self.experiment_id = self.client.create_experiment(
-                    experiment,
-                    artifact_location=artifact_location(self.tracking_uri, experiment),
-                    tags={EXPERIMENT_KIND: MODEL_TRAINING},
-                )
-            except Exception:  # another process created it first: use theirs
-                found = self.client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                self.experiment_id = found.experiment_id
-        else:
-            if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
-            self.experiment_id = found.experiment_id
-            if create and EXPERIMENT_KIND not in found.tags:  # made before dlkit set it
-                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        self.experiment_id = (
+            None  # reads of runs and models by id only
+            if experiment is None
+            else experiment_id(self.client, self.tracking_uri, experiment, found, create=create)
+        )
 
     @contextlib.contextmanager
     def run(
@@ -446,30 +400,9 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_dataset(self, run_id: str, data: Dataset) -> None:
-        """Logs the data's three splits as the run's dataset inputs (MLflow's Datasets column).
-
-        Each split is one input: the dataset's name, a digest of its examples,
-        where it comes from, its shape, and the split as its context.
-        """
-        from mlflow.data import from_numpy
-        from mlflow.entities import DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        inputs = []
-        for split in ("train", "validation", "test"):
-            x, y = data.arrays(split)
-            dataset = from_numpy(
-                x,
-                targets=y,
-                source=_dataset_source(data.info.source),
-                name=data.info.name,
-                digest=data.digest(split),
-            )
-            # A private reach, the only way: MlflowClient.log_inputs takes entities, and the
-            # public mlflow.log_input logs to the fluent active run only, not to a run by id.
-            inputs.append(
-                DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, split)])
-            )
+        """Logs the data's three splits as the run's dataset inputs (MLflow's Datasets column;
+        see `dlkit.tracking.datasets`)."""
+        inputs = dataset_inputs(data)
         # MLflow skips a dataset the store holds already: a retry after another process
         # logged the same ones to a parent they share logs nothing twice.
         beside_another_writer(lambda: self.client.log_inputs(run_id, datasets=inputs))
@@ -511,149 +444,32 @@ class Tracker:
             self.log_model(run_id, result.model, input_example, name=result.recipe.name)
 
     def log_model(self, run_id: str, model: Any, input_example: np.ndarray, *, name: str) -> str:
-        """Logs a Keras model as an MLflow logged model of the run; returns its `models:/` URI.
-
-        MLflow's TensorFlow flavor (which saves Keras 3 models as `.keras`),
-        with a signature and an input example, so that `mlflow.pyfunc.load_model`,
-        `mlflow models serve` and the Model Registry take it. The pip
-        requirements are given, not inferred: inferring them takes seconds.
-        The model is created in this tracker's store and experiment, without
-        touching MLflow's global tracking URI or active run.
-        """
-        import mlflow.tensorflow
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-        from mlflow.models import Model, infer_signature
-
-        example = np.asarray(input_example[:2])
-        signature = infer_signature(example, np.asarray(model(example, training=False)))
-        logged = self.client.create_logged_model(
-            self.experiment_id,
-            name=safe_name(name),
-            source_run_id=run_id,
+        """Logs a Keras model as an MLflow logged model of the run; returns its `models:/` URI
+        (see `dlkit.tracking.logged_models.log_model`)."""
+        return logged_models.log_model(
+            self.client, self.experiment_id, run_id, model, input_example, name
         )
-        info = Model(artifact_path=None, run_id=run_id, model_id=logged.model_id)
-        with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
-            local = Path(tmp, "model")
-            with quiet_logger("mlflow"):
-                mlflow.tensorflow.save_model(
-                    model,
-                    str(local),
-                    mlflow_model=info,
-                    signature=signature,
-                    input_example=example,
-                    pip_requirements=model_requirements(),
-                    custom_objects=custom_objects(model),
-                    code_paths=code_paths(model),
-                )
-            self.client.log_model_artifacts(logged.model_id, str(local))
-        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        self.client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
-        return f"models:/{logged.model_id}"
 
     def model_uri(self, run_id: str) -> str | None:
         """Returns the `models:/` URI of the model a run logged, or `None` when it logged none."""
-        try:
-            outputs = self.client.get_run(run_id).outputs
-        except Exception:
-            raise DlkitError(
-                f"No run {run_id!r} in the MLflow store {self.tracking_uri}. Check the run id "
-                "and --tracking-uri / $MLFLOW_TRACKING_URI."
-            ) from None
-        models = outputs.model_outputs if outputs is not None else []
-        return f"models:/{models[-1].model_id}" if models else None
+        return logged_models.model_uri(self.client, self.tracking_uri, run_id)
 
     def download_model(self, model_uri: str, folder: str | Path) -> Path:
-        """Downloads a logged or registered model into `folder`; returns its `.keras` file.
-
-        `model_uri` is `models:/<model id>`, `models:/NAME/VERSION` or
-        `models:/NAME@ALIAS`, resolved in this tracker's store.
-        """
-        from mlflow.artifacts import download_artifacts
-
-        try:
-            location = self._model_location(model_uri)
-            with no_progress_bar():
-                local = Path(download_artifacts(artifact_uri=location, dst_path=str(folder)))
-        except DlkitError:
-            raise
-        except Exception as error:
-            raise DlkitError(
-                f"Cannot load {model_uri} from the MLflow store {self.tracking_uri}: "
-                f"{str(error).splitlines()[0]}. Check the URI and --tracking-uri."
-            ) from None
-        found = sorted(local.rglob("*.keras"))
-        if not found:
-            raise DlkitError(f"{model_uri} holds no Keras model file: it was not logged by dlkit.")
-        return found[0]
+        """Downloads a logged or registered model into `folder`; returns its `.keras` file."""
+        return logged_models.download_model(self.client, self.tracking_uri, model_uri, folder)
 
     def register_model(self, run_id: str, name: str, *, description: str = "") -> str:
-        """Registers the model `run_id` logged as a new version of `name`; returns its URI.
-
-        The registered model is created on first use. The version links back
-        to its run and logged model.
-        """
-        uri = self.model_uri(run_id)
-        if uri is None:
-            raise DlkitError(f"Run {run_id} logged no model, so there is nothing to register.")
-        model_id = uri.removeprefix("models:/")
-        try:
-            try:
-                self.client.get_registered_model(name)
-            except Exception:  # not registered yet
-                self.client.create_registered_model(name)
-            version = self.client.create_model_version(
-                name,
-                source=self.client.get_logged_model(model_id).artifact_location,
-                run_id=run_id,
-                model_id=model_id,
-                description=description or None,
-            )
-        except Exception as error:
-            raise DlkitError(
-                f"Cannot register the model of run {run_id} as {name!r}: "
-                f"{str(error).splitlines()[0]}"
-            ) from None
-        return f"models:/{name}/{version.version}"
-
-    def _model_location(self, model_uri: str) -> str:
-        """Where a `models:/` URI's files are (the store's, not MLflow's global, registry)."""
-        reference = model_uri.removeprefix("models:/")
-        if "@" in reference:
-            name, alias = reference.split("@", 1)
-            version = self.client.get_model_version_by_alias(name, alias)
-        elif "/" in reference:
-            name, number = reference.rsplit("/", 1)
-            version = self.client.get_model_version(name, number)
-        else:
-            return self.client.get_logged_model(reference).artifact_location
-        if version.model_id:
-            return self.client.get_logged_model(version.model_id).artifact_location
-        return version.source
+        """Registers the model `run_id` logged as a new version of `name`; returns its URI."""
+        return logged_models.register_model(
+            self.client, self.tracking_uri, run_id, name, description
+        )
 
     # Reads: everything a report or a resumed comparison needs, as plain values.
 
     def latest_parent(self, like: dict[str, str] | None = None) -> str | None:
-        """Returns the id of the experiment's most recent comparison parent run, if any.
-
-        Args:
-            like: Tags the parent must carry as these values (a tuned comparison resumes
-                a tuned parent, not an untuned one). A parent without the tag carries the
-                value it had before dlkit wrote the tag: `fixed` for the split, `no`
-                for tuned; without the grid or data tags, it matches any. Defaults to
-                `None`: any parent.
-        """
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{keys.ROLE}` = 'parent'",
-            order_by=["attributes.start_time DESC"],
-            max_results=_MAX_PARENTS,
-        )
-        before = {keys.SPLIT: "fixed", keys.TUNED: "no"}
-        for run in found:
-            tags = run.data.tags
-            if all(tags.get(k, before.get(k, v)) == v for k, v in (like or {}).items()):
-                return run.info.run_id
-        return None
+        """Returns the id of the experiment's most recent comparison parent run, if any, of
+        one kind with `like` (see `dlkit.tracking.records.latest_parent`)."""
+        return records.latest_parent(self.client, self.experiment_id, like)
 
     def claim_parent(
         self, name: str, tags: dict[str, str], like: dict[str, str] | None = None
@@ -680,7 +496,7 @@ class Tracker:
             filter_string=f"tags.`{keys.ROLE}` = 'parent' and attributes.status = 'RUNNING'",
         )
         live = [
-            _record(run)
+            records.record(run)
             for run in found
             if process_alive(dict(run.data.tags))
             and all(run.data.tags.get(k) == v for k, v in (like or {}).items())
@@ -696,25 +512,8 @@ class Tracker:
         self, parent_id: str, *, status: str | None = None, tags: dict[str, str] | None = None
     ) -> list[RunRecord]:
         """Returns the runs of the comparison under `parent_id`, newest first, optionally of
-        one status and with these tag values: its children and the runs nested deeper (a
-        variant's sweep runs under its tuning run), which carry `dlkit.comparison`."""
-        where = ""
-        if status:
-            where += f" and attributes.status = '{status}'"
-        for key, value in (tags or {}).items():
-            where += f" and tags.`{key}` = '{value}'"
-        found = {}
-        # Runs logged before dlkit tagged the comparison are the parent's children only.
-        for link in (f"tags.`{keys.COMPARISON}`", "tags.mlflow.parentRunId"):
-            for run in self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"{link} = '{parent_id}'{where}",
-                order_by=["attributes.start_time DESC"],
-                max_results=_MAX_CHILDREN,
-            ):
-                found.setdefault(run.info.run_id, run)
-        runs = sorted(found.values(), key=lambda r: r.info.start_time, reverse=True)
-        return [_record(run) for run in runs]
+        one status and with these tag values (see `dlkit.tracking.records.children`)."""
+        return records.children(self.client, self.experiment_id, parent_id, status, tags)
 
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
         """Returns a metric's values by step (empty when it was never logged)."""
@@ -757,71 +556,12 @@ class Tracker:
             return load(local)
 
 
-_MAX_CHILDREN = 50_000
-# The experiment tag MLflow 3's UI reads to pick its layout: model training (runs, models),
-# not GenAI (traces, an assistant panel), for the experiments dlkit creates.
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-_MAX_PARENTS = 1_000  # the latest parents a resume looks through for one of its kind
 _MAX_NOTE = 60_000  # a description is a tag; keep it well inside MLflow's tag limit
-
-
-def _record(run: Any) -> RunRecord:
-    return RunRecord(
-        run_id=run.info.run_id,
-        status=run.info.status,
-        start_time=run.info.start_time or 0,
-        tags=dict(run.data.tags),
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """One MLflow run as plain values: what reports and resumes read.
-
-    Attributes:
-        run_id: The run's id.
-        status: `FINISHED`, `FAILED`, `KILLED` or `RUNNING`.
-        start_time: Start, in milliseconds since the epoch.
-        tags: The run's tags.
-        params: The run's params, as text.
-        metrics: The latest value of each metric.
-    """
-
-    run_id: str
-    status: str
-    start_time: int
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
 
 
 # Installed once, on import: the filter drops only what dlkit reports itself (see above).
 for _name in INTERRUPTIBLE_LOGGERS:
     logging.getLogger(_name).addFilter(REPORTED_BY_DLKIT)
-
-
-def _dataset_source(source: str) -> Any:
-    """Where a dataset comes from, as MLflow names sources: a local file, a web page, or code."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-    path = Path(source).expanduser()
-    if path.exists():
-        return resolve_dataset_source(str(path.resolve()))
-    if source in _DATASET_PAGES:
-        return HTTPDatasetSource(_DATASET_PAGES[source])
-    if source != "synthetic" and "/" not in source:  # a TFDS name, e.g. mnist or mnist:3.0.1
-        name = source.split(":")[0]
-        return HTTPDatasetSource(f"https://www.tensorflow.org/datasets/catalog/{name}")
-    return CodeDatasetSource({keys.SOURCE: source})
-
-
-_DATASET_PAGES = {
-    "digits": "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
-}
 
 
 def _param_text(value: Any) -> str:
