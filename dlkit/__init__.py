@@ -54,7 +54,7 @@ _LAZY = {
     "load_model": "dlkit.execution.runs",
     "Maxout": "dlkit.nn.layers",
     "fit": "dlkit.nn.training",
-    "TrainResult": "dlkit.nn.training",
+    "TrainResult": "dlkit.nn.results",
     "Tracker": "dlkit.tracking.tracker",
     "train": "dlkit.execution.runs",
     "ChildSpec": "dlkit.execution.children",

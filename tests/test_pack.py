@@ -15,7 +15,8 @@ from dlkit.nn import pack as packing
 from dlkit.nn.models import build_model
 from dlkit.nn.pack import Pack
 from dlkit.nn.pack_training import train_pack
-from dlkit.nn.training import TrainingDiverged, fit, fit_pack
+from dlkit.nn.results import TrainingDiverged
+from dlkit.nn.training import fit, fit_pack
 
 SMALL = Recipe(name="small", depth=2, width=32, epochs=1, batch_size=32, learning_rate=0.01)
 # A member among others against the same member alone: float rounding only. How much depends

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlkit import DlkitError, Recipe, get_recipe, keys, load_model, signals, train
-from dlkit.nn.training import TrainingDiverged
+from dlkit.nn.results import TrainingDiverged
 from dlkit.tracking.stores import create_sqlite_store
 from dlkit.tracking.tracker import Tracker
 

@@ -17,7 +17,8 @@ import pytest
 
 from dlkit import DlkitError, Recipe, signals
 from dlkit.data.dataset import load_dataset
-from dlkit.nn.training import TrainingDiverged, fit
+from dlkit.nn.results import TrainingDiverged
+from dlkit.nn.training import fit
 
 SMALL = Recipe(depth=2, width=32, epochs=3, batch_size=64)
 
@@ -86,27 +87,27 @@ def test_a_reused_model_trains_exactly_as_a_new_one_from_the_same_seed(digits):
     # dropout's random state, a learning-rate schedule, Adam's moments, early stopping:
     # everything a second seed of a variant must start over from
     recipe = SMALL.replace(dropout=0.3, input_dropout=0.1, lr_decay_epochs=1, early_stopping=True)
-    from dlkit.nn import training
+    from dlkit.nn.traced import TRACED
 
     new = fit(recipe, digits, seed=1, verbose=0, keras_loop=True)
     first = fit(recipe, digits, seed=0, verbose=0, reuse=True)
     first_weights = [w.numpy() for w in first.model.weights]
-    traced = training._TRACED._entries[0][2]
+    kept = TRACED._entries[0][2]
     # Another load of the same data holds the same examples: the traced model serves it.
     again = fit(recipe, digits.copy(), seed=1, verbose=0, reuse=True)
-    assert training._TRACED._entries[0][2] is traced  # traced once
+    assert TRACED._entries[0][2] is kept  # traced once
     assert again.history == new.history and again.history != first.history
     assert again.test_accuracy == new.test_accuracy
     assert again.train_accuracy == new.train_accuracy
     # Each caller's model is its own: the second training changed nothing of the first's.
-    assert again.model is not first.model and traced not in (first.model, again.model)
+    assert again.model is not first.model and kept not in (first.model, again.model)
     for before, now in zip(first_weights, first.model.weights, strict=True):
         np.testing.assert_array_equal(before, now.numpy())
     assert again.model.evaluate(*digits.tensors("test"), verbose=0, return_dict=True)[
         "accuracy"
     ] == pytest.approx(again.test_accuracy, abs=1e-6)
     fit(recipe.replace(width=16), digits, seed=1, verbose=0, reuse=True)  # another net
-    assert training._TRACED._entries[0][2] is not traced
+    assert TRACED._entries[0][2] is not kept
 
 
 def test_an_epoch_in_one_call_trains_on_the_same_batches_as_epoch_by_epoch(digits):
@@ -245,9 +246,25 @@ def test_a_signal_inside_a_weak_reference_callback_is_raised_after_it(monkeypatc
 
 
 def test_the_traced_models_can_be_forgotten(digits):
-    from dlkit.nn import training
+    from dlkit.nn import traced
 
     fit(SMALL.replace(epochs=1), digits, verbose=0, reuse=True)
-    assert training._TRACED._entries
-    training.forget_traced_models()
-    assert not training._TRACED._entries
+    assert traced.TRACED._entries
+    traced.forget_traced_models()
+    assert not traced.TRACED._entries
+
+
+def test_tensorflow_s_retracing_warning_is_dropped_only_while_dlkit_trains(digits):
+    import tensorflow as tf
+
+    from dlkit.nn.training import _ExpectedRetracing
+
+    def quieted() -> bool:
+        return any(isinstance(f, _ExpectedRetracing) for f in tf.get_logger().filters)
+
+    during = []
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: during.append(quieted()))
+    assert not quieted()  # importing dlkit leaves a program's own TensorFlow logs alone
+    fit(SMALL.replace(epochs=1), digits, verbose=0, callbacks=[probe])
+    assert during == [True] and not quieted()
+

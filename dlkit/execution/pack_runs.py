@@ -20,7 +20,7 @@ from dlkit.tracking.claims import contested
 from dlkit.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    from dlkit.nn.training import TrainResult
+    from dlkit.nn.results import TrainResult
 
 
 def tracked_pack(

@@ -11,7 +11,7 @@ from dlkit.tracking.calls import EpochMetrics
 from dlkit.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    from dlkit.nn.training import TrainResult
+    from dlkit.nn.results import TrainResult
 
 
 GRADIENT_PROBE_EXAMPLES = 512  # a fixed batch: the same examples at every epoch

@@ -18,7 +18,7 @@ from dlkit.recipes.recipe import Recipe, get_recipe
 from dlkit.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    from dlkit.nn.training import TrainResult
+    from dlkit.nn.results import TrainResult
 
 
 def train(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import logging
 import math
 import time
@@ -18,9 +18,12 @@ from dlkit import signals
 from dlkit.data.dataset import Dataset, DatasetInfo
 from dlkit.errors import DlkitError
 from dlkit.nn.callbacks import EpochTimer, StopOnSignal, Validation, score
+from dlkit.nn.devices import device_name, distribution
 from dlkit.nn.models import build_for, compile_model, count_params, trainable_count
 from dlkit.nn.pack import per_member
 from dlkit.nn.pack_training import train_pack
+from dlkit.nn.results import TrainingDiverged, TrainResult, best_epoch, diverged, member_result
+from dlkit.nn.traced import TRACED
 from dlkit.recipes.builders import get_builder
 from dlkit.recipes.packing import single_device, trains_alone
 from dlkit.recipes.precision import resolve_precision
@@ -45,106 +48,23 @@ class _ExpectedRetracing(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-tf.get_logger().addFilter(_ExpectedRetracing())
+def _retracing_expected(function: Callable) -> Callable:
+    """Runs `function` with TensorFlow's retracing warning dropped, and only then: a
+    program's own tf.functions keep the warning outside dlkit's training."""
+
+    @functools.wraps(function)
+    def quietly(*args: Any, **kwargs: Any) -> Any:
+        logger, quiet = tf.get_logger(), _ExpectedRetracing()
+        logger.addFilter(quiet)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            logger.removeFilter(quiet)
+
+    return quietly
 
 
-class TrainingDiverged(DlkitError):
-    """The loss became NaN or infinite; Keras's TerminateOnNaN stopped the run."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What one training produced.
-
-    Attributes:
-        recipe: The recipe trained.
-        dataset: The dataset's `DatasetInfo`.
-        seed: The random seed.
-        history: Per-epoch values from Keras (`loss`, `accuracy`, `val_loss`, ...).
-        test_loss: Loss on the test split after training.
-        test_accuracy: Accuracy on the test split after training.
-        params: Trainable parameter count.
-        epochs_run: Epochs actually trained.
-        best_epoch: 1-based epoch with the best monitored value (the
-            recipe's `monitor`), or `None` without that metric.
-        stopped_epoch: 1-based epoch at which early stopping ended training,
-            or `None` when it ran every epoch.
-        wall_time: Seconds spent in `fit`, compilation included.
-        samples_per_second: Training throughput after the first (warm-up)
-            epoch; over all epochs when only one ran.
-        device: Where TensorFlow ran (`"GPU"` or `"CPU"`).
-        train_accuracy: Accuracy on the training split after training, with
-            every unit on (no dropout), as the test is scored: the fit that
-            the train/test gap compares. Keras's per-epoch `accuracy` is a
-            running average over the epoch, with dropout active.
-        test_correct: For each test example, in order, whether the model
-            classified it correctly (what paired verdicts compare).
-        model: The trained `keras.Model`; `None` for a member of a pack told to keep
-            none (a tuning sweep's).
-        run_id: The MLflow run it was logged to, if any.
-        registered: The registered model version (`models:/NAME/VERSION`), if any.
-        replicas: Devices the model trained on at once (`devices`).
-    """
-
-    recipe: Recipe
-    dataset: DatasetInfo
-    seed: int
-    history: dict[str, list[float]]
-    test_loss: float
-    test_accuracy: float
-    params: int
-    epochs_run: int
-    best_epoch: int | None
-    stopped_epoch: int | None
-    wall_time: float
-    samples_per_second: float
-    device: str
-    train_accuracy: float
-    test_correct: np.ndarray = dataclasses.field(repr=False)
-    model: keras.Model | None = dataclasses.field(repr=False)
-    run_id: str | None = None
-    registered: str | None = None
-    replicas: int = 1
-
-    @property
-    def kept_val_accuracy(self) -> float:
-        """Validation accuracy of the weights training kept: the best epoch's when early
-        stopping restored them, else the last epoch's (what a tuning sweep chooses by)."""
-        values = self.history.get("val_accuracy") or [math.nan]
-        recipe = self.recipe
-        restored = recipe.early_stopping and recipe.restore_best_weights and self.best_epoch
-        return float(values[self.best_epoch - 1] if restored else values[-1])
-
-    def summary_metrics(self) -> dict[str, float]:
-        """Returns the final figures, as logged to MLflow.
-
-        The last epoch's loss and accuracy are not repeated here: they are the
-        last points of the per-epoch metrics.
-        """
-        metrics = {
-            "test_loss": self.test_loss,
-            "test_accuracy": self.test_accuracy,
-            "train_accuracy": self.train_accuracy,
-            "params": float(self.params),
-            "epochs_run": float(self.epochs_run),
-            "wall_time_s": self.wall_time,
-            "samples_per_second": self.samples_per_second,
-        }
-        if "val_accuracy" in self.history:
-            metrics["best_val_accuracy"] = float(np.nanmax(self.history["val_accuracy"]))
-            metrics["kept_val_accuracy"] = self.kept_val_accuracy
-        if self.best_epoch is not None:
-            metrics["best_epoch"] = float(self.best_epoch)
-        if self.stopped_epoch is not None:
-            metrics["stopped_epoch"] = float(self.stopped_epoch)
-        return metrics
-
-
-def device_name() -> str:
-    """Returns `"GPU"` when TensorFlow sees one, else `"CPU"`."""
-    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-
-
+@_retracing_expected
 def fit(
     recipe: Recipe,
     data: Dataset,
@@ -256,10 +176,10 @@ def _fit_one(
     history = {key: [float(v) for v in values] for key, values in history.items()}
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
-        raise _diverged(recipe, len(losses))
+        raise diverged(recipe, len(losses))
     scores = _scores(model, data, recipe, strategy)
     if reuse:  # the traced model stays here for the next seed; the caller gets a copy
-        _TRACED.keep(key, data, model, optimizer_start)
+        TRACED.keep(key, data, model, optimizer_start)
         model = _own_copy(model, recipe, data, key)
     stopped = (
         early_stopping.stopped_epoch + 1
@@ -274,7 +194,7 @@ def _fit_one(
         # a registered model's count is its built model's: read off the one trained here
         params=trainable_count(model) if recipe.model else count_params(recipe, *info.dims),
         epochs_run=len(losses),
-        best_epoch=_best_epoch(history, recipe.monitor),
+        best_epoch=best_epoch(history, recipe.monitor),
         stopped_epoch=stopped,
         wall_time=wall_time,
         samples_per_second=timer.samples_per_second(info.train_size),
@@ -321,7 +241,7 @@ def _compiled(recipe: Recipe, data: Dataset, strategy: Any, key: tuple, *, reuse
     optimizer_start = None
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_for(recipe, data)
-        traced = _TRACED.take(key, data, model) if reuse else None
+        traced = TRACED.take(key, data, model) if reuse else None
         if traced:
             return traced
         _, _, steps_per_execution, jit_compile = key
@@ -374,6 +294,7 @@ def _scores(model: keras.Model, data: Dataset, recipe: Recipe, strategy: Any) ->
     }
 
 
+@_retracing_expected
 def fit_pack(
     recipes: Sequence[Recipe],
     data: Dataset | Sequence[Dataset],
@@ -442,9 +363,9 @@ def fit_pack(
 def _result(recipe, info, seed, member, wall_time, seconds, size):
     """A member's `TrainResult` (its share of the pack's time), or why it diverged."""
     if member.diverged_at:
-        return _diverged(recipe, member.diverged_at)
+        return diverged(recipe, member.diverged_at)
     timed = seconds[1:] or seconds  # the first epoch includes tracing
-    return _member_result(recipe, info, seed, member, wall_time / size, timed, size)
+    return member_result(recipe, info, seed, member, wall_time / size, timed, size)
 
 
 def _fit_seeds(recipe, data, seeds, *, callbacks, devices, on_epoch=None) -> list[TrainResult]:
@@ -487,124 +408,6 @@ def _trainable(recipe: Recipe, info: DatasetInfo) -> Recipe:
     return recipe.replace(precision=resolve_precision(recipe.precision))
 
 
-def _diverged(recipe: Recipe, epoch: int | None) -> TrainingDiverged:
-    where = f"epoch {epoch}" if epoch else "the first epoch"
-    return TrainingDiverged(
-        f"Training of recipe {recipe.name!r} diverged: the loss became NaN or infinite "
-        f"in {where}. Lower learning_rate (now {recipe.learning_rate:g}), "
-        "or use normalization='scale'."
-    )
-
-
-def _member_result(recipe, info, seed, member, wall_time, timed, size) -> TrainResult:
-    epochs_run = len(member.history["loss"])
-    return TrainResult(
-        recipe=recipe,
-        dataset=info,
-        seed=seed,
-        history=member.history,
-        test_loss=member.test["loss"],
-        test_accuracy=member.test["accuracy"],
-        params=count_params(recipe, *info.dims),
-        epochs_run=epochs_run,
-        best_epoch=_best_epoch(member.history, recipe.monitor),
-        stopped_epoch=member.stopped_epoch,
-        wall_time=wall_time,
-        samples_per_second=info.train_size * size * len(timed) / max(sum(timed), 1e-9),
-        device=device_name(),
-        train_accuracy=member.train_accuracy,
-        test_correct=member.test_correct,
-        model=member.model,
-    )
-
-
-class _TracedModels:
-    """The last few compiled and traced models of this process, by recipe and data.
-
-    Taking one resets it to a new model's exact starting state: every
-    variable of the layers (weights and the dropout layers' random-seed state)
-    from a model just built under the new seed, and the optimizer's variables
-    (step count, learning rate, moments) from their values before its first step.
-    """
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._entries: list[tuple[tuple, Dataset, keras.Model, list[np.ndarray]]] = []
-
-    def take(
-        self, key: tuple, data: Dataset, fresh: keras.Model
-    ) -> tuple[keras.Model, list[np.ndarray]] | None:
-        """Returns a kept model reset to `fresh`'s state, and its optimizer's start."""
-        for i, (k, d, model, start) in enumerate(self._entries):
-            if k == key and d.same_examples(data):
-                del self._entries[i]
-                targets, sources = model.variables, fresh.variables
-                if [v.shape for v in targets] != [v.shape for v in sources]:
-                    return None
-                for target, source in zip(targets, sources):
-                    target.assign(source)
-                for variable, value in zip(model.optimizer.variables, start):
-                    variable.assign(value)
-                model.stop_training = False
-                return model, start
-        return None
-
-    def clear(self) -> None:
-        """Lets go of every kept model (and the memory its graph holds)."""
-        self._entries.clear()
-
-    def keep(self, key: tuple, data: Dataset, model: keras.Model, start: list[np.ndarray]) -> None:
-        """Keeps a trained model for the next training of the same recipe on `data`."""
-        self._entries = [e for e in self._entries if not (e[0] == key and e[1].same_examples(data))]
-        self._entries.insert(0, (key, data, model, start))
-        del self._entries[self.size :]
-
-
-_TRACED = _TracedModels()
-
-
-def forget_traced_models() -> None:
-    """Drops the models this process keeps traced for a variant's next seed (at most
-    `_TracedModels.size`): their memory back, and the next training traces afresh."""
-    _TRACED.clear()
-
-
-def distribution(devices: int | str) -> tf.distribute.Strategy | None:
-    """Returns the `MirroredStrategy` over `devices` devices, or `None` for one device.
-
-    GPUs when TensorFlow sees any; otherwise that many logical CPU devices,
-    which TensorFlow allows only before its runtime starts in this process.
-    """
-    if single_device(devices):
-        return None
-    gpus = tf.config.list_physical_devices("GPU")
-    if devices == "all":
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
-    count = int(devices)
-    if count < 1:
-        raise DlkitError(f"devices must be 1 or more, or 'all'. Received: {devices!r}")
-    if gpus:
-        if count > len(gpus):
-            raise DlkitError(
-                f"devices={count}, but TensorFlow sees {len(gpus)} GPUs. Use at most "
-                f"{len(gpus)}, or 'all'."
-            )
-        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(count)])
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * count
-        )
-    except RuntimeError:  # the runtime started: only what it started with is there
-        if len(tf.config.list_logical_devices("CPU")) < count:
-            raise DlkitError(
-                f"devices={count} on a machine without GPUs means {count} logical CPU devices, "
-                "which TensorFlow creates only before it first runs. Train in a fresh process "
-                "(the dlkit command does), before any other training."
-            ) from None
-    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
-
-
 def _predicted_classes(
     model: keras.Model, data: Dataset, split: str, chunk: int = 8192
 ) -> np.ndarray:
@@ -624,11 +427,3 @@ def _step_decay(recipe: Recipe):
         return recipe.learning_rate_at(epoch)
 
     return schedule
-
-
-def _best_epoch(history: dict[str, list[float]], monitor: str) -> int | None:
-    values = history.get(monitor)
-    if not values:
-        return None
-    pick = np.nanargmax if "accuracy" in monitor else np.nanargmin
-    return int(pick(values)) + 1

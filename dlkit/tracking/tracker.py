@@ -59,7 +59,7 @@ from dlkit.tracking.stores import (
 
 if TYPE_CHECKING:
     from dlkit.data.dataset import Dataset
-    from dlkit.nn.training import TrainResult
+    from dlkit.nn.results import TrainResult
 
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
 
