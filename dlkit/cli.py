@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from dlkit.cli_options import (
+    comparison_options,
     dataset_options,
     import_option,
     output_option,
@@ -27,7 +28,7 @@ from dlkit.cli_options import (
     training_options,
     wide_option,
 )
-from dlkit.comparison.options import MAX_SEED, MAX_SEEDS, Options
+from dlkit.comparison.options import MAX_SEED, Options
 from dlkit.data.dataset import DataSpec
 from dlkit.errors import DlkitError
 from dlkit.recipes.listing import describe
@@ -224,123 +225,7 @@ def train(
 @click.argument("targets", nargs=-1, required=True)
 @dataset_options
 @training_options
-@click.option(
-    "--seeds",
-    type=click.IntRange(1, MAX_SEEDS),
-    default=None,
-    help="Train every variant with seeds 0..N-1.  [default: the file's, else 1]",
-)
-@click.option(
-    "--max-seeds",
-    type=click.IntRange(2, MAX_SEEDS),
-    default=None,
-    help="Add seeds while an expectation is undecided, up to N per variant, with an error "
-    "rate that holds whenever it stops.  [default: the file's, else none added]",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["fixed", "random"]),
-    default=None,
-    help="fixed: the source's own test set for every seed; random: each seed draws its own "
-    "stratified split, shared by the variants.  [default: the file's, else fixed]",
-)
-@click.option(
-    "--equivalence",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    help="An accuracy difference inside ±this reads 'equivalent'.  "
-    "[default: the file's, else 0.01]",
-)
-@click.option(
-    "--yes",
-    is_flag=True,
-    help="Start a comparison of more than 500 runs (variants x seeds).",
-)
-@click.option(
-    "--replicate",
-    is_flag=True,
-    help="Then rerun it on the next train-size images of the training pool (disjoint from "
-    "the first) and show both slices' verdicts side by side.",
-)
-@click.option("--force", is_flag=True, help="Retrain runs that already finished, in a new parent.")
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where children train: on this machine (in this process, or in --workers worker "
-    "processes), or as Ray tasks.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 4096),
-    default=1,
-    show_default=True,
-    help="Children training at once, each in its own process with cores/N threads.",
-)
-@click.option(
-    "--cpus-per-run",
-    type=click.FloatRange(0, min_open=True),
-    default=None,
-    help="CPUs Ray reserves for each child.  [default: cores / workers]",
-)
-@click.option(
-    "--gpus-per-run",
-    type=click.FloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="GPUs Ray reserves for each child; 0.25 packs four children on one GPU.",
-)
-@click.option(
-    "--pack",
-    type=click.IntRange(0, 4096),
-    default=0,
-    show_default=True,
-    help="Members of one network shape trained together in one graph: 0 as many as memory "
-    "allows, 1 one at a time with Keras's own fit.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(0, 100),
-    default=Options.retries,
-    show_default=True,
-    help="Times a child whose worker died is started again (a failed training is not).",
-)
-@click.option(
-    "--ray-address",
-    envvar="RAY_ADDRESS",
-    default=None,
-    help="Ray cluster to join.  [env: RAY_ADDRESS; default: a local Ray instance]",
-)
-@click.option(
-    "--register-best",
-    metavar="NAME",
-    default=None,
-    help="Register the best variant's model (its seed with the best validation accuracy) in "
-    "the MLflow Model Registry as a new version of NAME.",
-)
-@click.option(
-    "--gradient-norms",
-    is_flag=True,
-    default=None,
-    help="Log per-layer gradient norms and plot them against the layer index.",
-)
-@click.option(
-    "--tune",
-    "tune",
-    multiple=True,
-    metavar="FIELD[=V,V,...]",
-    help="Tune FIELD for each variant first, on validation, with an equal budget: "
-    "learning_rate=0.001,0.01,0.1, or learning_rate for its optimizer's default grid. "
-    "Repeat for more fields; replaces the file's tune:.",
-)
-@click.option("--no-tune", is_flag=True, help="Train every variant as given, without tuning.")
-@click.option(
-    "--tune-seeds",
-    type=click.IntRange(1, 100),
-    default=None,
-    help="Seeds per point of the tuning sweep.  [default: the file's, else 2]",
-)
+@comparison_options
 @output_option
 @wide_option
 @import_option
