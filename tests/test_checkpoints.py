@@ -95,15 +95,16 @@ def test_a_pack_of_some_of_the_saved_members_resumes_them(digits, parent):
 def test_members_done_before_an_interrupt_end_finished_and_the_rest_killed(digits, parent):
     from mlflow.tracking import MlflowClient
 
-    from dlkit.execution.pack_runs import tracked_pack
+    from dlkit.execution.pack_runs import MemberRun, tracked_pack
 
     tracker, parent_id = parent
     plain, _, _ = train_pack(RECIPES, SEEDS, digits)
     tags = [{"dlkit.role": "child", "dlkit.config_hash": h} for h in HASHES]
     with signals.handled(), pytest.raises(signals.Interrupted):
+        members = [MemberRun(*m) for m in zip(RECIPES, SEEDS, ["a", "b", "c"], tags)]
         tracked_pack(
-            tracker, RECIPES, digits, SEEDS, names=["a", "b", "c"], tags=tags,
-            params=[{}] * 3, parent_id=parent_id, on_epoch=interrupted_at(4), checkpoints=True,
+            tracker, members, digits, parent_id=parent_id, on_epoch=interrupted_at(4),
+            checkpoints=True,
         )  # fmt: skip
     client = MlflowClient(tracker.tracking_uri)
     runs = {r.info.run_name: r for r in tracker.client.search_runs([tracker.experiment_id])}

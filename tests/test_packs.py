@@ -14,21 +14,21 @@ from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.execution.children import ChildSpec
 from dlkit.execution.packs import MAX_PACK, auto_size, units
 from dlkit.recipes.recipe import Recipe
+from dlkit.recipes.train_options import TrainOptions
 
 # The tiny comparison's variants differ in their inputs' normalization: two packs of two seeds.
 PACKED = tiny("packed")
 
 
-def spec(recipe: Recipe, seed: int = 0, **fields) -> ChildSpec:
+def spec(recipe: Recipe, seed: int = 0, **options) -> ChildSpec:
     return ChildSpec(
         recipe=recipe.to_dict(),
         data={},
-        seed=seed,
+        options=TrainOptions(seed=seed, **options),
         tracking_uri="sqlite:///x.db",
         experiment="x",
         run_name=f"{recipe.name}/{seed}",
         parent_id="parent",
-        **fields,
     )
 
 

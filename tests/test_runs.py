@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from dlkit import Recipe, keys
 from dlkit.data.dataset import DataSpec
 from dlkit.execution.children import ChildResult, ChildSpec, run_child
+from dlkit.recipes.train_options import TrainOptions
 from dlkit.tracking.tracker import Tracker
 
 DATA = DataSpec(source="digits", train_size=200)
@@ -24,7 +25,7 @@ def spec_for(tracking_uri: str, recipe: Recipe = RECIPE, **fields) -> ChildSpec:
     return ChildSpec.of(
         recipe,
         DATA,
-        3,
+        TrainOptions(seed=3, verbose=0),
         tracker,
         run_name="tiny/seed3",
         parent_id=parent,

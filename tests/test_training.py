@@ -267,4 +267,3 @@ def test_tensorflow_s_retracing_warning_is_dropped_only_while_dlkit_trains(digit
     assert not quieted()  # importing dlkit leaves a program's own TensorFlow logs alone
     fit(SMALL.replace(epochs=1), digits, verbose=0, callbacks=[probe])
     assert during == [True] and not quieted()
-

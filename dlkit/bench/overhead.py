@@ -22,6 +22,7 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
     comparison); the first run's tracking seconds are returned beside it.
     """
     from dlkit.execution.runs import tracked_fit
+    from dlkit.recipes.train_options import TrainOptions
     from dlkit.tracking.tracker import Tracker
 
     class TimedTracker(Tracker):
@@ -50,14 +51,13 @@ def tracking_overhead(recipe: Recipe, data, epochs: int, seed: int) -> dict[str,
         tracker = TimedTracker(f"sqlite:///{tmp}/mlflow.db", "bench")
         # A first tracked run pays one-time costs (MLflow's model code loading, Keras's
         # saving code): a comparison pays them once, not per child. Timed apart.
-        tracked_fit(
-            tracker, recipe.replace(epochs=1), data, seed=seed, run_name="warm-up", verbose=0
-        )
+        options = TrainOptions(seed=seed, verbose=0)
+        tracked_fit(tracker, recipe.replace(epochs=1), data, options, run_name="warm-up")
         first_run = TimedTracker.seconds
         TimedTracker.seconds = 0.0
         start = time.perf_counter()
         _, result = tracked_fit(
-            tracker, recipe.replace(epochs=epochs), data, seed=seed, run_name="bench", verbose=0
+            tracker, recipe.replace(epochs=epochs), data, options, run_name="bench"
         )
         total = time.perf_counter() - start
     return {

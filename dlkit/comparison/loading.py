@@ -92,18 +92,12 @@ def load_comparison(
                 gradients[entry["variant"]].append(_gradients(tracker, child))
         rows.append(row)
     return Comparison(
-        name=plan["name"],
-        question=plan.get("question", ""),
-        parent_run_id=parent_run_id,
-        runs=pd.DataFrame(rows),
-        histories=histories,
-        expect=tuple(plan.get("expect", ())),
+        plan,
+        parent_run_id,
+        pd.DataFrame(rows),
+        histories,
         gradients=gradients if plan.get("gradient_norms") else None,
-        published=plan.get("published"),
         correct={variant: runs for variant, runs in correct.items() if runs},
-        context=plan.get("context"),
-        tuning=plan.get("tuning"),
-        sequential=plan.get("sequential"),
     )
 
 

@@ -9,7 +9,7 @@ import io
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,12 +21,13 @@ from dlkit.comparison.summary import samples_by_variant, summarize
 from dlkit.comparison.tuning import point_label
 from dlkit.text import plural, text_table, wrap
 
-if TYPE_CHECKING:
-    pass
-
 
 class Comparison:
     """The outcome of a comparison: one row per child run, summarized per variant.
+
+    Made by `load_comparison` from the parent run's plan (`plan.json`: the name, question,
+    expectations, published figures, context, tuning and how seeds were added) and the runs
+    that count under it.
 
     Attributes:
         name: The experiment's name.
@@ -43,44 +44,38 @@ class Comparison:
 
     def __init__(
         self,
-        name: str,
-        question: str,
+        plan: dict[str, Any],
         parent_run_id: str,
         runs: pd.DataFrame,
         histories: dict[str, list[dict[str, list[float]]]],
-        expect: tuple[str, ...] = (),
         gradients: dict[str, list[dict[int, dict[int, float]]]] | None = None,
-        published: dict[str, float] | None = None,
         correct: dict[str, dict[int, np.ndarray]] | None = None,
-        context: dict | None = None,
-        tuning: dict | None = None,
-        sequential: dict | None = None,
     ):
-        self.name = name
-        self.question = question
+        self.name = plan["name"]
+        self.question = plan.get("question", "")
         self.parent_run_id = parent_run_id
         self.runs = runs
         self.histories = histories
         self.gradients = gradients or {}
         self.output_dir: Path | None = None  # where compare/report saved the files
         self.files: list[Path] = []  # the files compare/report wrote there
-        self.context = context or {}  # what was run: dataset, sizes, seeds, epochs, versions
+        self.context = plan.get("context") or {}  # dataset, sizes, seeds, epochs, versions
         self.replication: Comparison | None = None  # the rerun on a second slice, if any
         self.registered: str | None = None  # `models:/NAME/VERSION` when the best was registered
-        self.tuning = tuning  # the sweep's grid, seeds and each variant's choice, if tuned
+        self.tuning = plan.get("tuning")  # the sweep's grid, seeds and each variant's choice
         self.table = summarize(runs)
-        if tuning:
-            chosen = {v: point_label(c["point"]) for v, c in tuning["variants"].items()}
+        if self.tuning:
+            chosen = {v: point_label(c["point"]) for v, c in self.tuning["variants"].items()}
             self.table["tuned"] = self.table["variant"].map(chosen)
-        self.published = published or {}
+        self.published = plan.get("published") or {}
         if self.published:
             self.table["published_accuracy"] = self.table["variant"].map(self.published)
         labels = list(self.table["variant"])
         samples = samples_by_variant(runs, self.table, correct or {})
         # How seeds were added: the looks, the budget, the equivalence margin (see `sequential`).
-        self.sequential = sequential or {}
+        self.sequential = plan.get("sequential") or {}
         looks = [Look.of(look) for look in self.sequential.get("looks", [])]
-        self.parsed = [parse_expectation(e, labels) for e in expect]
+        self.parsed = [parse_expectation(e, labels) for e in plan.get("expect", ())]
         self.expectations = [
             evaluate(
                 e,

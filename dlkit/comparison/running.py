@@ -21,6 +21,7 @@ from dlkit.execution.children import ELSEWHERE, ChildSpec
 from dlkit.execution.executors import execute, in_this_process
 from dlkit.execution.packs import Unit, units
 from dlkit.recipes.recipe import Recipe
+from dlkit.recipes.train_options import TrainOptions
 from dlkit.text import plural
 from dlkit.tracking.claims import holders
 from dlkit.tracking.members import member_key
@@ -150,10 +151,16 @@ def child_spec(
             run). It still belongs to the comparison (`dlkit.comparison`).
         **fields: Any other `ChildSpec` field.
     """
+    options = TrainOptions(
+        seed=entry["seed"],
+        verbose=run.options.verbose,
+        gradient_norms=run.experiment.gradient_norms and role == "child",
+        devices=run.options.devices,
+    )
     return ChildSpec.of(
         recipe,
         run.experiment.data,
-        entry["seed"],
+        options,
         run.tracker,
         run_name=name or f"{entry['variant']}/seed{entry['seed']}",
         parent_id=parent_id,
@@ -166,9 +173,6 @@ def child_spec(
             **({MLFLOW_PARENT_RUN_ID: nest} if nest else {}),
         },
         params={"variant": entry["variant"]},
-        gradient_norms=run.experiment.gradient_norms and role == "child",
-        verbose=run.options.verbose,
-        devices=run.options.devices,
         **fields,
     )
 

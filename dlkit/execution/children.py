@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from dlkit import keys
 from dlkit.data.dataset import DataSpec
-from dlkit.execution.pack_runs import tracked_pack
+from dlkit.execution.pack_runs import MemberRun, tracked_pack
 from dlkit.execution.run_logs import failure
 from dlkit.recipes.recipe import Recipe
+from dlkit.recipes.train_options import TrainOptions
 from dlkit.tracking.claims import ClaimedElsewhere, contested
 from dlkit.tracking.stores import portable_uri
 from dlkit.tracking.tracker import Tracker
@@ -36,7 +37,8 @@ class ChildSpec:
     Args:
         recipe: The resolved recipe, as `Recipe.to_dict()` gives it.
         data: The data spec, as `dataclasses.asdict(DataSpec)` gives it.
-        seed: The training seed.
+        options: The training's seed, output, gradient norms and devices (without
+            callbacks: those stay in the process that has them).
         tracking_uri: Where the run is logged (an absolute path for sqlite,
             so that a worker in another folder finds the same store).
         experiment: The MLflow experiment name.
@@ -44,9 +46,6 @@ class ChildSpec:
         parent_id: The parent run, if any. Defaults to `None`.
         tags: Tags of the run (variant, seed, config hash...). Defaults to `{}`.
         params: Params logged beside the recipe's and the data's. Defaults to `{}`.
-        gradient_norms: Log per-layer gradient norms. Defaults to `False`.
-        verbose: Keras progress output (0, 1 or 2). Defaults to `0`.
-        devices: Devices the child trains on at once. Defaults to `1`.
         sweep: A tuning sweep's run: params and metrics only, without the
             model, the artifacts or the dataset inputs. Defaults to `False`.
         imports: Modules that register the recipe's model (name -> file), which a
@@ -55,22 +54,19 @@ class ChildSpec:
 
     recipe: dict[str, Any]
     data: dict[str, Any]
-    seed: int
+    options: TrainOptions
     tracking_uri: str
     experiment: str
     run_name: str
     parent_id: str | None = None
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    gradient_norms: bool = False
-    verbose: int | str = 0
-    devices: int | str = 1
     sweep: bool = False
     imports: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(
-        cls, recipe: Recipe, data: DataSpec, seed: int, tracker: Tracker, **fields: Any
+        cls, recipe: Recipe, data: DataSpec, options: TrainOptions, tracker: Tracker, **fields: Any
     ) -> ChildSpec:
         """Returns the spec of training `recipe` on `data` into `tracker`'s experiment."""
         from dlkit.recipes.builders import modules_of
@@ -79,11 +75,16 @@ class ChildSpec:
             recipe=recipe.to_dict(),
             imports=modules_of(recipe),
             data=dataclasses.asdict(data),
-            seed=seed,
+            options=options,
             tracking_uri=portable_uri(tracker.tracking_uri),
             experiment=tracker.experiment,
             **fields,
         )
+
+    @property
+    def seed(self) -> int:
+        """The training seed (`options.seed`)."""
+        return self.options.seed
 
 
 ELSEWHERE = "ELSEWHERE"  # a ChildResult's status when another process holds the member
@@ -145,12 +146,8 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 run_id,
                 recipe,
                 data,
-                seed=spec.seed,
+                spec.options.replace(callbacks=callbacks),
                 params=spec.params,
-                verbose=spec.verbose,
-                callbacks=callbacks,
-                gradient_norms=spec.gradient_norms,
-                devices=spec.devices,
                 sweep=spec.sweep,
                 # Another seed of the variant trains the model this process traced: only a
                 # child may, since no caller holds the model it hands back.
@@ -191,17 +188,18 @@ def run_pack(
     first = specs[0]
     # Each member's data: one dataset for all under a fixed split, its seed's under a random one.
     data = [DataSpec(**spec.data).load(spec.seed) for spec in specs]
+    runs = [
+        MemberRun(
+            Recipe(**spec.recipe), spec.seed, spec.run_name, spec.tags, spec.params, spec.sweep
+        )
+        for spec in specs
+    ]
     members = tracked_pack(
         _tracker(first.tracking_uri, first.experiment),
-        [Recipe(**spec.recipe) for spec in specs],
+        runs,
         data,
-        [spec.seed for spec in specs],
-        names=[spec.run_name for spec in specs],
-        tags=[spec.tags for spec in specs],
-        params=[spec.params for spec in specs],
         parent_id=first.parent_id,
         on_epoch=on_epoch,
-        sweeps=[spec.sweep for spec in specs],
         checkpoints=True,
     )
     seconds = time.perf_counter() - start

@@ -7,6 +7,7 @@ to it, and a comparison's pack keeps a checkpoint to continue after an interrupt
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,18 +24,35 @@ if TYPE_CHECKING:
     from dlkit.nn.results import TrainResult
 
 
+@dataclasses.dataclass(frozen=True)
+class MemberRun:
+    """A pack's member as its own MLflow run: what it trains and how the run is logged.
+
+    Args:
+        recipe: What the member trains.
+        seed: Its seed.
+        name: Its run's name.
+        tags: Its run's tags beside the recipe's and the data's. Defaults to `{}`.
+        params: Params logged beside the recipe's and the data's. Defaults to `{}`.
+        sweep: A tuning sweep's run: params and metrics only, without the model, the
+            artifacts or the dataset inputs. Defaults to `False`.
+    """
+
+    recipe: Recipe
+    seed: int
+    name: str
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sweep: bool = False
+
+
 def tracked_pack(
     tracker: Tracker,
-    recipes: Sequence[Recipe],
+    members: Sequence[MemberRun],
     data: Dataset | Sequence[Dataset],
-    seeds: Sequence[int],
     *,
-    names: Sequence[str],
-    tags: Sequence[dict[str, str]],
-    params: Sequence[dict[str, Any]],
     parent_id: str | None = None,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
-    sweeps: Sequence[bool] | None = None,
     checkpoints: bool = False,
 ) -> list[tuple[str, TrainResult | Exception]]:
     """Runs `fit_pack` with each member inside its own MLflow run of `tracker`.
@@ -52,14 +70,15 @@ def tracked_pack(
     """
     from dlkit.nn.pack import per_member
 
-    datas = per_member(data, len(recipes))
+    recipes, seeds = [m.recipe for m in members], [m.seed for m in members]
+    params, sweeps = [m.params for m in members], [m.sweep for m in members]
+    datas = per_member(data, len(members))
     run_tags = [
-        {keys.RECIPE: recipe.name, keys.DATASET: datas[0].info.name, **extra}
-        for recipe, extra in zip(recipes, tags)
+        {keys.RECIPE: m.recipe.name, keys.DATASET: datas[0].info.name, **m.tags} for m in members
     ]
-    sweeps = sweeps or [False] * len(recipes)
     roles = {t.get(keys.ROLE) for t in run_tags}
     role = roles.pop() if len(roles) == 1 else None  # a pack's members are one role's
+    names = [m.name for m in members]
     with tracker.runs(names, tags=run_tags, parent_id=parent_id) as run_ids:
         # Members another process holds are left to it (see dlkit.tracking.claims).
         outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True, role=role)

@@ -49,9 +49,7 @@ def units(
     groups: dict[object, list[ChildSpec]] = {}
     for i, spec in enumerate(specs):
         recipe = Recipe(**spec.recipe)
-        alone = size == 1 or trains_alone(
-            recipe, gradient_norms=spec.gradient_norms, devices=spec.devices
-        )
+        alone = size == 1 or trains_alone(recipe, spec.options)
         # Under a random split each seed reads its own examples, and the pack each member's
         # through its indices; but standardized inputs use each seed's own statistics, which
         # a pack (one input layer for all) cannot: those pack with their own seed only.

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from dlkit import keys
 from dlkit.data.dataset import DEFAULT_SOURCE, Dataset
-from dlkit.execution.pack_runs import tracked_pack
+from dlkit.execution.pack_runs import MemberRun, tracked_pack
 from dlkit.execution.run_logs import gradient_probe, log_end, log_start
-from dlkit.recipes.packing import single_device, trains_alone
+from dlkit.recipes.packing import trains_alone
 from dlkit.recipes.recipe import Recipe, get_recipe
+from dlkit.recipes.train_options import TrainOptions
 from dlkit.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -74,14 +75,17 @@ def train(
     """
     from dlkit.data.dataset import load_dataset
     from dlkit.errors import DlkitError
-    from dlkit.nn.training import EpochLines, fit
+    from dlkit.nn.training import EpochLines, fit, fit_one
 
     recipe = (
         get_recipe(recipe, **overrides) if isinstance(recipe, str) else recipe.replace(**overrides)
     )
+    options = TrainOptions(
+        seed=seed, verbose=verbose, gradient_norms=gradient_norms, devices=devices
+    )
     data = load_dataset(data, seed=seed) if isinstance(data, str) else data
     if seeds is not None:
-        if gradient_norms or register or not single_device(devices):
+        if gradient_norms or register or not options.one_device:
             raise DlkitError(
                 "train with seeds trains them together in one pack: without gradient_norms, "
                 "register or several devices. Train once per seed for those."
@@ -93,20 +97,11 @@ def train(
     if not track:
         if register:
             raise DlkitError("register needs tracking: a model is registered from its MLflow run.")
-        return fit(recipe, data, seed=seed, verbose=verbose, devices=devices)
+        return fit_one(recipe, data, options)
     tracker = Tracker(tracking_uri, experiment)
     name = run_name or f"{recipe.name}/seed{seed}"
-    if trains_alone(recipe, gradient_norms=gradient_norms, devices=devices):  # Keras's loop
-        run_id, result = tracked_fit(
-            tracker,
-            recipe,
-            data,
-            seed=seed,
-            run_name=name,
-            verbose=verbose,
-            gradient_norms=gradient_norms,
-            devices=devices,
-        )
+    if trains_alone(recipe, options):  # Keras's loop
+        run_id, result = tracked_fit(tracker, recipe, data, options, run_name=name)
         result.run_id = run_id
     else:  # a pack of one, as a comparison trains it
         lines = EpochLines(recipe.epochs) if verbose else None
@@ -125,16 +120,8 @@ def _train_seeds(
     *,
     on_epoch: Callable[[int, dict[str, float], int], None] | None = None,
 ) -> list[TrainResult]:
-    members = tracked_pack(
-        tracker,
-        [recipe] * len(seeds),
-        data,
-        list(seeds),
-        names=names,
-        tags=[{}] * len(seeds),
-        params=[{}] * len(seeds),
-        on_epoch=on_epoch,
-    )
+    runs = [MemberRun(recipe, seed, name) for seed, name in zip(seeds, names, strict=True)]
+    members = tracked_pack(tracker, runs, data, on_epoch=on_epoch)
     for _, outcome in members:
         if isinstance(outcome, Exception):
             raise outcome  # its run is FAILED; the others' are FINISHED
@@ -145,38 +132,23 @@ def tracked_fit(
     tracker: Tracker,
     recipe: Recipe,
     data: Dataset,
+    options: TrainOptions,
     *,
-    seed: int,
     run_name: str,
     parent_id: str | None = None,
     tags: dict[str, str] | None = None,
     params: dict[str, Any] | None = None,
-    verbose: int | str = 2,
-    callbacks: Sequence[Any] = (),
-    gradient_norms: bool = False,
-    devices: int | str = 1,
 ) -> tuple[str, TrainResult]:
     """Runs `fit` inside one MLflow run of `tracker` and logs everything about it.
 
     `params` are logged beside the recipe's and the dataset's. With
-    `gradient_norms`, per-layer gradient norms on a fixed batch of 512
+    `options.gradient_norms`, per-layer gradient norms on a fixed batch of 512
     training examples are logged at step 0 (initialization) and every epoch.
     The run ends FINISHED, FAILED (the exception propagates) or KILLED.
     """
     run_tags = {keys.RECIPE: recipe.name, keys.DATASET: data.info.name, **(tags or {})}
     with tracker.run(run_name, tags=run_tags, parent_id=parent_id) as run_id:
-        result = fit_in_run(
-            tracker,
-            run_id,
-            recipe,
-            data,
-            seed=seed,
-            params=params,
-            verbose=verbose,
-            callbacks=callbacks,
-            gradient_norms=gradient_norms,
-            devices=devices,
-        )
+        result = fit_in_run(tracker, run_id, recipe, data, options, params=params)
     return run_id, result
 
 
@@ -185,33 +157,24 @@ def fit_in_run(
     run_id: str,
     recipe: Recipe,
     data: Dataset,
+    options: TrainOptions,
     *,
-    seed: int,
     params: dict[str, Any] | None,
-    verbose: int | str,
-    callbacks: Sequence[Any],
-    gradient_norms: bool,
-    devices: int | str = 1,
     reuse: bool = False,
     sweep: bool = False,
 ) -> TrainResult:
+    """`fit_one` inside the open run `run_id`: what it is logged as it starts, its epochs as
+    they end, its results at the end (without a model, artifacts or inputs for a `sweep`)."""
     from dlkit.nn.callbacks import EpochLogger
-    from dlkit.nn.training import fit
+    from dlkit.nn.training import fit_one
 
-    recipe = log_start(tracker, run_id, recipe, data, seed, params, sweep=sweep)
+    recipe = log_start(tracker, run_id, recipe, data, options.seed, params, sweep=sweep)
     # Gradient norms go first so their values are in the logs MLflow receives.
-    probes = [gradient_probe(data)] if gradient_norms else []
+    probes = [gradient_probe(data)] if options.gradient_norms else []
     epochs = tracker.epoch_metrics(run_id)
     try:
-        result = fit(
-            recipe,
-            data,
-            seed=seed,
-            verbose=verbose,
-            callbacks=[*probes, EpochLogger(epochs), *callbacks],
-            devices=devices,
-            reuse=reuse,
-        )
+        callbacks = (*probes, EpochLogger(epochs), *options.callbacks)
+        result = fit_one(recipe, data, options.replace(callbacks=callbacks), reuse=reuse)
         for probe in probes:
             tracker.log_metrics(run_id, probe.initial, step=0)
         log_end(tracker, run_id, result, data, sweep=sweep, curves=epochs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 from dlkit.errors import DlkitError
-from dlkit.recipes.packing import single_device
 
 
 def device_name() -> str:
@@ -14,19 +13,18 @@ def device_name() -> str:
 
 
 def distribution(devices: int | str) -> tf.distribute.Strategy | None:
-    """Returns the `MirroredStrategy` over `devices` devices, or `None` for one device.
+    """Returns the `MirroredStrategy` over `devices` devices (as `TrainOptions` holds them: a
+    count of 1 or more, or `"all"`), or `None` for one device.
 
     GPUs when TensorFlow sees any; otherwise that many logical CPU devices,
     which TensorFlow allows only before its runtime starts in this process.
     """
-    if single_device(devices):
+    if devices == 1:
         return None
     gpus = tf.config.list_physical_devices("GPU")
     if devices == "all":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
     count = int(devices)
-    if count < 1:
-        raise DlkitError(f"devices must be 1 or more, or 'all'. Received: {devices!r}")
     if gpus:
         if count > len(gpus):
             raise DlkitError(

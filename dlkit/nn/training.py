@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -25,9 +26,10 @@ from dlkit.nn.pack_training import train_pack
 from dlkit.nn.results import TrainingDiverged, TrainResult, best_epoch, diverged, member_result
 from dlkit.nn.traced import TRACED
 from dlkit.recipes.builders import get_builder
-from dlkit.recipes.packing import single_device, trains_alone
+from dlkit.recipes.packing import trains_alone
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
+from dlkit.recipes.train_options import TrainOptions
 
 # Training steps per call into TensorFlow. It changes nothing about the
 # updates (batch size and order stay as the recipe says) but removes most of
@@ -127,38 +129,60 @@ def fit(
     A Ctrl-C or SIGTERM is held while TensorFlow runs and raised at the next
     step's end (see `train_pack`).
     """
+    options = TrainOptions(seed=seed, verbose=verbose, callbacks=callbacks, devices=devices)
     if seeds is not None:
-        return _fit_seeds(recipe, data, seeds, callbacks=callbacks, devices=devices)
-    needs_keras = (
-        keras_loop
-        or reuse
-        or callbacks
-        or steps_per_execution != STEPS_PER_EXECUTION
-        or jit_compile != "auto"
-        or trains_alone(recipe, devices=devices)
-    )
-    if not needs_keras:
-        on_epoch = EpochLines(recipe.epochs) if verbose else None
-        return _fit_seeds(recipe, data, [seed], callbacks=(), devices=1, on_epoch=on_epoch)[0]
-    with signals.deferred():
-        return _fit_one(
-            recipe, data, seed, callbacks, verbose, steps_per_execution, jit_compile, devices, reuse
-        )
+        return _fit_seeds(recipe, data, seeds, options)
+    loop = KerasLoop(steps_per_execution, jit_compile)
+    keras_loop = keras_loop or loop != KerasLoop()
+    return fit_one(recipe, data, options, reuse=reuse, loop=loop if keras_loop else None)
 
 
-def _fit_one(
-    recipe, data, seed, callbacks, verbose, steps_per_execution, jit_compile, devices, reuse
+@dataclasses.dataclass(frozen=True)
+class KerasLoop:
+    """Keras's own `fit` loop, and how it calls TensorFlow (what the benchmarks vary).
+
+    Args:
+        steps_per_execution: Steps per TensorFlow call. Defaults to `STEPS_PER_EXECUTION`.
+        jit_compile: XLA compilation, passed to `compile`. Defaults to `"auto"`.
+    """
+
+    steps_per_execution: int = STEPS_PER_EXECUTION
+    jit_compile: bool | str = "auto"
+
+
+@_retracing_expected
+def fit_one(
+    recipe: Recipe,
+    data: Dataset,
+    options: TrainOptions,
+    *,
+    reuse: bool = False,
+    loop: KerasLoop | None = None,
 ) -> TrainResult:
+    """`fit` of one seed, with its options as one value: a pack of one, or Keras's own loop
+    (`loop`, or what `options` or the recipe need: callbacks, several devices, `reuse`, a
+    recipe no pack trains)."""
+    if loop is None and not (reuse or options.callbacks or trains_alone(recipe, options)):
+        on_epoch = EpochLines(recipe.epochs) if options.verbose else None
+        return _fit_seeds(recipe, data, [options.seed], options, on_epoch=on_epoch)[0]
+    with signals.deferred():
+        return _fit_keras(recipe, data, options, loop or KerasLoop(), reuse=reuse)
+
+
+def _fit_keras(
+    recipe: Recipe, data: Dataset, options: TrainOptions, loop: KerasLoop, *, reuse: bool
+) -> TrainResult:
+    seed = options.seed
     recipe = _trainable(recipe, data.info)
     info = data.info
-    strategy = distribution(devices)  # before anything starts TensorFlow's runtime
-    steps, repeat, steps_per_execution = _loop(info, recipe, strategy, steps_per_execution)
+    strategy = distribution(options.devices)  # before anything starts TensorFlow's runtime
+    steps, repeat, steps_per_execution = _loop(info, recipe, strategy, loop.steps_per_execution)
     keras.utils.set_random_seed(seed)
     reuse = reuse and not strategy
     # A registered model's recipe names its builder; the builder itself (re-registered in a
     # notebook, say) is part of what a kept model was traced from.
     builder = get_builder(recipe.model).function if recipe.model else None
-    key = (recipe, builder, steps_per_execution, jit_compile)
+    key = (recipe, builder, steps_per_execution, loop.jit_compile)
     model, optimizer_start = _compiled(recipe, data, strategy, key, reuse=reuse)
     own, validation, early_stopping, timer = _own_callbacks(recipe, data, strategy)
 
@@ -169,8 +193,8 @@ def _fit_one(
         validation_data=validation,
         epochs=recipe.epochs,
         shuffle=False,  # the pipeline already reshuffles every epoch, from the seed
-        callbacks=[*own, *callbacks],
-        verbose=verbose,
+        callbacks=[*own, *options.callbacks],
+        verbose=options.verbose,
     ).history
     wall_time = time.perf_counter() - start
     history = {key: [float(v) for v in values] for key, values in history.items()}
@@ -368,8 +392,8 @@ def _result(recipe, info, seed, member, wall_time, seconds, size):
     return member_result(recipe, info, seed, member, wall_time / size, timed, size)
 
 
-def _fit_seeds(recipe, data, seeds, *, callbacks, devices, on_epoch=None) -> list[TrainResult]:
-    if callbacks or not single_device(devices):
+def _fit_seeds(recipe, data, seeds, options, *, on_epoch=None) -> list[TrainResult]:
+    if options.callbacks or not options.one_device:
         raise DlkitError(
             "fit with seeds trains them together in one pack, which takes no Keras callbacks "
             "and one device. Call fit once per seed for those."

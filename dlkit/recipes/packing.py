@@ -6,6 +6,7 @@ import dataclasses
 
 from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
+from dlkit.recipes.train_options import TrainOptions
 
 # Fields the members of one pack may differ in: each acts on the member's own
 # weights or units element by element, draws its initial weights, or says when it stops.
@@ -40,15 +41,11 @@ def pack_shape(recipe: Recipe) -> Recipe:
     return shared
 
 
-def trains_alone(recipe: Recipe, *, gradient_norms: bool = False, devices: int | str = 1) -> bool:
+def trains_alone(recipe: Recipe, options: TrainOptions | None = None) -> bool:
     """Whether a training needs Keras's own `fit` rather than a pack: a recipe that is not
     `packable`, gradient norms (a Keras callback), or several devices."""
-    return not packable(recipe) or gradient_norms or not single_device(devices)
-
-
-def single_device(devices: int | str) -> bool:
-    """Whether `devices` (a count, `"all"`, or a count as text from the command line) is one."""
-    return devices in (1, "1")
+    options = options or TrainOptions()
+    return not packable(recipe) or options.gradient_norms or not options.one_device
 
 
 def packable(recipe: Recipe) -> bool:
