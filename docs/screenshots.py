@@ -45,9 +45,9 @@ def take(store: str, output: Path) -> list[Path]:
     """Screenshots the quickstart's runs, parent, a child and the report into `output`."""
     from playwright.sync_api import sync_playwright
 
-    from dlkit import Tracker
     from dlkit.comparison.loading import load_comparison
     from dlkit.tracking import ui
+    from dlkit.tracking.tracker import Tracker
 
     tracker = Tracker(store, "quickstart", create=False)
     comparison = load_comparison(tracker)

@@ -10,9 +10,10 @@ import os
 
 import pytest
 
-from dlkit import Tracker, compare
+from dlkit import compare
 from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.tracking import ui
+from dlkit.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.browser
 

@@ -193,6 +193,35 @@ def test_adam_is_fused_but_updates_as_keras_adam_and_saves_as_plain_adam(tmp_pat
     assert type(loaded.optimizer) is keras.optimizers.Adam
 
 
+def test_the_fused_adam_reads_names_keras_s_adam_still_has():
+    # The fused update reads Keras's private optimizer state: this fails, by name, on a Keras
+    # that renamed it (the update then falls back to Keras's own, see the next test).
+    from dlkit.nn.optimizers import KERAS_NAMES
+
+    adam = keras.optimizers.Adam(0.01)
+    adam.build([keras.Variable(np.zeros((2, 2), "float32"))])
+    assert [name for name in KERAS_NAMES if not hasattr(adam, name)] == []
+    parameters = list(inspect.signature(keras.optimizers.Adam.update_step).parameters)
+    assert parameters == ["self", "gradient", "variable", "learning_rate"]
+
+
+def test_without_those_names_the_fused_adam_updates_as_keras_s_own(monkeypatch):
+    from dlkit.nn import optimizers
+
+    monkeypatch.setattr(optimizers, "KERAS_NAMES", ("_a_name_keras_does_not_have",))
+    recipe = SMALL.replace(optimizer="adam", learning_rate=0.01)
+    keras.utils.set_random_seed(0)
+    plain = build_model(recipe, (6,), 3, input_max=1.0)
+    keras.utils.set_random_seed(0)
+    fused = build_model(recipe, (6,), 3, input_max=1.0)
+    plain.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+    compile_model(fused, recipe)
+    for model in (plain, fused):
+        model.train_on_batch(X, Y)
+    for a, b in zip(plain.trainable_weights, fused.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def before_weights(recipe: Recipe) -> np.ndarray:
     keras.utils.set_random_seed(0)
     return build_model(recipe, (6,), 3, input_max=1.0).trainable_weights[0].numpy()

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import dlkit
 from dlkit import DlkitError
 from dlkit.recipes import builders
+from dlkit.tracking.tracker import Tracker
 
 # A Functional model: batch normalization and a residual connection, outputs logits.
 FUNCTIONAL = """
@@ -144,7 +145,7 @@ def test_a_functional_model_from_a_module_beside_the_file_compares_tuned(tmp_pat
     runs = result.runs[result.runs["variant"] == "bn-res"]
     run = mlflow.MlflowClient(store).get_run(runs["run_id"].iloc[0])
     assert run.data.params["model"] == "bn-res" and "depth" not in run.data.params
-    uri = dlkit.Tracker(store).model_uri(run.info.run_id)
+    uri = Tracker(store).model_uri(run.info.run_id)
     x = np.random.default_rng(0).uniform(0, 16, size=(3, 64)).astype("float32")
     predicted = np.asarray(mlflow.pyfunc.load_model(uri).predict(x))
     assert predicted.shape == (3, 10)  # the softmax dlkit put on its logits
@@ -191,7 +192,7 @@ def test_a_custom_layer_model_predicts_through_pyfunc_in_a_fresh_process(tmp_pat
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = dlkit.train(dlkit.get_recipe("two-layer", width=8, epochs=1), digits, seed=0,
                          tracking_uri=store, verbose=0)  # fmt: skip
-    uri = dlkit.Tracker(store).model_uri(result.run_id)
+    uri = Tracker(store).model_uri(result.run_id)
     elsewhere = tmp_path / "elsewhere"  # where the module is not: it comes with the model
     elsewhere.mkdir()
     script = (

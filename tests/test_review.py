@@ -20,11 +20,12 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from tiny import tiny
 
-from dlkit import DlkitError, Tracker, compare, load_model, train
+from dlkit import DlkitError, compare, load_model, train
 from dlkit.cli import main
 from dlkit.comparison.experiment_file import parse_experiment
 from dlkit.comparison.progress import Progress
 from dlkit.console import filtered_stderr
+from dlkit.tracking.tracker import Tracker
 from dlkit.tracking.ui import free_port
 
 SMALL = {"epochs": 2, "width": 16, "depth": 2, "batch_size": 64, "verbose": 0}

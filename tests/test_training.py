@@ -267,3 +267,16 @@ def test_tensorflow_s_retracing_warning_is_dropped_only_while_dlkit_trains(digit
     assert not quieted()  # importing dlkit leaves a program's own TensorFlow logs alone
     fit(SMALL.replace(epochs=1), digits, verbose=0, callbacks=[probe])
     assert during == [True] and not quieted()
+
+
+def test_a_library_caller_keeps_its_own_sigint_handler_outside_dlkit_s_training(digits):
+    # A notebook or script calling dlkit: dlkit holds Ctrl-C only while it trains or writes.
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    during = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda *_: during.append(signal.getsignal(signal.SIGINT))
+    )
+    fit(SMALL.replace(epochs=1), digits, verbose=0, callbacks=[probe])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    if before[0] is signal.default_int_handler:  # borrowed for the training, then given back
+        assert during and during[0] is not signal.default_int_handler

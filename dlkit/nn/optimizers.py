@@ -36,7 +36,14 @@ def fused_adam(learning_rate: float = 0.001, **kwargs) -> keras.optimizers.Adam:
     return optimizer
 
 
+# What the fused update reads of Keras's Adam: private names, so a Keras that renames them
+# gets its own update instead (tests/test_models.py fails first, naming which is gone).
+KERAS_NAMES = ("_momentums", "_velocities", "_get_variable_index")
+
+
 def _fused_update_step(self: keras.optimizers.Adam, gradient, variable, learning_rate) -> None:
+    if not all(hasattr(self, name) for name in KERAS_NAMES):  # checked as the step is traced
+        return keras.optimizers.Adam.update_step(self, gradient, variable, learning_rate)
     dtype = variable.dtype
     step = tf.cast(self.iterations + 1, dtype)
     index = self._get_variable_index(variable)
