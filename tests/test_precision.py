@@ -33,6 +33,13 @@ def test_auto_follows_the_hardware_and_other_values_stay():
         assert resolve_precision("auto") == expected
 
 
+def test_a_recipe_resolves_auto_once_and_a_resolved_one_is_itself():
+    auto = Recipe(precision="auto")
+    assert auto.resolved() == auto.replace(precision=resolve_precision("auto")) != auto
+    concrete = Recipe(precision="float32")
+    assert concrete.resolved() is concrete
+
+
 @pytest.mark.parametrize(
     "flags, native",
     [("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16", True), ("avx2 fma", False)],

@@ -25,7 +25,6 @@ from dlkit.comparison.seeds import Seeds
 from dlkit.comparison.sweep import tuned
 from dlkit.errors import DlkitError
 from dlkit.execution.executors import check as check_executor
-from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, safe_name, wrap
 from dlkit.tracking.members import finished as finished_runs
@@ -181,10 +180,7 @@ def _checked(experiment: Experiment, options: Options) -> tuple[dict[str, Recipe
     """The variants' recipes and the loaded data, once everything that can be checked
     before a run opens is: sizes, the data, whether tuning has a validation split."""
     # `auto` precision is resolved here, so the value that runs is the one hashed and logged.
-    recipes = {
-        label: recipe.replace(precision=resolve_precision(recipe.precision))
-        for label, recipe in experiment.recipes().items()
-    }
+    recipes = {label: recipe.resolved() for label, recipe in experiment.recipes().items()}
     _check_size(experiment, options)
     # Loaded here once (and cached for the children this process runs), so
     # a broken dataset fails before any run is opened.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dlkit.data.dataset import Dataset, DatasetInfo
-from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.tracking.calls import EpochMetrics
 from dlkit.tracking.tracker import Tracker
@@ -40,7 +39,7 @@ def train_params(recipe: Recipe, info: DatasetInfo, seed: int) -> dict[str, Any]
 def log_start(tracker, run_id, recipe, data, seed, params, *, sweep: bool = False) -> Recipe:
     """Logs what a training is before it starts; returns the recipe as it runs. A sweep's
     run logs no dataset inputs: its parent has them."""
-    recipe = recipe.replace(precision=resolve_precision(recipe.precision))  # log what runs
+    recipe = recipe.resolved()  # log what runs
     tracker.log_params(run_id, {**train_params(recipe, data.info, seed), **(params or {})})
     if not sweep:
         tracker.log_dataset(run_id, data)

@@ -10,7 +10,6 @@ import numpy as np
 
 from dlkit.nn.layers import Maxout
 from dlkit.nn.optimizers import fused_adam
-from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -57,7 +56,8 @@ def build_model(
     """
     # The hidden layers compute in the recipe's precision (weights stay float32);
     # the input scaling, the softmax output and so the loss stay float32.
-    policy = resolve_precision(recipe.precision)
+    recipe = recipe.resolved()  # what `auto` means on this machine, once
+    policy = recipe.precision
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if recipe.model:
         normalize = _input_layers(recipe, input_max, input_mean, input_variance)
@@ -123,7 +123,7 @@ def build_registered(
     builder = get_builder(recipe.model)
     example = tuple(int(d) for d in image_shape) if image_shape else shape
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(resolve_precision(recipe.precision))
+    keras.config.set_dtype_policy(recipe.resolved().precision)
     try:
         inner = builder.function(recipe, example, num_classes)
     finally:
@@ -300,7 +300,7 @@ def compile_model(
         The same model, compiled.
     """
     optimizer = make_optimizer(recipe)
-    if resolve_precision(recipe.precision) == "mixed_float16":
+    if recipe.resolved().precision == "mixed_float16":
         # float16 gradients underflow without it; bfloat16 has float32's range
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(

@@ -46,7 +46,6 @@ from dlkit.nn import callbacks
 from dlkit.nn.layers import Maxout
 from dlkit.nn.models import build_for, compile_model, make_optimizer
 from dlkit.recipes.packing import PER_MEMBER, PER_MEMBER_DEFAULTS, pack_shape, packable
-from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 
 SCORE_CHUNK = callbacks.SCORE_CHUNK  # here examples x members per traced call
@@ -113,7 +112,7 @@ class Pack:
                 "A pack's members train on one dataset, or on random splits of one pool of "
                 "examples (DataSpec(split='random').load(seed)); these are neither."
             )
-        self.recipes = [r.replace(precision=resolve_precision(r.precision)) for r in recipes]
+        self.recipes = [recipe.resolved() for recipe in recipes]
         self.seeds = [int(seed) for seed in seeds]
         self.size = len(self.recipes)
         self.shape = pack_shape(self.recipes[0])

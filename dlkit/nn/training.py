@@ -27,7 +27,6 @@ from dlkit.nn.results import TrainingDiverged, TrainResult, best_epoch, diverged
 from dlkit.nn.traced import TRACED
 from dlkit.recipes.builders import get_builder
 from dlkit.recipes.packing import trains_alone
-from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.recipes.train_options import TrainOptions
 
@@ -429,7 +428,7 @@ def _trainable(recipe: Recipe, info: DatasetInfo) -> Recipe:
             "split. Set validation_split above 0 or monitor 'loss'."
         )
     recipe.check_size(*info.dims)
-    return recipe.replace(precision=resolve_precision(recipe.precision))
+    return recipe.resolved()
 
 
 def _predicted_classes(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from dlkit.recipes.precision import resolve_precision
 from dlkit.recipes.recipe import Recipe
 from dlkit.recipes.train_options import TrainOptions
 
@@ -35,7 +34,7 @@ PER_MEMBER_DEFAULTS = {
 
 def pack_shape(recipe: Recipe) -> Recipe:
     """Returns what the members of a pack share: the recipe less its per-member fields."""
-    shared = recipe.replace(**PER_MEMBER_DEFAULTS, precision=resolve_precision(recipe.precision))
+    shared = recipe.resolved().replace(**PER_MEMBER_DEFAULTS)
     if recipe.activation == "maxout":  # kernels `maxout_pieces` times as wide, then a max
         return shared.replace(activation="maxout")
     return shared
@@ -57,4 +56,4 @@ def packable(recipe: Recipe) -> bool:
     """
     if recipe.model or recipe.convolutional:
         return False
-    return resolve_precision(recipe.precision) != "mixed_float16"
+    return recipe.resolved().precision != "mixed_float16"

@@ -27,6 +27,7 @@ from dlkit.recipes.fields import (
     parse_text,
     physical_memory,
 )
+from dlkit.recipes.precision import resolve_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +224,18 @@ class Recipe:
         Unknown field names raise `DlkitError` naming the closest fields.
         """
         return dataclasses.replace(self, **coerce_overrides(overrides))
+
+    def resolved(self) -> Recipe:
+        """Returns this recipe as it runs on this machine: `precision="auto"` replaced by what
+        it means here (see `resolve_precision`), or itself when nothing is left to resolve.
+
+        Resolved once where a training enters dlkit (a comparison's plan, `fit`, `build_model`),
+        so that what is hashed, logged and trained is one value.
+        """
+        precision = resolve_precision(self.precision)
+        return (
+            self if precision == self.precision else dataclasses.replace(self, precision=precision)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the recipe as plain values (what MLflow logs as params)."""
