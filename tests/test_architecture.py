@@ -120,6 +120,7 @@ def test_reading_a_comparison_does_not_load_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+MAX_MODULE_LINES = 600  # "about 500": a module past it holds more than one job
 MAX_FUNCTION_LINES = 60  # lines of code in a body: blank lines, comments and docstrings not counted
 
 
@@ -135,6 +136,15 @@ def _code_lines(path: Path, node: ast.FunctionDef | ast.AsyncFunctionDef) -> int
     )
     code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
     return len(code) - docstring
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_says_its_one_job_first_and_stays_short(module):
+    path = PACKAGE / f"{module.replace('.', '/')}.py"
+    text = path.read_text()
+    docstring = ast.get_docstring(ast.parse(text))
+    assert docstring and docstring.splitlines()[0].strip(), f"{module}: no first line of its job"
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{module}: split it by job"
 
 
 def test_no_function_is_longer_than_sixty_lines_of_code():
