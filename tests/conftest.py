@@ -13,7 +13,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import dlkit  # noqa: E402, F401  (its TensorFlow switches, set before any test loads TensorFlow)
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+# Real MNIST's IDX files, for the few tests that train on them: $DLKIT_MNIST_DIR, else a
+# `shared/data/mnist` folder beside the checkout (where the project's CI keeps them).
+SHARED_MNIST = Path(
+    os.environ.get("DLKIT_MNIST_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Integration: real MNIST files from ../shared/data/mnist, skipped where they are absent."""
+"""Integration: real MNIST files ($DLKIT_MNIST_DIR, see conftest), skipped where they are absent."""
 
 from __future__ import annotations
 
