@@ -48,20 +48,10 @@ TOP_KEYS = (
     "equivalence",
     "imports",
 )
-
-
 DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split", "split")
-
-
 VARIANT_KEYS = ("label", "recipe", "overrides")
-
-
 GRID_KEYS = ("recipe", "axes")
-
-
 MAX_GRID = 100_000  # variants a grid may expand to, whatever --yes says
-
-
 MAX_FILE_BYTES = 1_000_000
 
 

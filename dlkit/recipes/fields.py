@@ -23,8 +23,6 @@ ACTIVATIONS = (
     "linear",
     "maxout",
 )
-
-
 INITIALIZERS = (
     "glorot_uniform",
     "glorot_normal",
@@ -35,23 +33,11 @@ INITIALIZERS = (
     "large_normal",  # stddev 1.0: the "large random" of the initialization lesson
     "zeros",
 )
-
-
 LOSSES = ("crossentropy", "mse")
-
-
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
-
-
 NORMALIZATIONS = ("none", "scale", "standardize")
-
-
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-
-
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
-
-
 MAX_DEPTH = 1000  # hidden layers; far past where any lesson needs them
 
 
@@ -65,8 +51,6 @@ CHOICES = (
     ("monitor", MONITORS),
     ("precision", PRECISIONS),
 )
-
-
 RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("depth", {"low": 0, "high": MAX_DEPTH}),
     ("width", {"low": 1}),
