@@ -27,6 +27,12 @@ an epoch of every member. Each member still trains as it would alone:
 
 Then each member is unpacked into its own `keras.Sequential` from
 `build_model`: what a caller holds never depends on the pack it trained in.
+
+The rest of packing, one layer each: which recipes pack together (`pack_shape`, `packable`,
+`trains_alone` in `dlkit.recipes.packing`), its epochs (`dlkit.nn.pack_training`), how a
+comparison groups its children into packs and sizes them (`dlkit.execution.packs`), each
+member as its own MLflow run (`dlkit.execution.pack_runs`), and what packs buy
+(`dlkit.bench.packs`).
 """
 
 from __future__ import annotations
