@@ -1,6 +1,6 @@
 """Worker processes on this machine (`workers` > 1 with the local executor): the same numbers as
 one process, a killed worker's child trained again, a stopped comparison that leaves nothing
-RUNNING and no worker behind.
+RUNNING and no worker behind; and the Ray instance a comparison starts, kept for all its stages.
 
 Every test spawns real worker processes, each importing TensorFlow: they are slow.
 """
@@ -163,3 +163,24 @@ def test_a_worker_that_cannot_load_tensorflow_is_reported_as_that(tmp_path, monk
     (failure,) = {line.split("FAILED - ")[1] for line in failed}
     assert "worker process could not start (ImportError: this TensorFlow is broken)" in failure
     assert "import tensorflow" in failure  # how to check the installation
+
+
+def test_a_comparison_starts_its_ray_once_for_all_its_stages_and_ends_it(tmp_path):
+    import ray
+
+    assert not ray.is_initialized()
+    # Tuning, then seeds added until decided: stages that each send their packs to Ray.
+    tuned = tiny("ray-stages", tune={"learning_rate": [0.01, 0.1], "seeds": 1}, max_seeds=4)
+    store = f"sqlite:///{tmp_path}/ray.db"
+    result = compare(parse_experiment(tuned), tracking_uri=store, executor="ray", **QUIET)
+    assert result.failed == 0 and not ray.is_initialized()  # ended with the comparison
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("ray-stages").experiment_id
+    runs = [
+        r for r in client.search_runs([experiment]) if r.data.tags.get("dlkit.role") != "parent"
+    ]
+    stages = {r.data.tags["dlkit.role"] for r in runs}
+    assert {"tuning", "child"} <= stages, stages
+    # One worker trained every stage's packs: Ray and its worker's TensorFlow were started once.
+    trained = {r.data.tags["dlkit.pid"] for r in runs if "dlkit.config_hash" in r.data.tags}
+    assert len(trained) == 1 and str(os.getpid()) not in trained

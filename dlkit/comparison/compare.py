@@ -25,6 +25,7 @@ from dlkit.comparison.seeds import Seeds
 from dlkit.comparison.sweep import tuned
 from dlkit.errors import DlkitError
 from dlkit.execution.executors import check as check_executor
+from dlkit.execution.executors import ray_kept
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, safe_name, wrap
 from dlkit.tracking.members import finished as finished_runs
@@ -83,14 +84,15 @@ def compare(
     progress = in_notebook() if progress is None else progress
     experiment = resolve_experiment(target, options)
     log = log or functools.partial(print, flush=True)
-    if not options.replicate:
-        return _compare(experiment, options, callbacks, log, progress)
-    replica = replication_of(experiment)
-    replica.data.load()  # a second slice that does not fit fails before anything trains
-    comparison = _compare(experiment, options, callbacks, log, progress)
-    log(f"Replication on training images {_slice(replica)}:")
-    once = options.replace(register_best=None)  # the first slice's best is the one registered
-    comparison.replication = _compare(replica, once, callbacks, log, progress)
+    replica = replication_of(experiment) if options.replicate else None
+    if replica is not None:
+        replica.data.load()  # a second slice that does not fit fails before anything trains
+    with ray_kept():  # one Ray instance for every stage (sweep, looks, replication), if any
+        comparison = _compare(experiment, options, callbacks, log, progress)
+        if replica is not None:
+            log(f"Replication on training images {_slice(replica)}:")
+            once = options.replace(register_best=None)  # the first slice's best is registered
+            comparison.replication = _compare(replica, once, callbacks, log, progress)
     return comparison
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import gc
 import os
 import signal
@@ -148,6 +149,28 @@ def _remote(address: str | None) -> bool:
     return host not in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+# Inside `ray_kept()`: a Ray instance a stage started stays up for the next stages (a sweep, the
+# looks that add seeds), whose workers then keep TensorFlow loaded; the block ends it.
+_kept: dict[str, Any] = {"depth": 0, "started": False, "shipped": set()}
+
+
+@contextlib.contextmanager
+def ray_kept() -> Iterator[None]:
+    """Keeps the Ray instance the first Ray stage inside the block starts until the block
+    ends, instead of one per stage: starting Ray and loading TensorFlow in its workers costs
+    seconds each time. A Ray the caller started (or joined) is theirs, and left running."""
+    _kept["depth"] += 1
+    try:
+        yield
+    finally:
+        _kept["depth"] -= 1
+        if _kept["depth"] == 0 and _kept["started"]:
+            _kept["started"] = False
+            import ray
+
+            ray.shutdown()
+
+
 def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildSpec, Any]]:
     if resources.ray_address in (None, "", "local"):
         # The comparison's own Ray instance serves this machine only: Ray then binds its
@@ -155,6 +178,9 @@ def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildS
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    if _kept["started"] and not set(_modules(work)) <= _kept["shipped"]:
+        ray.shutdown()  # a kept Ray without this work's model modules: start one with them
+        _kept["started"] = False
     started_here = not ray.is_initialized()
     if started_here:
         options: dict[str, Any] = {
@@ -199,7 +225,9 @@ def _on_ray(work: Sequence[Unit], resources: Resources) -> Iterator[tuple[ChildS
                 results = [_lost(f"worker lost: {cause}")] * len(unit.specs)
             yield from zip(unit.specs, results)
     finally:
-        if started_here:
+        if started_here and _kept["depth"]:
+            _kept["started"], _kept["shipped"] = True, set(_modules(work))  # `ray_kept()` ends it
+        elif started_here:
             ray.shutdown()
 
 
@@ -207,8 +235,13 @@ def _shipped(work: Sequence[Unit]) -> dict[str, Any]:
     """The modules registering the work's models, shipped to Ray's workers with the job
     (`py_modules`, which Ray uploads only as the job starts), so that a cluster's nodes import
     the files this machine has."""
-    files = sorted({f for u in work for s in u.specs for f in s.imports.values() if f})
+    files = _modules(work)
     return {"runtime_env": {"py_modules": files}} if files else {}
+
+
+def _modules(work: Sequence[Unit]) -> list[str]:
+    """The files of the modules that register the work's models."""
+    return sorted({f for u in work for s in u.specs for f in s.imports.values() if f})
 
 
 def _unit_task(unit: Unit, threads: int) -> list[ChildResult]:
