@@ -97,7 +97,7 @@ def train(
     if not track:
         if register:
             raise DlkitError("register needs tracking: a model is registered from its MLflow run.")
-        return fit_one(recipe, data, options)
+        return fit_one(recipe, data, options.replace(gradient_norms=False))  # no run to log to
     tracker = Tracker(tracking_uri, experiment)
     name = run_name or f"{recipe.name}/seed{seed}"
     if trains_alone(recipe, options):  # Keras's loop
