@@ -6,15 +6,11 @@ Plain pandas over the children's params and metrics, as MLflow's search returns 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from dlkit.comparison.expectations import METRICS, Sample
-
-if TYPE_CHECKING:
-    pass
 
 
 def samples_by_variant(

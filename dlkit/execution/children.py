@@ -13,21 +13,18 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dlkit import keys
 from dlkit.data.dataset import DataSpec
 from dlkit.execution.pack_runs import MemberRun, tracked_pack
 from dlkit.execution.run_logs import failure
+from dlkit.execution.runs import fit_in_run
 from dlkit.recipes.recipe import Recipe
 from dlkit.recipes.train_options import TrainOptions
 from dlkit.tracking.claims import ClaimedElsewhere, contested
 from dlkit.tracking.stores import portable_uri
 from dlkit.tracking.tracker import Tracker
-
-if TYPE_CHECKING:
-    pass
-from dlkit.execution.runs import fit_in_run
 
 
 @dataclasses.dataclass(frozen=True)
