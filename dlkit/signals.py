@@ -13,6 +13,11 @@ Inside `deferred()` (every call into the tracking store) the first signal is
 held and raised when the call returns: an exception raised inside a SQLAlchemy
 session would leave its connection in an open transaction, and SQLite would
 then refuse the clean-up's own write ("database is locked").
+
+`hold()`, at the end of every epoch of every training, waits while the file named
+by `DLKIT_HOLD` exists: a training stops at a known point (after the epoch's
+checkpoint) for as long as someone outside wants, and a signal or a kill then
+finds it there, however fast the CPU trained.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HOLD = "DLKIT_HOLD"  # names a file: while it exists, training waits at each epoch's end
 _received: int | None = None
 _patient = False
 _handling = False  # inside handled(): our handler owns SIGINT and SIGTERM
@@ -64,6 +71,20 @@ def note(text: str) -> None:
 def notes() -> list[str]:
     """What `note` recorded since `handled()` began."""
     return list(_notes)
+
+
+def hold() -> float:
+    """Waits while the file named by the `DLKIT_HOLD` environment variable exists, until a
+    signal arrives; called at each epoch's end, after its checkpoint.
+
+    Returns:
+        The seconds it waited, which are not training time.
+    """
+    path = os.environ.get(HOLD)
+    began = time.perf_counter()
+    while path and os.path.exists(path) and _received is None:
+        time.sleep(0.02)
+    return time.perf_counter() - began
 
 
 def check() -> None:

@@ -8,8 +8,8 @@ import signal
 import numpy as np
 import pytest
 
-from dlkit import Recipe, signals
-from dlkit.execution.checkpoints import FOLDER, PackCheckpoint
+from dlkit import DlkitError, Recipe, signals
+from dlkit.execution.checkpoints import AFTER, FOLDER, PackCheckpoint
 from dlkit.nn.pack_training import train_pack
 from dlkit.tracking.tracker import Tracker
 
@@ -117,13 +117,56 @@ def test_members_done_before_an_interrupt_end_finished_and_the_rest_killed(digit
     assert runs["b"].info.status == ("FINISHED" if last <= 4 else "KILLED")
 
 
-def test_saves_stay_within_their_share_of_the_training_time(parent):
+def test_saves_stay_within_their_share_of_the_training_time(parent, monkeypatch):
     tracker, parent_id = parent
     checkpoint = PackCheckpoint(tracker, parent_id, HASHES)
     # the first save, once the pack has trained a while, measures what one costs
     assert not checkpoint.due(0.5) and checkpoint.due(2.0)
     checkpoint._saving, checkpoint._saves = 1.0, 1
     assert not checkpoint.due(30.0) and checkpoint.due(40.0)  # two saves: 2 s, 5% of 40 s
+    monkeypatch.setenv(AFTER, "0")  # the first save at the first epoch
+    assert PackCheckpoint(tracker, parent_id, HASHES).due(0.0)
+    monkeypatch.setenv(AFTER, "soon")
+    with pytest.raises(DlkitError, match="DLKIT_CHECKPOINT_AFTER must be a number of seconds"):
+        PackCheckpoint(tracker, parent_id, HASHES)
+
+
+def test_a_held_pack_waits_at_its_epochs_end_until_let_go_and_a_signal_ends_the_hold(
+    digits, parent, tmp_path, monkeypatch
+):
+    import threading
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv(signals.HOLD, str(hold))
+    events: list[str] = []
+
+    def let_go() -> None:
+        events.append("let go")
+        hold.unlink()
+
+    def on_epoch(k: int, logs: dict, at: int) -> None:
+        if k == 0:
+            events.append(f"epoch {at}")
+            if at == 1:
+                threading.Timer(0.3, let_go).start()
+
+    train_pack(RECIPES[2:], SEEDS[2:], digits, on_epoch=on_epoch)
+    assert events == ["epoch 1", "let go", "epoch 2", "epoch 3"]
+
+    # a signal ends the hold, and the epoch it held at is saved (none was due)
+    hold.touch()
+    checkpoint = PackCheckpoint(tracker := parent[0], parent[1], HASHES[2:])
+    monkeypatch.setenv(AFTER, "1000")
+
+    def signal_once_held(k: int, logs: dict, at: int) -> None:
+        if k == 0 and at == 1:
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    with signals.handled(), pytest.raises(signals.Interrupted):
+        train_pack(RECIPES[2:], SEEDS[2:], digits, on_epoch=signal_once_held,
+                   checkpoint=checkpoint)  # fmt: skip
+    assert checkpoint.saved_epoch == 1 and tracker.list_artifacts(parent[1], FOLDER)
 
 
 PACKED = {
@@ -169,19 +212,23 @@ def sigint_mid_pack_then_a_rerun(tmp_path, store: str) -> None:
         return found
 
     subprocess.run(command(plain), check=True, capture_output=True, timeout=600)
+    # Its pack saves its first epoch and holds there: the SIGINT finds it mid-pack, however
+    # fast the CPU
+    hold = tmp_path / "hold"
+    hold.touch()
+    held = {**os.environ, AFTER: "0", signals.HOLD: str(hold)}
     process = subprocess.Popen(command(store), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                               stderr=subprocess.STDOUT, text=True, env=held)  # fmt: skip
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(f"**/{FOLDER}/*.json")):  # its pack saved a first epoch
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output
     assert "in training was saved at epoch " in output and "resumes on rerun" in output, output
     saved = int(output.split("saved at epoch ")[1].split()[0])
-    assert 0 < saved < 60, output  # mid-pack
+    assert saved == 1, output  # where it held
 
     again = subprocess.run(command(store), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from tiny import tiny
 from trials import accuracies, kill_a_worker_mid_child
 
-from dlkit import DlkitError, compare
+from dlkit import DlkitError, compare, signals
 from dlkit.comparison.experiment_file import parse_experiment
+from dlkit.execution.checkpoints import AFTER
 from dlkit.tracking.ui import serve
 
 ray = pytest.importorskip("ray", reason="pip install 'ray>=2.9'")
@@ -26,15 +27,21 @@ TINY = tiny("scaling")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
+def local_ray(tmp_path_factory):
     """One local Ray instance, 2 CPUs, for the module: the executor joins it. Its workers run
     at normal priority, as the pool's do: Ray starts them at nice 15, and beside a CPU-bound
-    process on each core (issue 23's trials) a retried child then starved past every bound."""
+    process on each core (issue 23's trials) a retried child then starved past every bound.
+    Its workers hold their trainings while the module's hold file exists (`trials.holding`),
+    and a pack saves its first epoch."""
     niceness = os.environ.get("RAY_worker_niceness")
     os.environ["RAY_worker_niceness"] = "0"
+    held = {signals.HOLD: str(tmp_path_factory.mktemp("ray") / "hold"), AFTER: "0"}
+    os.environ.update(held)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+    for key in held:
+        del os.environ[key]
     if niceness is None:
         del os.environ["RAY_worker_niceness"]
     else:

@@ -9,14 +9,15 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
 
-from dlkit import compare
+from dlkit import compare, signals
 from dlkit.comparison.experiment_file import parse_experiment
+from dlkit.execution.checkpoints import AFTER
 
 
 def accuracies(result) -> dict[tuple[str, int], float]:
@@ -62,6 +63,29 @@ _TRAINING = """
     AND NOT EXISTS (SELECT 1 FROM latest_metrics AS m
                     WHERE m.run_uuid = runs.run_uuid AND m.key = 'test_accuracy')
 """
+
+
+@contextlib.contextmanager
+def holding(folder: Path, *, checkpoint_first: bool = False) -> Iterator[Path]:
+    """Every training started in the block, in this process or in one it starts, waits at
+    each epoch's end (after its checkpoint, saved at the first epoch if `checkpoint_first`)
+    while the yielded file exists: a test kills or interrupts it there, however fast the CPU
+    trains, then deletes the file to let the rest go on. A file `DLKIT_HOLD` names already
+    is the one used: Ray's workers read the environment Ray started with."""
+    hold = Path(os.environ.get(signals.HOLD) or folder / "hold")
+    hold.touch()
+    wanted = {signals.HOLD: str(hold), **({AFTER: "0"} if checkpoint_first else {})}
+    before = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield hold
+    finally:
+        hold.unlink(missing_ok=True)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def read_store(store: str, query: str, *args: Any, seen: list[str]) -> list[tuple] | None:
@@ -112,11 +136,11 @@ def kill_a_worker_mid_child(
     checkpointed: bool = False,
     **options: Any,
 ) -> tuple[Any, Any]:
-    """Runs a comparison of one slow seed per variant and, once `in_flight` children are
-    training (and, if `checkpointed`, a pack has saved a checkpoint), SIGKILLs the worker of
-    one. Returns the comparison and the killed child's run as it was."""
+    """Runs a comparison of one seed per variant, its trainings held at their epochs' ends,
+    and once `in_flight` children are training (and, if `checkpointed`, a pack has saved a
+    checkpoint), SIGKILLs the worker of one and lets the rest go on. Returns the comparison
+    and the killed child's run as it was."""
     slow = {**experiment, "dataset": {"source": "digits"}, "seeds": 1}
-    slow["overrides"] = {**experiment["overrides"], "epochs": 120, "batch_size": 32}
     outcome: dict = {}
 
     def run() -> None:
@@ -132,21 +156,25 @@ def kill_a_worker_mid_child(
             outcome["error"] = error
 
     created(store)
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        found = training(store, experiment["name"], in_flight, thread.is_alive)
-    except AssertionError as missed:  # the comparison ended first: say how
+    folder = Path(store.removeprefix("sqlite:///")).parent
+    with holding(folder, checkpoint_first=checkpointed) as hold:
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            found = training(store, experiment["name"], in_flight, thread.is_alive)
+        except AssertionError as missed:  # the comparison ended first: say how
+            hold.unlink()
+            thread.join(timeout=600)
+            raise AssertionError(f"{missed}; the comparison ended with {outcome}") from None
+        if checkpointed:  # each pack in training saves its first epoch, then holds
+            deadline = time.monotonic() + 180
+            saved = lambda: len(list(folder.glob("**/checkpoints/*.json")))  # noqa: E731
+            while saved() < len(found) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert saved() >= len(found), f"{saved()} of {len(found)} packs saved a checkpoint"
+        os.kill(found[0].pid, signal.SIGKILL)
+        hold.unlink()
         thread.join(timeout=600)
-        raise AssertionError(f"{missed}; the comparison ended with {outcome}") from None
-    if checkpointed:
-        folder = Path(store.removeprefix("sqlite:///")).parent
-        deadline = time.monotonic() + 180
-        while not list(folder.glob("**/checkpoints/*.json")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert list(folder.glob("**/checkpoints/*.json")), "no pack saved a checkpoint"
-    os.kill(found[0].pid, signal.SIGKILL)
-    thread.join(timeout=600)
     assert not thread.is_alive(), "the comparison did not end within 600 s of the kill"
     assert "error" not in outcome, outcome.get("error")
     return outcome["result"], found[0]

@@ -11,7 +11,8 @@ checkpoint continues from it; once the members are logged, it is removed.
 
 A save costs a write of the pack's weights and slots, so it is made only while the
 saves so far took at most `BUDGET` of the training time (the first once the pack has
-trained `FIRST` seconds), and always at the epoch an interrupt arrives in. The arrays are
+trained `FIRST` seconds, or as many as the `DLKIT_CHECKPOINT_AFTER` environment variable
+says: 0 saves the first epoch), and always at the epoch an interrupt arrives in. The arrays are
 stored with numpy's own format and the rest as JSON: nothing is unpickled from a shared
 store.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from dlkit.errors import DlkitError
 from dlkit.tracking.tracker import Tracker
 
 FOLDER = "checkpoints"
 BUDGET = 0.05  # at most this share of a pack's training goes into saving it
 FIRST = 2.0  # seconds of training before a first save: a shorter pack loses little to a stop
+AFTER = "DLKIT_CHECKPOINT_AFTER"  # the environment variable that sets another FIRST
 
 
 class PackCheckpoint:
@@ -51,13 +55,14 @@ class PackCheckpoint:
         self.loaded_epoch: int | None = None  # and that checkpoint's epoch
         self.saved_epoch: int | None = None  # the epoch of its last save
         self._saving, self._saves = 0.0, 0  # seconds spent saving, and saves
+        self.first = _first()
 
     def due(self, training_seconds: float) -> bool:
         """Whether a save now keeps the saves within `BUDGET` of the training time (the
         next save counted at the mean cost of those before it); the first, after `FIRST`
         seconds of training, measures what one costs."""
         if not self._saves:
-            return training_seconds >= FIRST
+            return training_seconds >= self.first
         each = self._saving / self._saves
         return self._saving + each <= BUDGET * training_seconds
 
@@ -115,6 +120,23 @@ class PackCheckpoint:
         for key in {self.key, self.loaded_from} - {None}:
             for suffix in (".json", ".npz"):
                 self.tracker.delete_artifact(self.parent_id, f"{FOLDER}/{key}{suffix}")
+
+
+def _first() -> float:
+    """Seconds of training before a pack's first save: `FIRST`, or the `AFTER` variable's."""
+    text = os.environ.get(AFTER, "").strip()
+    if not text:
+        return FIRST
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise DlkitError(
+            f"{AFTER} must be a number of seconds of training, 0 or more, before a pack's "
+            f"first checkpoint. Received: {AFTER}={text!r}. Unset it for the default ({FIRST})."
+        )
+    return seconds
 
 
 def _rows(state: dict[str, Any], rows: list[int]) -> dict[str, Any]:

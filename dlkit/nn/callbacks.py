@@ -156,4 +156,5 @@ class StopOnSignal(keras.callbacks.Callback):
         signals.check()
 
     def on_epoch_end(self, epoch, logs=None):
+        signals.hold()
         signals.check()

@@ -83,10 +83,13 @@ def _train(
         if stopped:  # others train on: these must not move
             pack.stop(stopped)
         run.seconds = time.perf_counter() - start
-        if checkpoint is not None and run.active.any():
-            if signals.received() is not None or checkpoint.due(run.seconds):
-                checkpoint.save(run.state())  # the interrupt's epoch is saved before it stops
+        saving = checkpoint is not None and run.active.any()
+        if saving and checkpoint.due(run.seconds):
+            checkpoint.save(run.state())
+        start += signals.hold()
         if signals.received() is not None:
+            if saving and checkpoint.saved_epoch != run.epochs:
+                checkpoint.save(run.state())  # the interrupt's epoch is saved before it stops
             raise run.interrupted([True] * pack.size if models is None else models)
         if not run.active.any():
             break
