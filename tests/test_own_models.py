@@ -348,3 +348,29 @@ def test_a_builder_registered_again_is_not_served_from_the_traced_models(digits)
     again = fit(recipe, digits, seed=1, verbose=0, reuse=True)
     fresh = fit(recipe, digits, seed=1, verbose=0)  # built from the tanh builder, not kept
     assert again.history["loss"] == pytest.approx(fresh.history["loss"], rel=1e-5)
+
+
+def test_a_builder_whose_model_depends_on_the_seed_trains_each_seed_as_built(digits):
+    """One more layer on some draws: neither the traced model of another seed nor a copy of
+    another shape may stand in for what the builder built (issue 47's crash)."""
+    import keras
+    import numpy as np
+
+    from dlkit.nn.training import fit
+
+    @dlkit.register_model("drawn")
+    def drawn(recipe, input_shape, num_classes):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Flatten()(inputs)
+        for _ in range(1 + int(np.random.randint(2))):  # seeded by each training's seed
+            x = keras.layers.Dense(16, activation="relu")(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+    recipe = dlkit.get_recipe("drawn", epochs=1)
+    for seed in range(4):
+        reused = fit(recipe, digits, seed=seed, verbose=0, reuse=True)
+        alone = fit(recipe, digits, seed=seed, verbose=0)
+        assert [w.shape for w in reused.model.get_weights()] == [
+            w.shape for w in alone.model.get_weights()
+        ]
+        assert reused.history["loss"] == pytest.approx(alone.history["loss"], rel=1e-5)

@@ -201,9 +201,10 @@ def _fit_keras(
     if not losses or not all(math.isfinite(v) for v in losses):
         raise diverged(recipe, len(losses))
     scores = _scores(model, data, recipe, strategy)
-    if reuse:  # the traced model stays here for the next seed; the caller gets a copy
+    copy = _own_copy(model, recipe, data, key) if reuse else None
+    if copy is not None:  # the traced model stays here for the next seed; the caller gets a copy
         TRACED.keep(key, data, model, optimizer_start)
-        model = _own_copy(model, recipe, data, key)
+        model = copy
     stopped = (
         early_stopping.stopped_epoch + 1
         if early_stopping and early_stopping.stopped_epoch
@@ -228,10 +229,16 @@ def _fit_keras(
     )
 
 
-def _own_copy(model: keras.Model, recipe: Recipe, data: Dataset, key: tuple) -> keras.Model:
+def _own_copy(
+    model: keras.Model, recipe: Recipe, data: Dataset, key: tuple
+) -> keras.Model | None:
     """A model of the caller's own equal to `model`: its weights, its dropout layers' seed
-    state and its optimizer's state, compiled the same way (traced when first used)."""
+    state and its optimizer's state, compiled the same way (traced when first used). `None`
+    when the builder builds another network this time (one whose layers depend on the
+    random state): then no model of it is kept, since a kept one would stand in for others."""
     copy, _ = _compiled(recipe, data, None, key, reuse=False)
+    if [v.shape for v in copy.variables] != [v.shape for v in model.variables]:
+        return None
     copy.optimizer.build(copy.trainable_variables)
     pairs = [
         *zip(copy.variables, model.variables),
