@@ -219,6 +219,14 @@ _SEED_OPTIONS = [
         "[default: the file's, else 0.01]",
     ),
     click.option(
+        "--error-rate",
+        type=click.Choice(["per_comparison", "per_expectation"]),
+        default=None,
+        help="per_comparison: at most 5% chance that any expectation is decided wrongly (the "
+        "5% split among them); per_expectation: 5% each.  [default: the file's, else "
+        "per_comparison]",
+    ),
+    click.option(
         "--yes",
         is_flag=True,
         help="Start a comparison of more than 500 runs (variants x seeds).",

@@ -385,3 +385,35 @@ def test_the_terminal_report_fits_in_100_columns_and_wide_shows_every_column(fin
 def test_a_comparison_shows_its_report_at_a_python_prompt(finished):
     result = finished[0]
     assert repr(result) == result.format() and "Expectations" in repr(result)
+
+
+def test_a_seed_that_diverged_counts_at_chance_and_the_verdict_names_it(tracking_uri):
+    import dlkit
+
+    @dlkit.register_model("flaky")
+    def flaky(recipe, input_shape, num_classes):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+        logits = keras.layers.Dense(num_classes)(x)
+        if np.random.random() < 0.5:  # seeded by each run's seed: a NaN loss at once
+            logits = keras.layers.Rescaling(float("nan"))(logits)
+        return keras.Model(inputs, logits)
+
+    spec = tiny("diverging", seeds=6, variants=["flaky", "deep-relu"], expect=["flaky > deep-relu"])
+    spec["dataset"] = {**spec["dataset"], "split": "random"}
+    spec["overrides"] = {"epochs": 2, "batch_size": 64}  # its builder reads no width or depth
+    result = compare(parse_experiment(spec), tracking_uri=tracking_uri, output_dir=None, verbose=0)
+
+    runs = result.runs.set_index("variant").loc["flaky"]
+    gone = runs[runs["failure"].str.startswith("TrainingDiverged")]
+    assert 0 < len(gone) < 6 and (runs["status"] != "FINISHED").sum() == len(gone)
+    row = result.table.set_index("variant").loc["flaky"]
+    assert row["diverged"] == len(gone) and row["finished"] == 6
+    finished = runs[runs["status"] == "FINISHED"]["test_accuracy"]
+    honest = (finished.sum() + 0.1 * len(gone)) / 6  # digits: 10 classes
+    assert row["test_accuracy_mean"] == pytest.approx(honest)
+    [verdict] = result.expectations
+    assert f"flaky diverged on {len(gone)} of 6 seeds (counted at 0.10)" in verdict.detail
+    assert verdict.status != "held" and verdict.seeds == 6
+    assert f"6/6, {len(gone)} diverged" in result.format()
+    assert "at most 5% chance that any of them is wrong" in result.format()

@@ -380,6 +380,7 @@ def _context(experiment: Experiment, recipes: dict[str, Any], data: Any) -> dict
         "train_offset": experiment.data.train_offset,
         "validation_size": info.validation_size,
         "test_size": info.test_size,
+        "num_classes": info.num_classes,
         "seeds": list(experiment.seeds),
         "split": experiment.data.split,
         "epochs": sorted({recipe.epochs for recipe in recipes.values()}),

@@ -72,15 +72,23 @@ class Sample:
         values: For each metric, its value in each finished seed.
         correct: For each finished seed, which test examples it classified
             correctly (same order in every variant); empty when not logged.
-        diverged: Every run of the variant diverged (NaN loss).
-        seeds: The seed of each finished run, in the order of `values` and
+        diverged: How many of its seeds diverged (NaN loss): they are among `values`,
+            at `chance` in the accuracy-scale metrics.
+        seeds: The seed of each counted run, in the order of `values` and
             `correct`. Defaults to `None`: 0, 1, 2, ...
+        chance: The accuracy a diverged seed counts at (1 / classes).
     """
 
     values: dict[str, list[float]]
     correct: list[np.ndarray] = dataclasses.field(default_factory=list)
-    diverged: bool = False
+    diverged: int = 0
     seeds: list[int] | None = None
+    chance: float = 0.0
+
+    @property
+    def every_seed_diverged(self) -> bool:
+        counted = self.seeds if self.seeds is not None else self.values.get("test_accuracy", [])
+        return self.diverged > 0 and self.diverged >= len(counted)
 
     def by_seed(self, metric: str) -> dict[int, float]:
         """A metric's finite values keyed by seed."""
@@ -122,8 +130,6 @@ class Verdict:
         decided_at: The 1-based look that decided it, or `None`.
         margin: For an undecided `>` or `<`: the smallest δ with the interval
             inside ±δ ("no difference beyond ±δ"); NaN otherwise.
-        futile: More seeds cannot decide it: a fixed test set's sampling error
-            alone is wider than the distance to the boundary.
     """
 
     expectation: str
@@ -140,7 +146,6 @@ class Verdict:
     looks: int = 0
     decided_at: int | None = None
     margin: float = math.nan
-    futile: bool = False
 
     @property
     def decided(self) -> bool:
@@ -203,6 +208,7 @@ def evaluate(
     paired: bool = False,
     equivalence: float | None = None,
     odds: bool = True,
+    alpha: float = ALPHA,
 ) -> Verdict:
     """Checks an expectation against each variant's per-seed results.
 
@@ -221,6 +227,8 @@ def evaluate(
             inside ±`equivalence` decides "equivalent". Defaults to `None`.
         odds: Estimate P(a run of one beats one of the other) by bootstrap, for
             the detail. Defaults to `True`.
+        alpha: The error rate of this expectation, over all its looks (a comparison
+            of several splits its own among them). Defaults to `0.05`.
 
     Returns:
         A `Verdict`: held when the whole interval of the difference lies on the
@@ -239,12 +247,15 @@ def evaluate(
         equivalence = None
     seeds = sorted(set(a) | set(b))
     looks = list(looks) if looks else [Look(tuple(seeds), 0)]
-    run, (n, difference, _, _, parts) = _looked(e, left, right, looks, paired, equivalence)
+    run, at, (n, difference, _, _, parts) = _looked(
+        e, left, right, looks, paired, equivalence, alpha
+    )
+    if run.decided_at:  # what decided it: that look's seeds, difference and interval
+        seeds = [s for s in seeds if s in at.seeds]
     low, high = run.low, run.high
     status, distance = _decide(e, difference, low, high)
     if status == "inconclusive" and _equivalent(low, high, equivalence):
         status = "equivalent"
-    futile = status == "inconclusive" and _futile(e, difference, parts, run.level)
     seeds_needed = None if looks[-1].budget else _seeds_needed(status, distance, parts, n)
     # The means shown are over the seeds the difference is: under pairing, both sides'.
     a_values = [a[s] for s in seeds if s in a and (not paired or not b or s in b)]
@@ -255,10 +266,8 @@ def evaluate(
         f"difference {diff(difference)}, {_percent(run.level)} interval "
         f"[{diff(low)}, {diff(high)}] ({_need(e)})"
     )
-    if not math.isfinite(low):
-        detail += "; one seed and no per-example results: no interval, so no verdict"
-    elif not paired and parts["seeds"] is None:
-        detail += "; one seed: the interval covers only the test set's sampling error"
+    detail += _divergences(e, [(e.left, left), (name, right)])
+    detail += _no_interval(low, n, paired, parts)
     p = (math.nan,) * 3
     if (
         odds
@@ -266,7 +275,7 @@ def evaluate(
         and isinstance(right, Sample)
         and min(map(len, (a_values, b_values))) > 1
     ):
-        p, text = _odds(e, a_values, b_values, fixed_test=status == "inconclusive" and not paired)
+        p, text = _odds(e, a_values, b_values, paired=paired, open_=status == "inconclusive")
         detail += text
     margin = math.nan
     if status == "inconclusive" and e.op != "~" and math.isfinite(low):
@@ -277,8 +286,19 @@ def evaluate(
         detail += _more_seeds(seeds_needed, known_spread=paired or parts["seeds"] is not None)
     return Verdict(
         e.text, status, detail, difference, low, high, seeds_needed, *p,
-        seeds=n, looks=run.looks, decided_at=run.decided_at, margin=margin, futile=futile,
+        seeds=n, looks=run.looks, decided_at=run.decided_at, margin=margin,
     )  # fmt: skip
+
+
+def _no_interval(low: float, n: int, paired: bool, parts: dict) -> str:
+    """Why there is no interval, or what a one-seed interval covers; else nothing."""
+    if not math.isfinite(low) and n > 1:
+        return "; every seed gave the same difference: no spread, so no interval yet"
+    if not math.isfinite(low):
+        return "; one seed and no per-example results: no interval, so no verdict"
+    if not paired and parts["seeds"] is None:
+        return "; one seed: the interval covers only the test set's sampling error"
+    return ""
 
 
 def _number(metric: str, *, signed: bool = False) -> Callable[[float], str]:
@@ -288,15 +308,24 @@ def _number(metric: str, *, signed: bool = False) -> Callable[[float], str]:
     return lambda value: format(value, spec)
 
 
-def _looked(e, left, right, looks: list[Look], paired: bool, equivalence: float | None):
-    """The running interval over the looks, and the last look's `_look`."""
+def _looked(e, left, right, looks: list[Look], paired, equivalence, alpha: float):
+    """The running interval over the looks, and the look it stopped at (the deciding one,
+    or the last) with its `_look`.
+
+    A look whose differences are all the same has no spread to build an interval on, and
+    spends nothing: three equal differences are not certainty. Two variants equal in
+    every seed (both at 100% training accuracy) are the one exception, an interval of
+    width 0 at 0.
+    """
     computed = [_look(e, left, right, list(look.seeds), paired) for look in looks]
     intervals = [
-        (n, look.budget or n, center, se, df)
+        (n, look.budget or n, center, se if se > 0 or center == 0 else math.nan, df)
         for look, (n, center, se, df, _) in zip(looks, computed)
     ]
-    run = running_interval(intervals, lambda low, high: _settles(e, low, high, equivalence))
-    return run, computed[-1]
+    decides = lambda low, high: _settles(e, low, high, equivalence)  # noqa: E731
+    run = running_interval(intervals, decides, alpha)
+    k = (run.decided_at or len(looks)) - 1
+    return run, looks[k], computed[k]
 
 
 def _sides(e: Expectation, samples: dict[str, Sample]) -> tuple | Verdict:
@@ -305,7 +334,7 @@ def _sides(e: Expectation, samples: dict[str, Sample]) -> tuple | Verdict:
     diverged = [
         label
         for label in (e.left, e.right)
-        if isinstance(label, str) and samples.get(label, Sample({})).diverged
+        if isinstance(label, str) and samples.get(label, Sample({})).every_seed_diverged
     ]
     if diverged:
         return _with_divergence(e, diverged)
@@ -318,14 +347,21 @@ def _sides(e: Expectation, samples: dict[str, Sample]) -> tuple | Verdict:
 
 
 def _odds(
-    e: Expectation, a: list[float], b: list[float], *, fixed_test: bool
+    e: Expectation, a: list[float], b: list[float], *, paired: bool, open_: bool
 ) -> tuple[tuple[float, float, float], str]:
     """P(a run of one side beats one of the other), in the expectation's direction, and its
-    words; where every seed pair agrees but the verdict is open on a fixed test set, why."""
-    p = probability_better(a, b) if e.op == ">" else probability_better(b, a)
+    words; where every seed pair agrees but the verdict is open on a fixed test set, why.
+    Under random splits `a` and `b` are in seed order, and a seed's runs are compared on
+    their own split."""
+    p = (
+        probability_better(a, b, paired=paired)
+        if e.op == ">"
+        else (probability_better(b, a, paired=paired))
+    )
     word = "beats" if e.op == ">" else "is below"
-    text = f"; P({e.left} {word} {e.right}) over seed pairs {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
-    if fixed_test and p[0] in (0.0, 1.0):
+    pairs = "seeds (each on its split)" if paired else "seed pairs"
+    text = f"; P({e.left} {word} {e.right}) over {pairs} {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
+    if open_ and not paired and p[0] in (0.0, 1.0):
         text += (
             " (the seed pairs agree, but on one fixed test set; the interval also counts "
             "how much another test sample could move the difference)"
@@ -395,22 +431,6 @@ def _equivalent(low: float, high: float, equivalence: float | None) -> bool:
     return equivalence is not None and -equivalence <= low and high <= equivalence
 
 
-def _futile(e: Expectation, difference: float, parts: dict, level: float) -> bool:
-    """A fixed test set's own sampling error, at the level still unspent, is wider than the
-    distance to the boundary: no number of seeds would likely decide it."""
-    test = parts.get("test")
-    if not test:
-        return False
-    left = ALPHA - level
-    if left <= 1e-12:  # the budget is spent: that, not the test set, is why it stops
-        return False
-    boundary = e.margin if e.op != "<" else -e.margin
-    floor = quantile(1 - left / 2, math.inf) * math.sqrt(test)
-    if e.op == "~":
-        return abs(abs(difference) - e.margin) <= floor
-    return abs(difference - boundary) <= floor
-
-
 def _percent(level: float) -> str:
     """`95%` for one look at 0.05; the level actually spent when the looks spent less."""
     confidence = 100 * (1 - level) if level > 0 else 100 * CONFIDENCE
@@ -418,15 +438,24 @@ def _percent(level: float) -> str:
 
 
 def probability_better(
-    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, paired: bool = False
 ) -> tuple[float, float, float]:
     """Returns P(a run of `a` beats one of `b`) and its 95% bootstrap interval.
 
     The estimate is the share of (a, b) seed pairs where `a` is higher, a tie
     counting half. The interval resamples each side's seeds with replacement,
     from a fixed generator, so a report rebuilt from the same runs says the same.
+    With `paired` (each seed its own split, `a[i]` and `b[i]` on the same one) a
+    run is compared only with the other's on its split, and seeds are resampled
+    whole.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if paired:
+        rng = np.random.default_rng(0)
+        wins = (a > b) + 0.5 * (a == b)
+        boot = wins[rng.integers(0, len(wins), (resamples, len(wins)))].mean(axis=1)
+        low, high = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+        return float(wins.mean()), float(low), float(high)
 
     def share(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         # x: [..., n], y: [..., m] -> the share over all n x m pairs, per leading index
@@ -537,6 +566,23 @@ def _need(e: Expectation) -> str:
 
 def _finite(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _divergences(e: Expectation, sides: list[tuple[str, Sample | float]]) -> str:
+    """What the seeds that diverged count as, in the detail's words."""
+    notes = ""
+    for name, sample in sides:
+        if not isinstance(sample, Sample) or not sample.diverged:
+            continue
+        total = len(sample.seeds if sample.seeds is not None else sample.values[e.metric])
+        if e.metric == "gap":
+            how = "counted at a gap of 0"
+        elif e.metric in ACCURACY_SCALE:
+            how = f"counted at {sample.chance:.2f}"
+        else:
+            how = f"left out: no {e.metric} after a divergence"
+        notes += f"; {name} diverged on {sample.diverged} of {total} seeds ({how})"
+    return notes
 
 
 def _with_divergence(e: Expectation, diverged: list[str]) -> Verdict:

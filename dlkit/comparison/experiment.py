@@ -56,6 +56,9 @@ class Experiment:
             `dlkit.comparison.sequential`); `None` trains `seeds` only.
         equivalence: A `>` or `<` on an accuracy-scale metric whose interval lies
             inside ±this is decided "equivalent". Defaults to `0.01`.
+        error_rate: `"per_comparison"`: the 5% is the chance that any of the
+            expectations is decided wrongly, split evenly among them; or
+            `"per_expectation"`: each has its own 5%. Defaults to `"per_comparison"`.
         imports: Modules imported before the variants resolve, for the models they
             register (`dlkit.register_model`), as the file names them. Defaults to `()`.
         path: The file it was read from, if any.
@@ -73,6 +76,7 @@ class Experiment:
     tune: Tune | None = None
     max_seeds: int | None = None
     equivalence: float = 0.01
+    error_rate: str = "per_comparison"
     imports: tuple[str, ...] = ()
     path: str | None = None
 
@@ -139,6 +143,10 @@ class Experiment:
                 self.equivalence if options.equivalence is None else options.equivalence,
                 "--equivalence",
             ),
+            error_rate=check_error_rate(
+                self.error_rate if options.error_rate is None else options.error_rate,
+                "--error-rate",
+            ),
         )
         if experiment.max_seeds is not None and experiment.max_seeds < len(experiment.seeds):
             raise DlkitError(
@@ -202,6 +210,18 @@ def check_equivalence(value: Any, where: str) -> float:
             f"Received: {value!r}"
         )
     return float(value)
+
+
+ERROR_RATES = ("per_comparison", "per_expectation")
+
+
+def check_error_rate(value: Any, where: str) -> str:
+    if value not in ERROR_RATES:
+        raise DlkitError(
+            f"{where}: expected one of {', '.join(ERROR_RATES)} (per_comparison: at most 5% "
+            f"chance that any expectation is decided wrongly). Received: {value!r}"
+        )
+    return str(value)
 
 
 def check_name(name: str, where: str = "name") -> str:

@@ -21,6 +21,7 @@ from dlkit.comparison.experiment import (
     Experiment,
     Variant,
     check_equivalence,
+    check_error_rate,
     check_max_seeds,
     check_name,
     check_seeds,
@@ -46,6 +47,7 @@ TOP_KEYS = (
     "tune",
     "max_seeds",
     "equivalence",
+    "error_rate",
     "imports",
 )
 DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split", "split")
@@ -150,6 +152,7 @@ def parse_experiment(
         tune=parse_tune(raw.get("tune")),
         max_seeds=check_max_seeds(raw.get("max_seeds"), "max_seeds"),
         equivalence=check_equivalence(raw.get("equivalence", 0.01), "equivalence"),
+        error_rate=check_error_rate(raw.get("error_rate", "per_comparison"), "error_rate"),
         imports=imports,
         path=path,
     )

@@ -44,6 +44,9 @@ class Options:
             per variant. Defaults to `None` (the file's, else none added).
         equivalence: The margin within which a `>` or `<` on accuracy reads
             "equivalent". Defaults to `None` (the file's, else 0.01).
+        error_rate: `"per_comparison"` (at most 5% chance that any expectation is
+            decided wrongly) or `"per_expectation"` (5% each). Defaults to `None`
+            (the file's, else `"per_comparison"`).
         data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`).
         download: Let TFDS download data. Defaults to `True`.
         force: Retrain everything in a new parent run. Defaults to `False`.
@@ -100,6 +103,7 @@ class Options:
     split: str | None = None
     max_seeds: int | None = None
     equivalence: float | None = None
+    error_rate: str | None = None
     data_dir: str | None = None
     download: bool = True
     force: bool = False

@@ -16,7 +16,7 @@ import pandas as pd
 
 import dlkit
 from dlkit.comparison.expectations import Verdict, evaluate, parse_expectation
-from dlkit.comparison.sequential import Look
+from dlkit.comparison.sequential import ALPHA, Look
 from dlkit.comparison.summary import samples_by_variant, summarize
 from dlkit.comparison.tuning import point_label
 from dlkit.text import plural, text_table, wrap
@@ -63,7 +63,10 @@ class Comparison:
         self.replication: Comparison | None = None  # the rerun on a second slice, if any
         self.registered: str | None = None  # `models:/NAME/VERSION` when the best was registered
         self.tuning = plan.get("tuning")  # the sweep's grid, seeds and each variant's choice
-        self.table = summarize(runs)
+        classes = self.context.get("num_classes")
+        # What a diverged seed counts at; a plan from before dlkit recorded the classes: 0
+        self.chance = 1 / classes if classes else 0.0
+        self.table = summarize(runs, self.chance)
         if self.tuning:
             chosen = {v: point_label(c["point"]) for v, c in self.tuning["variants"].items()}
             self.table["tuned"] = self.table["variant"].map(chosen)
@@ -71,11 +74,14 @@ class Comparison:
         if self.published:
             self.table["published_accuracy"] = self.table["variant"].map(self.published)
         labels = list(self.table["variant"])
-        samples = samples_by_variant(runs, self.table, correct or {})
+        samples = samples_by_variant(runs, self.table, correct or {}, self.chance)
         # How seeds were added: the looks, the budget, the equivalence margin (see `sequential`).
         self.sequential = plan.get("sequential") or {}
         looks = [Look.of(look) for look in self.sequential.get("looks", [])]
         self.parsed = [parse_expectation(e, labels) for e in plan.get("expect", ())]
+        # A plan from before the error rate was per comparison decided each at its own
+        self.error_rate = self.sequential.get("error_rate", "per_expectation")
+        shares = len(self.parsed) if self.error_rate == "per_comparison" else 1
         self.expectations = [
             evaluate(
                 e,
@@ -83,6 +89,7 @@ class Comparison:
                 looks=looks,
                 paired=self.context.get("split") == "random",
                 equivalence=self.sequential.get("equivalence"),
+                alpha=ALPHA / max(shares, 1),
             )
             for e in self.parsed
         ]
@@ -152,11 +159,6 @@ class Comparison:
         looks = plural(verdict.looks, "look")
         if verdict.decided:
             return f"decided at look {verdict.looks}, budget {budget}; {seeds}"
-        if verdict.futile:
-            return (
-                f"{seeds}, {looks}; stopped: the fixed test set's sampling error alone keeps "
-                "it open, so more seeds cannot decide it"
-            )
         reason = self.sequential.get("stopped", "")
         return f"{seeds}, {looks}; stopped: {reason or f'the budget of {budget} seeds'}"
 
@@ -247,8 +249,12 @@ class Comparison:
         decided = sum(verdict.decided for verdict in self.expectations)
         seconds = self.training_seconds
         each = f" ({seconds / decided:.1f} s per decided one)" if decided else ""
+        if self.error_rate == "per_comparison" or len(self.expectations) == 1:
+            rate = f"at most {ALPHA:.0%} chance that any of them is wrong"
+        else:
+            rate = f"at most {ALPHA:.0%} chance that each is wrong (per expectation)"
         return (
-            f"Decided {decided} of {len(self.expectations)} expectations with "
+            f"Decided {decided} of {len(self.expectations)} expectations; {rate}. "
             f"{seconds:.1f} s of training of the measured runs{each}."
         )
 
@@ -344,7 +350,12 @@ class Comparison:
         gap = "; gap is training minus test accuracy"
         time = "; time/run is a run's training time, its share of its pack's when packed"
         pack = "; samples/s is its pack's" if wide else "; every column: --wide, table.md"
-        return f"(* best mean test accuracy{spread}{gap}{time}{pack})"
+        diverged = (
+            f"; a seed that diverged (NaN loss) counts at chance, {self.chance:.2f}"
+            if self.table["diverged"].any()
+            else ""
+        )
+        return f"(* best mean test accuracy{spread}{diverged}{gap}{time}{pack})"
 
     def save(self, folder: str | Path) -> list[Path]:
         """Writes table.csv, table.md, runs.csv and the plots (PNG) into `folder`.
@@ -394,7 +405,8 @@ class Comparison:
                 "variant": row["variant"] + (" *" if row["best"] else ""),
                 "tuned": row.get("tuned", ""),
                 "params": _int(row["params"]),
-                "seeds": f"{row['finished']}/{row['planned']}",
+                "seeds": f"{row['finished']}/{row['planned']}"
+                + (f", {row['diverged']} diverged" if row["diverged"] else ""),
                 "test acc": _pm(row["test_accuracy_mean"], row["test_accuracy_std"]),
                 "published": _num(row.get("published_accuracy", math.nan)),
                 "test loss": _pm(row["test_loss_mean"], row["test_loss_std"]),

@@ -24,8 +24,8 @@ class Seeds:
     Without `max_seeds`, every variant trains the experiment's seeds and the
     verdicts look once. With it, after each round the undecided expectations'
     variants get a pack's worth more (as many as the experiment starts with),
-    until every expectation is decided, the budget is reached, or more seeds
-    cannot decide (see `dlkit.comparison.sequential`).
+    until every expectation is decided or the budget is reached (see
+    `dlkit.comparison.sequential`).
     """
 
     by_variant: dict[str, list[int]]
@@ -33,6 +33,7 @@ class Seeds:
     equivalence: float
     step: int
     looks: list[dict]
+    error_rate: str = "per_comparison"
     stopped: str = ""
 
     @classmethod
@@ -51,7 +52,7 @@ class Seeds:
                 if seeds is not None and entry["seed"] not in seeds:
                     seeds.append(entry["seed"])
         seeds = cls(by_variant, experiment.max_seeds, experiment.equivalence,
-                    len(experiment.seeds), looks)  # fmt: skip
+                    len(experiment.seeds), looks, experiment.error_rate)  # fmt: skip
         if not looks:
             seeds.looks.append({"seeds": seeds.all, "budget": seeds.budget or 0})
         return seeds
@@ -65,6 +66,7 @@ class Seeds:
         return {
             "max_seeds": self.budget,
             "equivalence": self.equivalence,
+            "error_rate": self.error_rate,
             "looks": self.looks,
             "stopped": self.stopped,
         }
@@ -76,14 +78,10 @@ class Seeds:
         open_ = [
             (verdict, expectation)
             for verdict, expectation in zip(comparison.expectations, comparison.parsed)
-            if verdict.status == "inconclusive" and not verdict.futile
+            if verdict.status == "inconclusive"
         ]
         if not open_:
-            self.stopped = (
-                "every expectation decided"
-                if not any(v.futile for v in comparison.expectations)
-                else "more seeds cannot decide what is open"
-            )
+            self.stopped = "every expectation decided"
             return False
         named = {label for _, e in open_ for label in (e.left, e.right) if isinstance(label, str)}
         labels = [  # in the file's order, those the budget leaves room for

@@ -3,9 +3,10 @@
 A comparison that adds seeds while an expectation is undecided, and stops once
 it decides, looks at its data many times. An ordinary 95% interval at every
 look would decide a false claim far more often than 5% of the time (optional
-stopping). dlkit spends its error rate over the looks instead (Lan & DeMets
-1983), with the power family of spending functions `alpha * t**2` (Kim &
-DeMets 1987), where `t` is the share of the seed budget used so far:
+stopping). dlkit uses repeated confidence intervals instead (Jennison &
+Turnbull 1989), the error rate allotted to the looks by the power shape
+`alpha * t**2` (Kim & DeMets 1987), where `t` is the share of the seed budget
+used so far:
 
 - at each look, the interval is an ordinary t interval at the level not yet
   spent, `alpha * t_k**2 - alpha * t_(k-1)**2`;

@@ -1,6 +1,12 @@
 """A comparison's runs summarized: one row per variant, and each variant's samples per seed.
 
 Plain pandas over the children's params and metrics, as MLflow's search returns them.
+
+A seed whose loss went NaN or infinite is an outcome of its recipe, not missing data:
+it counts at chance (1 / classes) in every accuracy-scale metric (test, validation and
+training accuracy; a gap of 0), since a model whose weights are NaN predicts no better
+than a guess. Metrics with no value after a divergence (a loss, epochs, time) leave it
+out. A run that failed for another reason, or was killed, stays missing.
 """
 
 from __future__ import annotations
@@ -12,26 +18,52 @@ import pandas as pd
 
 from dlkit.comparison.expectations import METRICS, Sample
 
+AT_CHANCE = ("test_accuracy", "best_val_accuracy", "train_accuracy", "final_accuracy")
+
+
+def diverged(runs: pd.DataFrame) -> pd.Series:
+    """Which runs ended because their loss went NaN or infinite."""
+    return (runs["status"] == "FAILED") & runs["failure"].astype(str).str.startswith(
+        "TrainingDiverged"
+    )
+
+
+def counted(runs: pd.DataFrame, chance: float) -> pd.DataFrame:
+    """The runs whose outcome counts: the finished ones, and the diverged ones at `chance`
+    in the accuracy-scale metrics (see the module's docstring)."""
+    gone = diverged(runs)
+    rows = runs[(runs["status"] == "FINISHED") | gone].copy()
+    at_chance = gone.loc[rows.index]
+    for metric in AT_CHANCE:
+        if metric in rows:
+            rows[metric] = rows[metric].astype(float).where(~at_chance, chance)
+    return rows.assign(diverged=at_chance)
+
 
 def samples_by_variant(
-    runs: pd.DataFrame, table: pd.DataFrame, correct: dict[str, dict[int, np.ndarray]]
+    runs: pd.DataFrame,
+    table: pd.DataFrame,
+    correct: dict[str, dict[int, np.ndarray]],
+    chance: float,
 ) -> dict[str, Sample]:
-    """Returns each variant's per-seed results, as the verdicts read them."""
-    done = runs[runs["status"] == "FINISHED"].assign(
+    """Returns each variant's per-seed results, as the verdicts read them: a diverged seed
+    counted at `chance`."""
+    done = counted(runs, chance).assign(
         train_accuracy=_train_accuracy,
         gap=lambda r: _train_accuracy(r) - r["test_accuracy"],
     )
-    diverged = dict(zip(table["variant"], table["diverged"]))
     samples = {}
     for variant in table["variant"]:
         rows = done[done["variant"] == variant]
         seeds = [int(seed) for seed in rows["seed"]]
         samples[variant] = Sample(
             values={metric: rows[metric].tolist() for metric in METRICS},
-            # Per-example results only where every finished seed has them (older runs may not).
+            # Per-example results only where every finished seed has them (older runs may
+            # not, and a diverged one has none): else the test set's part is left out.
             correct=_each(correct.get(variant, {}), seeds),
             seeds=seeds,
-            diverged=bool(diverged[variant]),
+            diverged=int(rows["diverged"].sum()),
+            chance=chance,
         )
     return samples
 
@@ -46,11 +78,12 @@ def _train_accuracy(runs: pd.DataFrame) -> pd.Series:
     return runs["train_accuracy"].fillna(runs["final_accuracy"])
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Aggregates child runs into one row per variant (mean and std over seeds)."""
+def summarize(runs: pd.DataFrame, chance: float) -> pd.DataFrame:
+    """Aggregates child runs into one row per variant (mean and std over seeds), a diverged
+    seed counted at `chance` in the accuracy-scale metrics."""
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
-        done = group[group["status"] == "FINISHED"]
+        done = counted(group, chance)
 
         def mean(column: str, frame: pd.DataFrame = done) -> float:
             values = frame[column].dropna() if column in frame else []
@@ -66,12 +99,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 "variant": variant,
                 "recipe": group["recipe"].iloc[0],
                 "planned": len(group),
-                "finished": len(done),
+                "finished": len(done),  # counted: finished, or diverged
                 "failed": int((group["status"] != "FINISHED").sum()),
-                "diverged": bool(
-                    len(group)
-                    and group["failure"].astype(str).str.startswith("TrainingDiverged").all()
-                ),
+                "diverged": int(done["diverged"].sum()),
                 "params": mean("params", group),
                 "test_accuracy_mean": mean("test_accuracy"),
                 "test_accuracy_std": std("test_accuracy"),

@@ -229,9 +229,7 @@ def _fit_keras(
     )
 
 
-def _own_copy(
-    model: keras.Model, recipe: Recipe, data: Dataset, key: tuple
-) -> keras.Model | None:
+def _own_copy(model: keras.Model, recipe: Recipe, data: Dataset, key: tuple) -> keras.Model | None:
     """A model of the caller's own equal to `model`: its weights, its dropout layers' seed
     state and its optimizer's state, compiled the same way (traced when first used). `None`
     when the builder builds another network this time (one whose layers depend on the
