@@ -109,12 +109,17 @@ def test_a_difference_of_one_seed_spread_is_found_and_seeds_stop_once_decided():
     assert used.mean() < BUDGET  # it stops when decided, not at the budget
 
 
-def test_a_budget_raised_later_spends_only_what_is_left():
-    looks = [(3, 10, 0.0, 1.0, 2.0), (6, 10, 0.0, 1.0, 5.0), (9, 30, 0.0, 1.0, 8.0)]
-    run = running_interval(looks, lambda low, high: False)
-    # The third look, under the larger budget, would have spent alpha * 0.3^2 = 0.0045 by
-    # now, less than the 0.018 already spent: it computes no interval, spends nothing.
-    assert run.looks == 2 and run.level == pytest.approx(spent(0.6))
+def test_a_budget_raised_later_spends_only_what_is_left_and_every_look_uses_its_seeds():
+    looks = [(3, 10, 0.0, 1.0, 2.0), (6, 10, 0.0, 1.0, 5.0)]
+    raised = [(n, 30, 0.0, 1.0, n - 1.0) for n in range(9, 31, 3)]
+    # The looks made keep the 0.018 they spent; what is left is allotted over the 24 seeds
+    # the new budget adds, by the same shape: each later look computes an interval.
+    for k in range(1, len(raised) + 1):
+        run = running_interval(looks + raised[:k], lambda low, high: False)
+        assert run.looks == 2 + k
+        left = ALPHA - spent(0.6)
+        assert run.level == pytest.approx(spent(0.6) + left * ((raised[k - 1][0] - 6) / 24) ** 2)
+    assert run.level == pytest.approx(ALPHA)  # the whole 5% once the new budget is reached
     assert spent(1.0) == ALPHA and spent(0.5) == pytest.approx(ALPHA / 4)
 
 

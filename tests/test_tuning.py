@@ -17,6 +17,7 @@ from dlkit.comparison.tuning import (
     Tune,
     choose,
     default_grid,
+    extended,
     parse_tune,
     parse_tune_option,
     with_options,
@@ -26,6 +27,12 @@ from dlkit.tracking.tracker import Tracker
 
 GRID = [0.00001, 0.0001, 0.01]  # on 300 digits and 2 epochs, 0.01 wins: the grid's edge
 TUNED = tiny("tuned", tune={"learning_rate": GRID, "seeds": 1})
+
+
+def grid(result, variant: str) -> list[float]:
+    """A variant's learning rates as swept: the experiment's, and any past its edge."""
+    added = (result.tuning["extended"].get(variant) or {}).get("learning_rate", [])
+    return sorted([*result.tuning["grid"][variant]["learning_rate"], *added])
 
 
 def test_tune_reads_a_mapping_a_list_or_a_field_name():
@@ -90,8 +97,29 @@ def test_choice_is_the_best_mean_and_a_failed_run_counts_zero():
 
     tie = choose(points, [[0.9], [0.9], [0.5]], values)
     assert tie.point == {"learning_rate": 0.001}  # ties go to the earlier point
-    assert tie.edges == ("learning_rate",)
-    assert "0.001 is the smallest tried" in tie.warning("relu", values)
+    assert tie.edges == ()  # a plateau: the edge says nothing of what lies past it
+    low = choose(points, [[0.95], [0.9], [0.5]], values)
+    assert low.edges == ("learning_rate",)
+    assert "0.001 is the smallest tried" in low.warning("relu", values)
+
+
+def test_a_grid_is_extended_one_step_past_the_edge_its_best_sits_on():
+    recipe = get_recipe("deep-relu")
+    values = {"learning_rate": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)}
+    points = [{"learning_rate": v} for v in values["learning_rate"]]
+    top = choose(points, [[0.5], [0.6], [0.7], [0.8], [0.85], [0.9]], values)
+    assert extended(recipe, values, top) == {"learning_rate": (*values["learning_rate"], 0.9)}
+    bottom = choose(points, [[0.9], [0.6], [0.5], [0.5], [0.5], [0.5]], values)
+    assert extended(recipe, values, bottom)["learning_rate"][0] == pytest.approx(0.00033)
+    inside = choose(points, [[0.5], [0.9], [0.5], [0.5], [0.5], [0.5]], values)
+    assert extended(recipe, values, inside) is None
+    # on a linear grid, the same difference; never past what the recipe allows
+    drops = {"dropout": (0.1, 0.3, 0.5)}
+    high = choose([{"dropout": v} for v in drops["dropout"]], [[0.1], [0.2], [0.9]], drops)
+    assert extended(recipe, drops, high) == {"dropout": (0.1, 0.3, 0.5, 0.7)}
+    edge = {"dropout": (0.5, 0.7, 0.9)}
+    last = choose([{"dropout": v} for v in edge["dropout"]], [[0.1], [0.2], [0.9]], edge)
+    assert extended(recipe, edge, last) is None  # a dropout of 1.1 is refused
 
 
 def test_a_choice_at_a_bound_the_field_cannot_pass_is_no_edge():
@@ -142,10 +170,16 @@ def test_sweeps_are_grouped_under_one_tuning_run_per_variant(tuned):
     for variant, group in groups.items():
         assert group.info.status == "FINISHED" and group.info.run_name == f"{variant}/tuning"
         nested = under(group.info.run_id)
-        assert len(nested) == len(GRID)
+        swept = grid(result, variant)
+        assert len(nested) == len(swept)
         assert {r.data.tags["dlkit.variant"] for r in nested} == {variant}
         # short enough to read where the UI cuts names: the point and the seed
-        assert {r.info.run_name for r in nested} == {f"lr={lr:g}/s{SEED_BASE}" for lr in GRID}
+        assert {r.info.run_name for r in nested} == {f"lr={lr:g}/s{SEED_BASE}" for lr in swept}
+        assert group.data.params["grid.learning_rate"] == "1e-05,0.0001,0.01"
+        added = [lr for lr in swept if lr not in GRID]
+        assert group.data.params.get("extended.learning_rate") == (
+            ",".join(f"{lr:g}" for lr in added) if added else None
+        )
         chosen = result.tuning["variants"][variant]
         assert float(group.data.params["chosen.learning_rate"]) == chosen["point"]["learning_rate"]
         assert group.data.metrics["val_accuracy"] == pytest.approx(chosen["score"])
@@ -157,7 +191,7 @@ def test_sweeps_are_grouped_under_one_tuning_run_per_variant(tuned):
 def test_each_variant_trains_at_the_point_with_the_best_validation_accuracy(tuned):
     result, uri, _, _ = tuned
     sweep = sweep_runs(uri, result.parent_run_id)
-    assert len(sweep) == 2 * len(GRID)
+    assert len(sweep) == len(grid(result, "relu")) + len(grid(result, "sigmoid"))
     assert {r.data.params["seed"] for r in sweep} == {str(SEED_BASE)}  # not a measuring seed
     assert all(r.info.status == "FINISHED" and not r.outputs.model_outputs for r in sweep)
     client = MlflowClient(uri)
@@ -183,17 +217,24 @@ def test_a_choice_on_the_grids_edge_is_flagged_and_the_report_says_tuned(tuned):
     result, _, folder, lines = tuned
     assert any(line.startswith("Tuning learning_rate (3 values), 1 seed") for line in lines)
     assert not any("1000" in line for line in lines)  # no line per sweep run
-    assert "learning_rate 0.01 is the largest tried" in " ".join(lines)
+    # 0.01 won at the grid's edge: one step past it (1, at the grid's own ratio) was tried,
+    # and lost, so no warning is left
+    assert grid(result, "relu") == [*GRID, 1.0]
+    text = " ".join(line.strip() for line in lines)  # wrapped lines, read as one
+    assert "grid extended past its edge: learning_rate to 1)" in text
+    assert result.tuning["extended"]["relu"] == {"learning_rate": [1.0]}
+    assert "largest tried" not in " ".join(lines)
     assert max(map(len, lines)) <= 100
     # each variant's choice, in the file's order, whichever sweep ended first
     chosen = [line.split(":")[0].strip() for line in lines if "(validation accuracy" in line]
     assert chosen == ["relu", "sigmoid"]
     assert "variants compared tuned: each at its best of 3 learning_rate" in result.format()
+    assert "grids extended past an edge: relu to learning_rate 1" in result.format()
     saved = folder / "reports" / "tuned"
     assert (saved / "tuning.png").stat().st_size > 10_000
     assert "![tuning](tuning.png)" in (saved / "table.md").read_text()
     scores = result.tuning["variants"]["relu"]["scores"]
-    assert [row["learning_rate"] for row in scores] == GRID
+    assert [row["learning_rate"] for row in scores] == grid(result, "relu")
     assert all(0 <= row["val_accuracy"] <= 1 for row in scores)
 
 
@@ -211,7 +252,8 @@ def test_a_rerun_resumes_the_sweep_and_the_runs_and_report_rebuilds_it(tuned):
     rebuilt = report("tuned", tracking_uri=uri, output_dir=None)
     assert rebuilt.tuning == result.tuning
     assert list(rebuilt.table["tuned"]) == list(result.table["tuned"])
-    assert len(sweep_runs(uri, result.parent_run_id)) == 2 * len(GRID)  # none trained twice
+    swept = len(grid(result, "relu")) + len(grid(result, "sigmoid"))
+    assert len(sweep_runs(uri, result.parent_run_id)) == swept  # none trained twice
 
 
 def test_no_tune_compares_as_given(tmp_path):
@@ -301,3 +343,22 @@ def test_tuned_and_untuned_runs_keep_parents_and_report_folders_of_their_own(tmp
         assert other.parent_run_id not in (tuned.parent_run_id, untuned.parent_run_id)
         assert any(line.startswith("A new parent run: ") for line in lines), lines
         assert not any("Resuming parent run" in line for line in lines)
+
+
+def test_a_best_still_on_the_edge_after_three_steps_is_warned_about(tmp_path):
+    # In 2 epochs, rates this small all undertrain: the largest tried wins, so the grid grows
+    # by its ratio (2) three times and then stops, with the warning to widen it by hand.
+    spec = tiny("edge", tune={"learning_rate": [1e-3, 2e-3], "seeds": 1}, variants=["deep-relu"])
+    spec["expect"] = []
+    lines: list[str] = []
+    result = compare(
+        parse_experiment(spec),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        output_dir=None,
+        verbose=0,
+        log=lines.append,
+    )
+    assert result.tuning["extended"]["deep-relu"] == {"learning_rate": [4e-3, 8e-3, 1.6e-2]}
+    assert result.tuning["variants"]["deep-relu"]["point"] == {"learning_rate": 1.6e-2}
+    text = " ".join(line.strip() for line in lines)
+    assert "learning_rate 0.016 is the largest tried" in text

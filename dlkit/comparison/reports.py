@@ -265,9 +265,18 @@ class Comparison:
         grid = next(iter(self.tuning["grid"].values()))
         sizes = " x ".join(f"{len(values)} {field}" for field, values in grid.items())
         seeds = len(self.tuning.get("seeds", []))
+        wider = self.tuning.get("extended") or {}
+        steps = ", ".join(
+            f"{label} to "
+            + " and ".join(
+                f"{field} {', '.join(f'{v:g}' for v in values)}" for field, values in added.items()
+            )
+            for label, added in wider.items()
+        )
         return (
             f"variants compared tuned: each at its best of {sizes} on validation accuracy, "
             f"{seeds} seed{'s' if seeds != 1 else ''} per point"
+            + (f"; grids extended past an edge: {steps}" if steps else "")
         )
 
     def __repr__(self) -> str:

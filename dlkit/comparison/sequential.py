@@ -14,9 +14,9 @@ used so far:
   union bound it holds the true difference at every look at once with
   probability at least `1 - alpha`, whatever the looks, whenever one stops;
 - a budget raised after the fact (a rerun with a larger `max_seeds`) keeps
-  that guarantee: the looks already made keep what they spent, and the new
-  schedule spends only what is left, so the next looks get less until the
-  new schedule has caught up.
+  that guarantee: the looks already made keep what they spent, and what is
+  left is allotted over the seeds the new budget adds, by the same shape, so
+  every later look computes an interval and no seed trains for nothing.
 
 The union bound ignores how correlated the looks are, so the rule is
 conservative: its measured false-decision rate (tests/test_sequential.py,
@@ -93,8 +93,13 @@ def running_interval(
         The running interval, how many looks it took, and the level spent.
     """
     low, high, used, looks = -math.inf, math.inf, 0.0, 0
+    start, kept, last, before = 0, 0.0, None, 0  # where the current budget's schedule began
     for k, (n, budget, center, scale, df) in enumerate(intervals, 1):
-        level = spent(n / budget, alpha) - used if n else 0.0
+        if last is not None and budget != last:  # a raised budget: what is left, from here
+            start, kept = before, used
+        last, before = budget, n
+        share = (n - start) / (budget - start) if budget > start else 1.0
+        level = kept + spent(share, alpha - kept) - used if n else 0.0
         if not (level > 0 and math.isfinite(scale)):
             continue
         used += level

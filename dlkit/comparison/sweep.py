@@ -17,7 +17,16 @@ from typing import Any
 from dlkit import keys
 from dlkit.comparison.experiment import config_hash
 from dlkit.comparison.running import Run, child_spec
-from dlkit.comparison.tuning import SCORE, Choice, Tune, choose, point_label, short_label
+from dlkit.comparison.tuning import (
+    MAX_EXTENSIONS,
+    SCORE,
+    Choice,
+    Tune,
+    choose,
+    extended,
+    point_label,
+    short_label,
+)
 from dlkit.execution.children import ChildSpec
 from dlkit.recipes.recipe import Recipe
 from dlkit.text import plural, wrap
@@ -33,6 +42,10 @@ def tuned(
     """Sweeps every variant over the experiment's grid and returns each recipe at its best
     point, chosen on validation, with the sweep's record for the plan and the report.
 
+    A variant whose best value sits on an edge of its grid has that grid extended one
+    step past it, at the grid's own spacing, and trains the new points, until its best lies
+    inside or `MAX_EXTENSIONS` steps were added (see `dlkit.comparison.tuning.extended`).
+
     Args:
         run: The comparison as it runs.
         recipes: Each variant's recipe, by label.
@@ -40,64 +53,90 @@ def tuned(
         done: The sweep runs already finished, by config hash (skipped).
     """
     tune, tracker = run.experiment.tune, run.tracker
-    sweep = _sweep(run, recipes)
+    grids = {label: tune.values(recipe) for label, recipe in recipes.items()}
+    sweep = {label: _entries(run, label, r, grids[label]) for label, r in recipes.items()}
     total = sum(map(len, sweep.values()))
-    left = {label: sum(e["config_hash"] not in done for e in sweep[label]) for label in sweep}
+    finished = sum(e["config_hash"] in done for entries in sweep.values() for e in entries)
     text = (
-        f"Tuning {tune.describe()}: {plural(total, 'run')} "
-        f"({total - sum(left.values())} already finished), chosen on validation accuracy."
+        f"Tuning {tune.describe()}: {plural(total, 'run')} ({finished} already finished), "
+        "chosen on validation accuracy."
     )
     for line in wrap(text, subsequent="  "):
         run.log(line)
     choices: dict[str, Choice] = {}
     shown: list[str] = []  # the variants whose choice is shown, in the file's order
+    steps = dict.fromkeys(recipes, 0)  # how far each variant's grid was extended
+    trained = set(done)
     with _tuning_runs(tracker, parent_id, list(recipes)) as holders:
 
         def settle(label: str) -> list[str]:
-            """Chooses a variant's point once its sweep is whole; returns the lines to show:
-            the choices not shown yet that follow, in the file's order, those shown."""
+            """Chooses a variant's point once its sweep is whole, or extends its grid past
+            an edge; returns the lines to show: the choices not shown yet that follow, in
+            the file's order, those shown."""
             scores = _sweep_scores(tracker, parent_id)
-            choices[label] = _choose(tune, recipes[label], sweep[label], scores)
-            _log_choice(tracker, holders[label], choices[label], tune.values(recipes[label]))
+            choice = _choose(tune, recipes[label], sweep[label], scores, grids[label])
+            wider = steps[label] < MAX_EXTENSIONS and extended(recipes[label], grids[label], choice)
+            if wider:  # trained in the next round
+                grids[label], steps[label] = wider, steps[label] + 1
+                sweep[label] = _entries(run, label, recipes[label], wider)
+                return []
+            choices[label] = choice
+            _log_choice(tracker, holders[label], choice, grids[label], tune.values(recipes[label]))
             lines = []
             for next_label in list(recipes)[len(shown) :]:
                 if next_label not in choices:
                     break
                 shown.append(next_label)
-                values = tune.values(recipes[next_label])
-                lines += _choice_lines(next_label, choices[next_label], tune.seeds, values)
+                asked = tune.values(recipes[next_label])
+                lines += _choice_lines(
+                    next_label, choices[next_label], tune, grids[next_label], asked
+                )
             return lines
 
-        for label in [label for label, count in left.items() if not count]:
-            for line in settle(label):
-                run.log(line)
-
-        def ended(spec: ChildSpec) -> list[str]:
-            label = spec.tags[keys.VARIANT]
-            left[label] -= 1
-            return settle(label) if not left[label] else []
-
-        specs = [
-            child_spec(
-                run,
-                recipes[e["variant"]].replace(**e["point"]),
-                e,
-                parent_id,
-                "tuning",
-                sweep=True,
-                name=f"{short_label(e['point'])}/s{e['seed']}",  # under <variant>/tuning
-                nest=holders[e["variant"]],
-            )
-            for entries in sweep.values()
-            for e in entries
-            if e["config_hash"] not in done
-        ]
-        run.execute(specs, lines=False, ended=ended)
-    record = {"grid": {}, "seeds": list(tune.seed_list), "variants": {}}
-    for label, recipe in recipes.items():
-        record["grid"][label] = {f: list(v) for f, v in tune.values(recipe).items()}
+        while len(choices) < len(recipes):
+            _sweep_round(run, recipes, sweep, choices, trained, holders, parent_id, settle)
+    record = {"grid": {}, "seeds": list(tune.seed_list), "variants": {}, "extended": {}}
+    for label, recipe in recipes.items():  # the grid asked for, and the values added past it
+        asked = tune.values(recipe)
+        record["grid"][label] = {f: list(v) for f, v in asked.items()}
         record["variants"][label] = dataclasses.asdict(choices[label])
+        added = {f: [v for v in grids[label][f] if v not in asked[f]] for f in asked}
+        if any(added.values()):
+            record["extended"][label] = {f: values for f, values in added.items() if values}
     return {label: r.replace(**choices[label].point) for label, r in recipes.items()}, record
+
+
+def _sweep_round(run, recipes, sweep, choices, trained, holders, parent_id, settle) -> None:
+    """Trains what the unchosen variants' sweeps still lack, settling each as it is whole."""
+    open_ = [label for label in recipes if label not in choices]
+    left = {label: sum(e["config_hash"] not in trained for e in sweep[label]) for label in open_}
+    for label in [label for label in open_ if not left[label]]:
+        for line in settle(label):
+            run.log(line)
+
+    def ended(spec: ChildSpec) -> list[str]:
+        label = spec.tags[keys.VARIANT]
+        left[label] -= 1
+        return settle(label) if not left[label] else []
+
+    entries = [e for label in open_ if left[label] for e in sweep[label]]
+    entries = [e for e in entries if e["config_hash"] not in trained]
+    specs = [
+        child_spec(
+            run,
+            recipes[e["variant"]].replace(**e["point"]),
+            e,
+            parent_id,
+            "tuning",
+            sweep=True,
+            name=f"{short_label(e['point'])}/s{e['seed']}",  # under <variant>/tuning
+            nest=holders[e["variant"]],
+        )
+        for e in entries
+    ]
+    trained.update(e["config_hash"] for e in entries)
+    if specs:
+        run.execute(specs, lines=False, ended=ended)
 
 
 @contextlib.contextmanager
@@ -129,14 +168,18 @@ def _first(runs: list) -> Any:
     return min(runs, key=lambda r: (r.start_time, r.run_id), default=None)
 
 
-def _log_choice(tracker: Tracker, run_id: str, choice: Choice, values: dict) -> None:
+def _log_choice(tracker: Tracker, run_id: str, choice: Choice, values: dict, asked: dict) -> None:
     """Logs a variant's sweep outcome to its tuning run: each point's validation accuracy,
-    the chosen setting, and the points as a table in its description."""
+    the chosen setting, the grid it was chosen on (`grid.<field>`, and `extended.<field>`
+    the values added past the experiment's grid), and the points as a table in its
+    description."""
     fields = list(values)
+    added = {f: [v for v in values[f] if v not in asked[f]] for f in fields}
     tracker.log_new_params(
         run_id,
         {
-            **{f"grid.{field}": ",".join(f"{v:g}" for v in values[field]) for field in fields},
+            **{f"grid.{field}": ",".join(f"{v:g}" for v in asked[field]) for field in fields},
+            **{f"extended.{f}": ",".join(f"{v:g}" for v in added[f]) for f in fields if added[f]},
             **{f"chosen.{field}": f"{value:g}" for field, value in choice.point.items()},
         },
     )
@@ -165,44 +208,49 @@ def _metric_name(setting: str) -> str:
     return setting.replace("=", "_").replace(",", "/")
 
 
-def _sweep(run: Run, recipes: dict[str, Recipe]) -> dict[str, list[dict[str, Any]]]:
-    """Each variant's sweep: one entry per point and sweep seed, in grid order."""
+def _entries(run: Run, label: str, recipe: Recipe, values: dict) -> list[dict[str, Any]]:
+    """A variant's sweep over `values`: one entry per point and sweep seed, in grid order."""
     tune, data = run.experiment.tune, run.experiment.data
-    return {
-        label: [
-            {
-                "variant": label,
-                "setting": point_label(point),
-                "point": point,
-                "seed": seed,
-                "config_hash": config_hash(
-                    recipe.replace(**point), data, seed, devices=run.options.devices
-                ),
-            }
-            for point in tune.points(recipe)
-            for seed in tune.seed_list
-        ]
-        for label, recipe in recipes.items()
-    }
+    return [
+        {
+            "variant": label,
+            "setting": point_label(point),
+            "point": point,
+            "seed": seed,
+            "config_hash": config_hash(
+                recipe.replace(**point), data, seed, devices=run.options.devices
+            ),
+        }
+        for point in tune.points(recipe, values)
+        for seed in tune.seed_list
+    ]
 
 
 def _choose(
-    tune: Tune, recipe: Recipe, entries: list[dict], scores: dict[str, float | None]
+    tune: Tune, recipe: Recipe, entries: list[dict], scores: dict[str, float | None], values
 ) -> Choice:
-    points = tune.points(recipe)
+    points = tune.points(recipe, values)
     per_point = [
         [scores.get(e["config_hash"]) for e in entries if e["setting"] == point_label(p)]
         for p in points
     ]
-    return choose(points, per_point, tune.values(recipe))
+    return choose(points, per_point, values)
 
 
-def _choice_lines(label: str, choice: Choice, seeds: int, values: dict) -> list[str]:
+def _choice_lines(label: str, choice: Choice, tune: Tune, values: dict, asked: dict) -> list[str]:
     failed = f"; {choice.failed} sweep runs failed" if choice.failed else ""
-    lines = [
-        f"  {label}: {point_label(choice.point)} (validation accuracy "
-        f"{choice.score:.4f}, mean of {seeds} seeds{failed})"
+    added = [
+        f"{field} to {', '.join(f'{v:g}' for v in values[field] if v not in asked[field])}"
+        for field in values
+        if set(values[field]) - set(asked[field])
     ]
+    wider = f"; grid extended past its edge: {'; '.join(added)}" if added else ""
+    lines = wrap(
+        f"{label}: {point_label(choice.point)} (validation accuracy {choice.score:.4f}, "
+        f"mean of {plural(tune.seeds, 'seed')}{failed}{wider})",
+        initial="  ",
+        subsequent="    ",
+    )
     warning = choice.warning(label, values)
     return lines + wrap(warning, initial="  ", subsequent="    ") if warning else lines
 

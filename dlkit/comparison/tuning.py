@@ -50,6 +50,7 @@ MAX_POINTS = 1000
 SCORE = "kept_val_accuracy"  # what the sweep's runs are chosen by (see TrainResult)
 # A bound a field cannot go past: a best value there is not a sign the grid is too narrow.
 _FLOOR = {"weight_decay": 0.0, "dropout": 0.0, "input_dropout": 0.0}
+MAX_EXTENSIONS = 3  # steps a variant's grid is extended past an edge its best value sits on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +74,12 @@ class Tune:
         """Each tuned field's values for `recipe`, defaults filled in."""
         return {field: values or default_grid(field, recipe) for field, values in self.grid.items()}
 
-    def points(self, recipe: Recipe) -> list[dict[str, float]]:
-        """Every setting the sweep trains `recipe` at: the product of the fields' values."""
-        values = self.values(recipe)
+    def points(
+        self, recipe: Recipe, values: Mapping[str, Sequence[float]] | None = None
+    ) -> list[dict[str, float]]:
+        """Every setting the sweep trains `recipe` at: the product of the fields' values
+        (`values`, when its grid was extended)."""
+        values = values or self.values(recipe)
         return [dict(zip(values, point)) for point in itertools.product(*values.values())]
 
     def describe(self) -> str:
@@ -188,6 +192,41 @@ def with_options(tune: Tune | None, grid: Mapping[str, Any] | bool | None, seeds
     return tune
 
 
+def extended(
+    recipe: Recipe, values: Mapping[str, Sequence[float]], choice: Choice
+) -> dict[str, tuple[float, ...]] | None:
+    """The grid one step wider past each edge the choice sits on, at the grid's own spacing
+    there (the ratio of its last two values when they are all positive, else their
+    difference), or `None` when no field can go further (a value the recipe refuses).
+
+    Args:
+        recipe: The variant's recipe, which checks each new value.
+        values: Each field's grid so far, ascending.
+        choice: The variant's choice on that grid.
+    """
+    wider = {field: tuple(grid) for field, grid in values.items()}
+    for field in choice.edges:
+        grid = sorted(values[field])
+        step = _step(grid if choice.point[field] == grid[-1] else grid[::-1])
+        try:
+            recipe.replace(**{field: step})
+        except DlkitError:  # past what the field allows (a dropout of 1, say)
+            continue
+        wider[field] = tuple(sorted({*grid, step}))
+    return wider if wider != {f: tuple(v) for f, v in values.items()} else None
+
+
+def _step(grid: Sequence[float]) -> float:
+    """The next value past `grid[-1]`, at the grid's spacing there: the same difference on
+    an evenly spaced grid (0.1, 0.3, 0.5: 0.7) or one through 0, else the same ratio
+    (0.01, 0.03, 0.1: 0.33, at two significant digits)."""
+    last, before = grid[-1], grid[-2]
+    even = len(grid) > 2 and math.isclose(last - before, before - grid[-3], rel_tol=1e-6)
+    if even or not last * before > 0:
+        return round(2 * last - before, 12)
+    return float(f"{last * last / before:.2g}")
+
+
 def point_label(point: Mapping[str, float]) -> str:
     """`learning_rate=0.003`: how a point reads in logs, tags and the report."""
     return ",".join(f"{field}={value:g}" for field, value in point.items())
@@ -268,9 +307,21 @@ def choose(
         if len(values[field]) > 1
         and value in (min(values[field]), max(values[field]))
         and value != _FLOOR.get(field)
+        and _above_neighbour(field, point, points, rows, rows[best]["val_accuracy"], values)
     )
     failed = sum(s is None or not math.isfinite(s) for seeds in scores for s in seeds)
     return Choice(point, rows[best]["val_accuracy"], rows, edges, failed)
+
+
+def _above_neighbour(field, point, points, rows, score, values) -> bool:
+    """Whether the choice beats the point next to it along `field` (the others the same):
+    on a plateau (ties go to the earlier point) the edge says nothing of what lies past it."""
+    grid = sorted(values[field])
+    inner = grid[1] if point[field] == grid[0] else grid[-2]
+    for other, row in zip(points, rows):
+        if {**point, field: inner} == dict(other):
+            return score > _finite(row["val_accuracy"])
+    return True
 
 
 def _finite(value: float) -> float:
