@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from dlkit.comparison.experiment import ERROR_RATES
 from dlkit.comparison.options import MAX_SEEDS, OUTPUT_DIR, Options
 from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT
 from dlkit.errors import DlkitError
@@ -220,7 +221,7 @@ _SEED_OPTIONS = [
     ),
     click.option(
         "--error-rate",
-        type=click.Choice(["per_comparison", "per_expectation"]),
+        type=click.Choice(ERROR_RATES),
         default=None,
         help="per_comparison: at most 5% chance that any expectation is decided wrongly (the "
         "5% split among them); per_expectation: 5% each.  [default: the file's, else "

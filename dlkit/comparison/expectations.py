@@ -353,11 +353,8 @@ def _odds(
     words; where every seed pair agrees but the verdict is open on a fixed test set, why.
     Under random splits `a` and `b` are in seed order, and a seed's runs are compared on
     their own split."""
-    p = (
-        probability_better(a, b, paired=paired)
-        if e.op == ">"
-        else (probability_better(b, a, paired=paired))
-    )
+    above, below = (a, b) if e.op == ">" else (b, a)
+    p = probability_better(above, below, paired=paired)
     word = "beats" if e.op == ">" else "is below"
     pairs = "seeds (each on its split)" if paired else "seed pairs"
     text = f"; P({e.left} {word} {e.right}) over {pairs} {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
