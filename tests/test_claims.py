@@ -85,15 +85,16 @@ def test_a_claim_committed_after_the_others_check_with_an_earlier_start_time_wit
     tags = {"dlkit.role": "child", "dlkit.config_hash": "h"}
     started = int(time.time() * 1000) - 50  # the late process read its clock first
     with first.runs(["m"], tags=[tags], parent_id=parent) as (kept,):
-        assert contested(first, parent, [kept], running=True) == {}  # nothing else there yet
-        tags = {**tags, "mlflow.parentRunId": parent, "dlkit.host": HOST}
+        assert contested(first, parent, {kept: "h"}, running=True) == {}  # nothing else there yet
+        tags = {**tags, "mlflow.parentRunId": parent, "dlkit.comparison": parent}
+        tags["dlkit.host"] = HOST
         claim = late.client.create_run(
             late.experiment_id, start_time=started, tags={**tags, "dlkit.pid": str(os.getpid())}
         ).info.run_id
         # The first process has not decided yet (no params): the late one waits for it.
         threading.Timer(0.3, first.log_params, (kept, {"epochs": "2"})).start()
         began = time.monotonic()
-        lost = contested(late, parent, [claim], running=True)
+        lost = contested(late, parent, {claim: "h"}, running=True)
         assert time.monotonic() - began >= 0.25
         assert lost[claim].rival.run_id == kept  # kept by the process that checked first
         client = MlflowClient(store)
@@ -111,7 +112,7 @@ def test_an_earlier_claim_keeps_its_member_once_a_later_claim_withdraws(tmp_path
     with first.runs(["m"], tags=tags, parent_id=parent) as (earlier,):
         with second.runs(["m"], tags=tags, parent_id=parent) as (later,):
             threading.Timer(0.3, second.withdraw, (later,)).start()  # it saw the earlier one
-            assert contested(first, parent, [earlier], running=True) == {}
+            assert contested(first, parent, {earlier: "h"}, running=True) == {}
 
 
 EXPERIMENT = tiny(

@@ -141,9 +141,11 @@ def _compare(
             recipes, tuning = tuned(run, recipes, parent_id, parent.swept)
         context = _context(experiment, recipes, data)
         seeds = Seeds.start(experiment, tracker.read_artifact(parent_id, PLAN_ARTIFACT))
+        # The measured runs, read once here and once per look after its round.
+        runs = tracker.children(parent_id, tags={keys.ROLE: "child"})
         while True:
             plan = _plan(experiment, recipes, options, seeds.by_variant)
-            done = finished_runs(tracker, parent_id)  # this round's runs are not in it yet
+            done = finished_runs(tracker, parent_id, runs=runs)
             if parent.resumed or parent.joined:
                 log(
                     f"Resuming parent run {parent_id}; "
@@ -152,7 +154,9 @@ def _compare(
                 )
                 parent = dataclasses.replace(parent, resumed=False, joined=False)
             context["seeds"] = seeds.all
-            _log_plan(tracker, parent_id, experiment, plan, context, tuning, seeds.record())
+            logged = _log_plan(
+                tracker, parent_id, experiment, plan, context, tuning, seeds.record()
+            )
             run.execute(
                 [
                     child_spec(run, recipes[entry["variant"]], entry, parent_id)
@@ -164,7 +168,9 @@ def _compare(
             signals.check()
             if not seeds.budget:
                 break
-            if not seeds.more(load_comparison(tracker, parent_id, verdicts_only=True), log):
+            runs = tracker.children(parent_id, tags={keys.ROLE: "child"})
+            looked = load_comparison(tracker, parent_id, verdicts_only=True, plan=logged, runs=runs)
+            if not seeds.more(looked, log):
                 break
         _log_plan(tracker, parent_id, experiment, plan, context, tuning, seeds.record())
         comparison = _report(tracker, parent_id, folder)
@@ -402,7 +408,8 @@ def _log_plan(
     context: dict[str, Any],
     tuning: dict[str, Any] | None = None,
     sequential: dict[str, Any] | None = None,
-) -> None:
+) -> dict[str, Any]:
+    """Logs the parent's plan (and the resolved experiment, and its params); returns the plan."""
     with tempfile.TemporaryDirectory(prefix="dlkit-") as tmp:
         content = {
             "sequential": sequential,
@@ -443,6 +450,7 @@ def _log_plan(
             "variants": _listed(labels, "variants"),
         },
     )
+    return content
 
 
 def _listed(values: list[Any], noun: str) -> str:

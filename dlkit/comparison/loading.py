@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -38,7 +39,12 @@ RUN_METRICS = (
 
 
 def load_comparison(
-    tracker: Tracker, parent_run_id: str | None = None, *, verdicts_only: bool = False
+    tracker: Tracker,
+    parent_run_id: str | None = None,
+    *,
+    verdicts_only: bool = False,
+    plan: dict[str, Any] | None = None,
+    runs: Sequence[RunRecord] | None = None,
 ) -> Comparison:
     """Rebuilds a comparison from MLflow alone: the parent's plan, its children's metrics.
 
@@ -48,6 +54,10 @@ def load_comparison(
         verdicts_only: Read only what the verdicts need (a comparison adding seeds looks
             after every round): no learning curves or gradient norms, and no per-example
             results under a random split, whose verdicts do not use them. Defaults to `False`.
+        plan: The parent's plan, when the caller has it (it just logged it). Defaults to
+            `None`: read it from the parent.
+        runs: The comparison's runs, when the caller has read them (see
+            `dlkit.tracking.members.members`). Defaults to `None`: read them.
     """
     parent_run_id = parent_run_id or tracker.latest_parent()
     if parent_run_id is None:
@@ -55,7 +65,7 @@ def load_comparison(
             f"MLflow experiment {tracker.experiment!r} at {tracker.tracking_uri} has no "
             "comparison yet. Run `dlkit compare` first, or check --tracking-uri."
         )
-    text = tracker.read_artifact(parent_run_id, PLAN_ARTIFACT)
+    text = json.dumps(plan) if plan else tracker.read_artifact(parent_run_id, PLAN_ARTIFACT)
     if text is None:
         raise DlkitError(
             f"Run {parent_run_id} has no {PLAN_ARTIFACT}: it is not a dlkit comparison, or "
@@ -66,7 +76,9 @@ def load_comparison(
     from dlkit.tracking.members import members
 
     # The run that counts for each planned config (a tuning sweep's runs are read from the plan).
-    by_hash = {m.config_hash: m.run for m in members(tracker, parent_run_id, "child").values()}
+    by_hash = {
+        m.config_hash: m.run for m in members(tracker, parent_run_id, "child", runs=runs).values()
+    }
     rows, histories, gradients, correct = [], {}, {}, {}
     paired = (plan.get("context") or {}).get("split") == "random"
     for entry in plan["runs"]:

@@ -135,7 +135,8 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
         with tracker.run(spec.run_name, tags=run_tags, parent_id=spec.parent_id) as run_id:
             # A member another process holds is left to it (see dlkit.tracking.claims).
             role = spec.tags.get(keys.ROLE)
-            lost = contested(tracker, spec.parent_id, [run_id], running=True, role=role)
+            claim = {run_id: spec.tags.get(keys.CONFIG_HASH)}
+            lost = contested(tracker, spec.parent_id, claim, running=True, role=role)
             if lost:
                 return _elsewhere(run_id, lost[run_id], start)
             result = fit_in_run(
@@ -150,7 +151,7 @@ def run_child(spec: ChildSpec, *, callbacks: Sequence[Any] = ()) -> ChildResult:
                 # child may, since no caller holds the model it hands back.
                 reuse=True,
             )
-            lost = contested(tracker, spec.parent_id, [run_id], running=False, role=role)
+            lost = contested(tracker, spec.parent_id, claim, running=False, role=role)
             if lost:  # it finished in another process meanwhile
                 return _elsewhere(run_id, lost[run_id], start)
     except Exception as error:  # the run is already FAILED, with the reason as a tag

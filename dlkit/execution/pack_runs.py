@@ -81,7 +81,8 @@ def tracked_pack(
     names = [m.name for m in members]
     with tracker.runs(names, tags=run_tags, parent_id=parent_id) as run_ids:
         # Members another process holds are left to it (see dlkit.tracking.claims).
-        outcomes: dict[str, Any] = contested(tracker, parent_id, run_ids, running=True, role=role)
+        claims = {run_id: t.get(keys.CONFIG_HASH) for run_id, t in zip(run_ids, run_tags)}
+        outcomes: dict[str, Any] = contested(tracker, parent_id, claims, running=True, role=role)
         mine = [k for k, run_id in enumerate(run_ids) if run_id not in outcomes]
         for k in mine:
             log_start(
@@ -106,7 +107,11 @@ def tracked_pack(
                     tracker.set_tags(run_ids[k], {keys.RESUMED: checkpoint.loaded_epoch})
             # One look for all of them: a member that FINISHED in another process meanwhile
             # withdraws instead of finishing a second time.
-            done = [run_ids[k] for k, o in zip(mine, trained) if not isinstance(o, Exception)]
+            done = {
+                run_ids[k]: claims[run_ids[k]]
+                for k, o in zip(mine, trained)
+                if not isinstance(o, Exception)
+            }
             outcomes.update(contested(tracker, parent_id, done, running=False, role=role))
             for k, outcome, sink in zip(mine, trained, curves):
                 if run_ids[k] not in outcomes:

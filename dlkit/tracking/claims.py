@@ -84,35 +84,50 @@ def _opened_before(run: RunRecord, mine: RunRecord) -> bool:
 def contested(
     tracker: Tracker,
     parent_id: str | None,
-    run_ids: Sequence[str],
+    claims: dict[str, str | None],
     *,
     running: bool,
     role: str | None = None,
 ) -> dict[str, ClaimedElsewhere]:
-    """Withdraws those of `run_ids` whose member another run holds; returns them, each with
-    why. Runs without a parent or config hash (not a comparison's) are never contested.
-    `role`, when every one of `run_ids` has it, narrows the look to the runs of that role.
+    """Withdraws those of the runs claimed (`claims`: each run id's config hash) whose member
+    another run holds; returns them, each with why. Runs without a parent or config hash (not
+    a comparison's) are never contested. Each look reads only the runs of the members claimed,
+    not the whole comparison, and `role`, when every claimed run has it, narrows it further.
     With `running` (before training), waits for the later claims that have not decided yet
     (see the module's docstring)."""
-    if not parent_id or not run_ids:
+    pending = {run_id: config for run_id, config in claims.items() if config}
+    if not parent_id or not pending:
         return {}
     lost: dict[str, ClaimedElsewhere] = {}
-    pending = set(run_ids)
     while True:
-        runs = tracker.children(parent_id, tags={keys.ROLE: role} if role else None)
+        runs = _member_runs(tracker, parent_id, set(pending.values()), role)
         for run in [run for run in runs if run.run_id in pending]:
-            if keys.CONFIG_HASH not in run.tags:
-                pending.discard(run.run_id)
-            elif (other := rival(run, runs, running=running)) is not None:
+            if (other := rival(run, runs, running=running)) is not None:
                 tracker.withdraw(run.run_id)
                 lost[run.run_id] = ClaimedElsewhere(other)
-                pending.discard(run.run_id)
+                del pending[run.run_id]
             elif not running or not undecided(run, runs):
-                pending.discard(run.run_id)
-        pending &= {run.run_id for run in runs}  # a run no longer there is not contested
+                del pending[run.run_id]
+        seen = {run.run_id for run in runs}  # a run no longer there is not contested
+        pending = {run_id: config for run_id, config in pending.items() if run_id in seen}
         if not pending:
             return lost
         time.sleep(_DECIDING_POLL)
+
+
+def _member_runs(
+    tracker: Tracker, parent_id: str, configs: set[str], role: str | None
+) -> list[RunRecord]:
+    """The comparison's runs of these config hashes (of `role`, when given). Every claim
+    carries the comparison's tag, so the runs logged before dlkit wrote it are not read."""
+    role_tag = {keys.ROLE: role} if role else {}
+    return [
+        run
+        for config in sorted(configs)
+        for run in tracker.children(
+            parent_id, tags={**role_tag, keys.CONFIG_HASH: config}, untagged=False
+        )
+    ]
 
 
 _DECIDING_POLL = 0.05  # seconds between looks while a later claim decides

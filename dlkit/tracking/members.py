@@ -10,6 +10,7 @@ raced. Resume, the tuning sweep, the claims protocol and the report all ask
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from dlkit import keys
 from dlkit.tracking.tracker import RunRecord, Tracker, process_alive
@@ -53,7 +54,11 @@ def state_of(run: RunRecord) -> str:
 
 
 def members(
-    tracker: Tracker, parent_id: str, role: str | None = None
+    tracker: Tracker,
+    parent_id: str,
+    role: str | None = None,
+    *,
+    runs: Sequence[RunRecord] | None = None,
 ) -> dict[tuple[str, str], MemberRun]:
     """Returns the run that counts for each member of a comparison, keyed by (role, hash).
 
@@ -68,12 +73,15 @@ def members(
         tracker: The comparison's tracker.
         parent_id: The comparison's parent run.
         role: Only members of this role (`"child"` or `"tuning"`). Defaults to `None`: all.
+        runs: The comparison's runs as `Tracker.children` read them, newest first, when the
+            caller has read them already (one read serves a comparison's look). Defaults
+            to `None`: read them.
 
     Returns:
         A `MemberRun` per member. Runs without a config hash (not a comparison's) are left out.
     """
     found: dict[tuple[str, str], MemberRun] = {}
-    for run in tracker.children(parent_id):  # newest first
+    for run in tracker.children(parent_id) if runs is None else runs:  # newest first
         run_role, config = member_key(run.tags)
         if config is None or (role and run_role != role):
             continue
@@ -97,10 +105,17 @@ def _beats(state: str, run: RunRecord, current: MemberRun) -> bool:
     return False  # another state: the newer, seen first, stays
 
 
-def finished(tracker: Tracker, parent_id: str, role: str | None = None) -> dict[str, str]:
-    """The finished members' run ids by config hash (of one role, or of `child` runs)."""
+def finished(
+    tracker: Tracker,
+    parent_id: str,
+    role: str | None = None,
+    *,
+    runs: Sequence[RunRecord] | None = None,
+) -> dict[str, str]:
+    """The finished members' run ids by config hash (of one role, or of `child` runs); `runs`
+    as for `members`."""
     return {
         m.config_hash: m.run.run_id
-        for m in members(tracker, parent_id, role or "child").values()
+        for m in members(tracker, parent_id, role or "child", runs=runs).values()
         if m.state == "FINISHED"
     }

@@ -76,21 +76,30 @@ def children(
     parent_id: str,
     status: str | None = None,
     tags: dict[str, str] | None = None,
+    *,
+    untagged: bool = True,
 ) -> list[RunRecord]:
     """Returns the runs of the comparison under `parent_id`, newest first, optionally of
     one status and with these tag values: its children and the runs nested deeper (a
-    variant's sweep runs under its tuning run), which carry `dlkit.comparison`."""
+    variant's sweep runs under its tuning run), which carry `dlkit.comparison`, and (with
+    `untagged`) the parent's children logged before dlkit wrote that tag."""
     where = ""
     if status:
         where += f" and attributes.status = '{status}'"
     for key, value in (tags or {}).items():
         where += f" and tags.`{key}` = '{value}'"
     found = {}
-    # Runs logged before dlkit tagged the comparison are the parent's children only.
-    for link in (f"tags.`{keys.COMPARISON}`", "tags.mlflow.parentRunId"):
+    # Runs logged before dlkit tagged the comparison are the parent's children only: the
+    # second search returns just those (no tag), so it costs little when there are none.
+    links = [f"tags.`{keys.COMPARISON}` = '{parent_id}'"]
+    if untagged:
+        links.append(
+            f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{keys.COMPARISON}` IS NULL"
+        )
+    for link in links:
         for run in client.search_runs(
             [experiment_id],
-            filter_string=f"{link} = '{parent_id}'{where}",
+            filter_string=f"{link}{where}",
             order_by=["attributes.start_time DESC"],
             max_results=_MAX_CHILDREN,
         ):

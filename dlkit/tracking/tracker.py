@@ -509,11 +509,18 @@ class Tracker:
         return first.run_id, True
 
     def children(
-        self, parent_id: str, *, status: str | None = None, tags: dict[str, str] | None = None
+        self,
+        parent_id: str,
+        *,
+        status: str | None = None,
+        tags: dict[str, str] | None = None,
+        untagged: bool = True,
     ) -> list[RunRecord]:
         """Returns the runs of the comparison under `parent_id`, newest first, optionally of
         one status and with these tag values (see `dlkit.tracking.records.children`)."""
-        return records.children(self.client, self.experiment_id, parent_id, status, tags)
+        return records.children(
+            self.client, self.experiment_id, parent_id, status, tags, untagged=untagged
+        )
 
     def metric_history(self, run_id: str, key: str) -> dict[int, float]:
         """Returns a metric's values by step (empty when it was never logged)."""
