@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dlkit.comparison.experiment import ERROR_RATES
+from dlkit.comparison.experiment import ERROR_RATES, INTERVALS
 from dlkit.comparison.options import MAX_SEEDS, OUTPUT_DIR, Options
 from dlkit.data.dataset import DEFAULT_SOURCE, DEFAULT_VALIDATION_SPLIT
 from dlkit.errors import DlkitError
@@ -226,6 +226,14 @@ _SEED_OPTIONS = [
         help="per_comparison: at most 5% chance that any expectation is decided wrongly (the "
         "5% split among them); per_expectation: 5% each.  [default: the file's, else "
         "per_comparison]",
+    ),
+    click.option(
+        "--interval",
+        type=click.Choice(INTERVALS),
+        default=None,
+        help="t: repeated t intervals (roughly normal seeds); betting: a confidence sequence "
+        "that assumes nothing but the range, and needs many more seeds (--split random).  "
+        "[default: the file's, else t]",
     ),
     click.option(
         "--yes",

@@ -417,3 +417,27 @@ def test_a_seed_that_diverged_counts_at_chance_and_the_verdict_names_it(tracking
     assert verdict.status != "held" and verdict.seeds == 6
     assert f"6/6, {len(gone)} diverged" in result.format()
     assert "at most 5% chance that any of them is wrong" in result.format()
+
+
+@pytest.mark.integration
+def test_the_betting_interval_from_a_file_decides_and_the_report_keeps_it(tracking_uri):
+    spec = tiny(
+        "betting",
+        dataset={"source": "digits", "train_size": 300, "split": "random"},
+        interval="betting",
+        overrides={"epochs": 5, "width": 16, "batch_size": 32, "learning_rate": 0.03},
+        variants=[
+            {"label": "linear", "recipe": "softmax-regression"},
+            # Eight sigmoid layers stay near chance here: a gap betting decides in a few seeds.
+            {"label": "sigmoid", "recipe": "deep-sigmoid", "overrides": {"depth": 8}},
+        ],
+        expect=["linear > sigmoid"],
+        seeds=3,
+        max_seeds=12,
+    )
+    result = compare(parse_experiment(spec), tracking_uri=tracking_uri, output_dir=None)
+    [verdict] = result.expectations
+    assert verdict.status == "held" and "betting interval" in verdict.detail
+    assert result.sequential["interval"] == "betting"
+    again = report("betting", tracking_uri=tracking_uri, output_dir=None)
+    assert again.expectations[0].detail == verdict.detail

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from dlkit import DlkitError
-from dlkit.comparison.expectations import Sample, evaluate, interval, parse_expectation
+from dlkit.comparison.expectations import Sample, evaluate, parse_expectation
+from dlkit.comparison.intervals import interval
 
 
 def verdict(text: str, **samples: Sample):
@@ -154,7 +155,7 @@ def test_margins_and_thresholds_must_be_finite_and_not_negative():
 
 
 def test_probability_of_outperforming_counts_seed_pairs_with_a_bootstrap_interval():
-    from dlkit.comparison.expectations import probability_better
+    from dlkit.comparison.intervals import probability_better
 
     assert probability_better([3.0, 4.0], [1.0, 2.0]) == (1.0, 1.0, 1.0)
     p, low, high = probability_better([0.9, 0.91, 0.92], [0.8, 0.85, 0.95])

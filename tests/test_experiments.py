@@ -109,6 +109,8 @@ def test_data_dir_and_download_travel_with_the_data_but_not_into_the_hash(tmp_pa
         ("variants: [deep-relu\n", "not valid YAML"),
         ("grid: {axes: {depth: [1, 2]}}\n", "grid.recipe"),
         ("grid: {recipe: deep-relu, axes: {depth: []}}\n", "grid.axes.depth: expected a non-empty"),
+        ("variants: [deep-relu]\ninterval: bayes\n", "interval: expected one of t, betting"),
+        ("variants: [deep-relu]\ninterval: betting\n", "Add `split: random` under dataset"),
     ],
 )
 def test_bad_files_fail_before_training_naming_the_key(tmp_path, text, message):

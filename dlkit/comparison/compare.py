@@ -147,11 +147,7 @@ def _compare(
             plan = _plan(experiment, recipes, options, seeds.by_variant)
             done = finished_runs(tracker, parent_id, runs=runs)
             if parent.resumed or parent.joined:
-                log(
-                    f"Resuming parent run {parent_id}; "
-                    f"{sum(p['config_hash'] in done for p in plan)} of {len(plan)} runs "
-                    "already finished (use --force to retrain them)."
-                )
+                log(_resuming(parent_id, plan, done))
                 parent = dataclasses.replace(parent, resumed=False, joined=False)
             context["seeds"] = seeds.all
             logged = _log_plan(
@@ -182,6 +178,13 @@ def _compare(
             f"{experiment.question}",
         )
     return comparison
+
+
+def _resuming(parent_id: str, plan: list[dict], done: dict[str, str]) -> str:
+    return (
+        f"Resuming parent run {parent_id}; {sum(p['config_hash'] in done for p in plan)} of "
+        f"{len(plan)} runs already finished (use --force to retrain them)."
+    )
 
 
 def _checked(experiment: Experiment, options: Options) -> tuple[dict[str, Recipe], Any]:

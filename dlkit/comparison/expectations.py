@@ -11,7 +11,8 @@ compared on the mean over seeds):
 the overfitting lessons.
 
 Each verdict is three-way: **held**, **contradicted** or **inconclusive**,
-decided by a 95% interval around the estimated difference (see `interval`).
+decided by a 95% interval around the estimated difference (see
+`dlkit.comparison.intervals`).
 It counts two sources of noise: how the mean moves from seed to seed
 (Welch's unequal-variance interval), and, for test accuracy, the sampling
 error of a finite test set, from the per-example correctness of the runs,
@@ -29,7 +30,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dlkit.comparison.sequential import ALPHA, Look, quantile, running_interval
+from dlkit.comparison.intervals import CONFIDENCE, interval, probability_better
+from dlkit.comparison.sequential import (
+    ALPHA,
+    Look,
+    betting_interval,
+    running_interval,
+)
 from dlkit.errors import DlkitError, closest
 
 METRICS = (
@@ -58,7 +65,6 @@ class Expectation:
     margin: float
 
 
-CONFIDENCE = 0.95
 STATUSES = ("held", "contradicted", "equivalent", "inconclusive", "unchecked")
 # Metrics on the accuracy scale, where an equivalence margin such as 0.01 means one point.
 ACCURACY_SCALE = ("test_accuracy", "best_val_accuracy", "train_accuracy", "gap")
@@ -209,6 +215,7 @@ def evaluate(
     equivalence: float | None = None,
     odds: bool = True,
     alpha: float = ALPHA,
+    interval: str = "t",
 ) -> Verdict:
     """Checks an expectation against each variant's per-seed results.
 
@@ -229,6 +236,9 @@ def evaluate(
             the detail. Defaults to `True`.
         alpha: The error rate of this expectation, over all its looks (a comparison
             of several splits its own among them). Defaults to `0.05`.
+        interval: `"t"`: repeated t intervals (`dlkit.comparison.sequential`);
+            `"betting"`: a confidence sequence by betting, for paired differences of an
+            accuracy-scale metric (others keep the t interval, and say so). Defaults to `"t"`.
 
     Returns:
         A `Verdict`: held when the whole interval of the difference lies on the
@@ -247,8 +257,9 @@ def evaluate(
         equivalence = None
     seeds = sorted(set(a) | set(b))
     looks = list(looks) if looks else [Look(tuple(seeds), 0)]
+    betting = interval == "betting" and paired and e.metric in ACCURACY_SCALE
     run, at, (n, difference, _, _, parts) = _looked(
-        e, left, right, looks, paired, equivalence, alpha
+        e, left, right, looks, paired, equivalence, alpha, betting=betting
     )
     if run.decided_at:  # what decided it: that look's seeds, difference and interval
         seeds = [s for s in seeds if s in at.seeds]
@@ -263,18 +274,16 @@ def evaluate(
     mean, diff = _number(e.metric), _number(e.metric, signed=True)
     detail = (
         f"{e.metric}: {e.left} {mean(np.mean(a_values))} vs {name} {mean(np.mean(b_values))}, "
-        f"difference {diff(difference)}, {_percent(run.level)} interval "
+        f"difference {diff(difference)}, {_percent(run.level)} "
+        f"{'betting interval' if betting else 'interval'} "
         f"[{diff(low)}, {diff(high)}] ({_need(e)})"
     )
-    detail += _divergences(e, [(e.left, left), (name, right)])
-    detail += _no_interval(low, n, paired, parts)
+    detail += _divergences(e, [(e.left, left), (name, right)]) + _no_interval(low, n, paired, parts)
+    if interval == "betting" and not betting:
+        detail += "; betting needs paired seeds of a bounded metric: a t interval instead"
     p = (math.nan,) * 3
-    if (
-        odds
-        and e.op != "~"
-        and isinstance(right, Sample)
-        and min(map(len, (a_values, b_values))) > 1
-    ):
+    two_sided = isinstance(right, Sample) and min(map(len, (a_values, b_values))) > 1
+    if odds and e.op != "~" and two_sided:
         p, text = _odds(e, a_values, b_values, paired=paired, open_=status == "inconclusive")
         detail += text
     margin = math.nan
@@ -308,7 +317,7 @@ def _number(metric: str, *, signed: bool = False) -> Callable[[float], str]:
     return lambda value: format(value, spec)
 
 
-def _looked(e, left, right, looks: list[Look], paired, equivalence, alpha: float):
+def _looked(e, left, right, looks: list[Look], paired, equivalence, alpha: float, *, betting=False):
     """The running interval over the looks, and the look it stopped at (the deciding one,
     or the last) with its `_look`.
 
@@ -323,7 +332,18 @@ def _looked(e, left, right, looks: list[Look], paired, equivalence, alpha: float
         for look, (n, center, se, df, _) in zip(looks, computed)
     ]
     decides = lambda low, high: _settles(e, low, high, equivalence)  # noqa: E731
-    run = running_interval(intervals, decides, alpha)
+    if betting:  # the seeds' differences one at a time, in the order they were added
+        a = left.by_seed(e.metric)
+        b = {} if isinstance(right, float) else right.by_seed(e.metric)
+        both = lambda s: s in a and (isinstance(right, float) or s in b)  # noqa: E731
+        looks_at = [sum(map(both, look.seeds)) for look in looks]
+        differences = [
+            a[s] - (right if isinstance(right, float) else b[s]) for s in looks[-1].seeds if both(s)
+        ]
+        bound = 2.0 if e.metric == "gap" else 1.0  # a gap is in [-1, 1], so its difference too
+        run = betting_interval(differences, looks_at, decides, alpha, bound)
+    else:
+        run = running_interval(intervals, decides, alpha)
     k = (run.decided_at or len(looks)) - 1
     return run, looks[k], computed[k]
 
@@ -432,89 +452,6 @@ def _percent(level: float) -> str:
     """`95%` for one look at 0.05; the level actually spent when the looks spent less."""
     confidence = 100 * (1 - level) if level > 0 else 100 * CONFIDENCE
     return f"{confidence:.4g}%"
-
-
-def probability_better(
-    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, paired: bool = False
-) -> tuple[float, float, float]:
-    """Returns P(a run of `a` beats one of `b`) and its 95% bootstrap interval.
-
-    The estimate is the share of (a, b) seed pairs where `a` is higher, a tie
-    counting half. The interval resamples each side's seeds with replacement,
-    from a fixed generator, so a report rebuilt from the same runs says the same.
-    With `paired` (each seed its own split, `a[i]` and `b[i]` on the same one) a
-    run is compared only with the other's on its split, and seeds are resampled
-    whole.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if paired:
-        rng = np.random.default_rng(0)
-        wins = (a > b) + 0.5 * (a == b)
-        boot = wins[rng.integers(0, len(wins), (resamples, len(wins)))].mean(axis=1)
-        low, high = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-        return float(wins.mean()), float(low), float(high)
-
-    def share(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        # x: [..., n], y: [..., m] -> the share over all n x m pairs, per leading index
-        diff = x[..., :, None] - y[..., None, :]
-        return ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(-2, -1))
-
-    rng = np.random.default_rng(0)
-    boot = share(
-        a[rng.integers(0, len(a), (resamples, len(a)))],
-        b[rng.integers(0, len(b), (resamples, len(b)))],
-    )
-    low, high = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return float(share(a, b)), float(low), float(high)
-
-
-def interval(
-    a: Sequence[float],
-    b: Sequence[float] | None,
-    *,
-    threshold: float | None = None,
-    correct_a: Sequence[np.ndarray] | None = None,
-    correct_b: Sequence[np.ndarray] | None = None,
-) -> tuple[float, float, float, dict[str, float | None]]:
-    """Returns the difference of means, its 95% interval, and the variance parts behind it.
-
-    Args:
-        a: The left variant's value in each seed.
-        b: The right variant's value in each seed, or `None` against `threshold`.
-        threshold: The fixed number compared against when `b` is `None`.
-        correct_a: Per seed, the left variant's per-example test correctness.
-        correct_b: The same for the right variant (paired example by example).
-
-    Returns:
-        `(difference, low, high, parts)` where `parts` holds the variance of
-        the difference from seeds (`"seeds"`, Welch; `None` with one seed on a
-        side that has one) and from the test set (`"test"`; `None` without
-        per-example results), and the degrees of freedom (`"df"`).
-    """
-    a = np.asarray(a, dtype=float)
-    b_values = np.asarray(b, dtype=float) if b is not None else None
-    difference = float(a.mean() - (b_values.mean() if b_values is not None else threshold))
-    sides = [a] if b_values is None else [a, b_values]
-    seeds_var, df = None, math.inf
-    if all(len(side) > 1 for side in sides):
-        terms = [side.var(ddof=1) / len(side) for side in sides]
-        seeds_var = float(sum(terms))
-        denominator = sum(t**2 / (len(side) - 1) for t, side in zip(terms, sides))
-        df = seeds_var**2 / denominator if denominator > 0 else math.inf
-    test_var = None
-    if correct_a:
-        per_example = np.mean([np.asarray(c, dtype=float) for c in correct_a], axis=0)
-        if correct_b:
-            per_example = per_example - np.mean(
-                [np.asarray(c, dtype=float) for c in correct_b], axis=0
-            )
-        test_var = float(per_example.var(ddof=1) / len(per_example))
-    parts = {"seeds": seeds_var, "test": test_var, "df": df}
-    if seeds_var is None and test_var is None:
-        return difference, math.nan, math.nan, parts
-    total = (seeds_var or 0.0) + (test_var or 0.0)
-    half = quantile(0.5 + CONFIDENCE / 2, df) * math.sqrt(total)
-    return difference, difference - half, difference + half, parts
 
 
 def _decide(e: Expectation, difference: float, low: float, high: float) -> tuple[str, float]:

@@ -59,6 +59,10 @@ class Experiment:
         error_rate: `"per_comparison"`: the 5% is the chance that any of the
             expectations is decided wrongly, split evenly among them; or
             `"per_expectation"`: each has its own 5%. Defaults to `"per_comparison"`.
+        interval: How a verdict's interval is built: `"t"`, repeated t intervals that
+            assume roughly normal per-seed differences; or `"betting"`, a confidence
+            sequence that assumes nothing but their range, and costs many more seeds
+            (needs `split: random`). Defaults to `"t"`.
         imports: Modules imported before the variants resolve, for the models they
             register (`dlkit.register_model`), as the file names them. Defaults to `()`.
         path: The file it was read from, if any.
@@ -77,6 +81,7 @@ class Experiment:
     max_seeds: int | None = None
     equivalence: float = 0.01
     error_rate: str = "per_comparison"
+    interval: str = "t"
     imports: tuple[str, ...] = ()
     path: str | None = None
 
@@ -147,7 +152,11 @@ class Experiment:
                 self.error_rate if options.error_rate is None else options.error_rate,
                 "--error-rate",
             ),
+            interval=check_interval(
+                self.interval if options.interval is None else options.interval, "--interval"
+            ),
         )
+        experiment.check_interval()
         if experiment.max_seeds is not None and experiment.max_seeds < len(experiment.seeds):
             raise DlkitError(
                 f"max_seeds ({experiment.max_seeds}) is below the {len(experiment.seeds)} seeds "
@@ -155,6 +164,15 @@ class Experiment:
             )
         experiment.recipes()  # validate the result before anything trains
         return experiment
+
+    def check_interval(self) -> None:
+        """Betting needs each seed's difference to be an independent draw: its own split."""
+        if self.interval == "betting" and self.data.split != "random":
+            raise DlkitError(
+                f"{self._where()}interval: betting bets on each seed's difference as an "
+                "independent draw, which needs each seed to draw its own split. Add "
+                "`split: random` under dataset (or --split random), or use interval: t."
+            )
 
     def _where(self) -> str:
         return f"{self.path}: " if self.path else ""
@@ -220,6 +238,18 @@ def check_error_rate(value: Any, where: str) -> str:
         raise DlkitError(
             f"{where}: expected one of {', '.join(ERROR_RATES)} (per_comparison: at most 5% "
             f"chance that any expectation is decided wrongly). Received: {value!r}"
+        )
+    return str(value)
+
+
+INTERVALS = ("t", "betting")
+
+
+def check_interval(value: Any, where: str) -> str:
+    if value not in INTERVALS:
+        raise DlkitError(
+            f"{where}: expected one of {', '.join(INTERVALS)} (t: repeated t intervals; "
+            f"betting: a distribution-free confidence sequence). Received: {value!r}"
         )
     return str(value)
 

@@ -22,6 +22,7 @@ from dlkit.comparison.experiment import (
     Variant,
     check_equivalence,
     check_error_rate,
+    check_interval,
     check_max_seeds,
     check_name,
     check_seeds,
@@ -48,6 +49,7 @@ TOP_KEYS = (
     "max_seeds",
     "equivalence",
     "error_rate",
+    "interval",
     "imports",
 )
 DATASET_KEYS = ("source", "train_size", "train_offset", "validation_split", "split")
@@ -153,9 +155,11 @@ def parse_experiment(
         max_seeds=check_max_seeds(raw.get("max_seeds"), "max_seeds"),
         equivalence=check_equivalence(raw.get("equivalence", 0.01), "equivalence"),
         error_rate=check_error_rate(raw.get("error_rate", "per_comparison"), "error_rate"),
+        interval=check_interval(raw.get("interval", "t"), "interval"),
         imports=imports,
         path=path,
     )
+    experiment.check_interval()
     experiment.recipes()
     from dlkit.comparison.expectations import parse_expectation
 

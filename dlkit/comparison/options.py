@@ -47,6 +47,9 @@ class Options:
         error_rate: `"per_comparison"` (at most 5% chance that any expectation is
             decided wrongly) or `"per_expectation"` (5% each). Defaults to `None`
             (the file's, else `"per_comparison"`).
+        interval: `"t"` (repeated t intervals) or `"betting"` (a distribution-free
+            confidence sequence; needs the random split). Defaults to `None` (the file's,
+            else `"t"`).
         data_dir: TFDS data directory. Defaults to `None` (`$TFDS_DATA_DIR`).
         download: Let TFDS download data. Defaults to `True`.
         force: Retrain everything in a new parent run. Defaults to `False`.
@@ -104,6 +107,7 @@ class Options:
     max_seeds: int | None = None
     equivalence: float | None = None
     error_rate: str | None = None
+    interval: str | None = None
     data_dir: str | None = None
     download: bool = True
     force: bool = False

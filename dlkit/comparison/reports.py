@@ -90,6 +90,7 @@ class Comparison:
                 paired=self.context.get("split") == "random",
                 equivalence=self.sequential.get("equivalence"),
                 alpha=ALPHA / max(shares, 1),
+                interval=self.sequential.get("interval", "t"),
             )
             for e in self.parsed
         ]

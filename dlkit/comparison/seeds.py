@@ -34,6 +34,7 @@ class Seeds:
     step: int
     looks: list[dict]
     error_rate: str = "per_comparison"
+    interval: str = "t"
     stopped: str = ""
 
     @classmethod
@@ -52,7 +53,8 @@ class Seeds:
                 if seeds is not None and entry["seed"] not in seeds:
                     seeds.append(entry["seed"])
         seeds = cls(by_variant, experiment.max_seeds, experiment.equivalence,
-                    len(experiment.seeds), looks, experiment.error_rate)  # fmt: skip
+                    len(experiment.seeds), looks, experiment.error_rate,
+                    experiment.interval)  # fmt: skip
         if not looks:
             seeds.looks.append({"seeds": seeds.all, "budget": seeds.budget or 0})
         return seeds
@@ -67,6 +69,7 @@ class Seeds:
             "max_seeds": self.budget,
             "equivalence": self.equivalence,
             "error_rate": self.error_rate,
+            "interval": self.interval,
             "looks": self.looks,
             "stopped": self.stopped,
         }
