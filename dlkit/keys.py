@@ -18,6 +18,7 @@ QUESTION = "dlkit.question"
 TUNED = "dlkit.tuned"  # on a parent: yes when its variants were tuned
 SPLIT = "dlkit.split"  # on a parent: fixed or random (absent on parents before it: fixed)
 GRID = "dlkit.grid"  # on a tuned parent: its tuning grid, e.g. learning_rate=0.01,0.1;seeds=2
+VARIANTS = "dlkit.variants"  # on a parent: a hash of its variants' settings (all but the seed)
 DATA = "dlkit.data"  # on a parent: which examples it reads, e.g. source=digits,train_size=300
 HOST = "dlkit.host"  # the process that holds a run, so a later one can tell it is gone
 PID = "dlkit.pid"

@@ -333,10 +333,12 @@ def test_tuned_and_untuned_runs_keep_parents_and_report_folders_of_their_own(tmp
     tracker = Tracker(uri, "kinds", create=False)
     assert load_comparison(tracker, tuned.parent_run_id).tuning is not None
     assert load_comparison(tracker, untuned.parent_run_id).tuning is None
-    # another grid or other data means other results: a parent of their own, said so
+    # another grid, other data or another setting of the variants means other results: a
+    # parent of their own, said so, and the earlier comparison's runs untouched
     for changed in (
         {**spec, "tune": {"learning_rate": [0.01, 0.3], "seeds": 1}},
         {**spec, "dataset": {**spec["dataset"], "train_size": 250}},
+        {**spec, "overrides": {**spec["overrides"], "epochs": 2}},
     ):
         lines.clear()
         other = compare(parse_experiment(changed), **{**quiet, "log": lines.append})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -233,10 +234,13 @@ def _open_parent(run: Run, data: Any) -> _Parent:
     like = _kind(experiment)
     resume_id = None if options.force else tracker.latest_parent(like)
     if resume_id is None and not options.force and tracker.latest_parent() is not None:
-        run.log(
+        text = (
             f"A new parent run: the earlier ones of {experiment.name!r} differ in what the "
-            "results mean (tuned or not, the tuning grid, the split or the data); they stay."
+            "results mean (tuned or not, the tuning grid, the split, the data or the variants' "
+            "settings); they stay."
         )
+        for line in wrap(text, subsequent="  "):
+            run.log(line)
     resumed, joined = resume_id is not None, False
     if not resumed and not options.force:  # another process may be opening one now
         resume_id, joined = tracker.claim_parent(experiment.name, tags, like)
@@ -260,7 +264,9 @@ def _open_parent(run: Run, data: Any) -> _Parent:
 
 def _kind(experiment: Experiment) -> dict[str, str]:
     """The parent tags that say what a comparison's results mean: tuned or not, the tuning
-    grid, the split mode and the data. A parent resumes only with all four the same."""
+    grid, the split mode, the data and the variants' settings (`--epochs 40` is another
+    comparison). A parent resumes only with all five the same; one from before a tag was
+    written matches any value of it, and is tagged as it resumes."""
     tune = experiment.tune
     grid = (
         ";".join(
@@ -272,11 +278,17 @@ def _kind(experiment: Experiment) -> dict[str, str]:
         else "-"
     )
     data = ",".join(f"{k}={v}" for k, v in experiment.data.identity().items())
+    settings = {
+        label: config_hash(recipe.resolved(), experiment.data, 0)
+        for label, recipe in experiment.recipes().items()
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return {
         keys.TUNED: "yes" if tune else "no",
         keys.GRID: grid,
         keys.SPLIT: experiment.data.split,
         keys.DATA: data,
+        keys.VARIANTS: digest,
     }
 
 

@@ -69,11 +69,11 @@ def tuned(
     trained = set(done)
     with _tuning_runs(tracker, parent_id, list(recipes)) as holders:
 
-        def settle(label: str) -> list[str]:
+        def settle(label: str, scores: dict[str, float | None] | None = None) -> list[str]:
             """Chooses a variant's point once its sweep is whole, or extends its grid past
             an edge; returns the lines to show: the choices not shown yet that follow, in
-            the file's order, those shown."""
-            scores = _sweep_scores(tracker, parent_id)
+            the file's order, those shown. `scores` are the sweep's, when read already."""
+            scores = _sweep_scores(tracker, parent_id) if scores is None else scores
             choice = _choose(tune, recipes[label], sweep[label], scores, grids[label])
             wider = steps[label] < MAX_EXTENSIONS and extended(recipes[label], grids[label], choice)
             if wider:  # trained in the next round
@@ -110,8 +110,10 @@ def _sweep_round(run, recipes, sweep, choices, trained, holders, parent_id, sett
     """Trains what the unchosen variants' sweeps still lack, settling each as it is whole."""
     open_ = [label for label in recipes if label not in choices]
     left = {label: sum(e["config_hash"] not in trained for e in sweep[label]) for label in open_}
-    for label in [label for label in open_ if not left[label]]:
-        for line in settle(label):
+    whole = [label for label in open_ if not left[label]]
+    scores = _sweep_scores(run.tracker, parent_id) if whole else {}  # one read for all of them
+    for label in whole:
+        for line in settle(label, scores):
             run.log(line)
 
     def ended(spec: ChildSpec) -> list[str]:
