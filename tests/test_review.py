@@ -240,6 +240,24 @@ def test_a_comparison_in_a_terminal_command_shows_no_tensorflow_start_up_noise(t
 
 
 @pytest.mark.integration  # a real process or server, or a benchmark
+def test_a_script_that_fits_shows_no_tensorflow_start_up_noise(tmp_path):
+    script = (
+        "import dlkit\n"
+        "data = dlkit.load_dataset('digits', train_size=200)\n"
+        "result = dlkit.fit(dlkit.get_recipe('deep-relu', width=8, depth=1, epochs=1), data)\n"
+        "print('accuracy', result.test_accuracy)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    for noise in ("absl::InitializeLog", "oneDNN", "cuInit", "cuda drivers", "rebuild TensorFlow"):
+        assert noise not in done.stderr + done.stdout, done.stderr
+    assert "accuracy 0." in done.stdout
+
+
+@pytest.mark.integration  # a real process or server, or a benchmark
 def test_ui_serves_the_store_on_loopback_and_prints_the_runs_page(compared, tmp_path):
     result, uri = compared
     port = free_port()

@@ -49,9 +49,12 @@ class Progress:
             )
 
     def line(self, text: str) -> None:
-        """Prints a line that stays, above the bar when there is one."""
+        """Prints a line that stays, above the bar when there is one: on standard error
+        beside a terminal's bar, on standard output beside a notebook's (a widget), where
+        standard error shows as a warning."""
         if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
+            notebook = any(c.__module__ == "tqdm.notebook" for c in type(self._bar).__mro__)
+            self._bar.write(text, file=sys.stdout if notebook else sys.stderr)
         else:
             self._log(text)
 
