@@ -11,6 +11,7 @@ COMPARISON = "dlkit.comparison"  # on every run of a comparison: its parent, how
 CONFIG_HASH = "dlkit.config_hash"  # what a run trained: resume, claims and reports match on it
 VARIANT = "dlkit.variant"
 SEED = "dlkit.seed"
+SEEDS = "dlkit.seeds"  # on a parent: the seeds trained so far (a param could not change)
 SETTING = "dlkit.setting"  # a sweep run's point, e.g. learning_rate=0.01
 RECIPE = "dlkit.recipe"
 DATASET = "dlkit.dataset"

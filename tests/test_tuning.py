@@ -267,6 +267,8 @@ def test_no_tune_compares_as_given(tmp_path):
     )
     assert result.tuning is None and "tuned" not in result.table
     assert "variants compared as given" in result.format()
+    # and says what an untuned verdict rests on
+    assert "can change when each is tuned (--tune)" in " ".join(result.format().split())
     assert not any(line.startswith("Tuning") for line in lines)
     assert not sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", result.parent_run_id)
 

@@ -248,7 +248,9 @@ def _open_parent(run: Run, data: Any) -> _Parent:
     info = data.info
     text = (
         f"Comparison {experiment.name!r}: {plural(len(experiment.variants), 'variant')} x "
-        f"{plural(len(experiment.seeds), 'seed')} on {info.name} ({info.train_size:,} train, "
+        f"{plural(len(experiment.seeds), 'seed')}"
+        + (f" (up to {experiment.max_seeds} while undecided)" if experiment.max_seeds else "")
+        + f" on {info.name} ({info.train_size:,} train, "
         f"{info.validation_size:,} validation, {info.test_size:,} test)"
     )
     for line in wrap(text, subsequent="  "):
@@ -460,10 +462,14 @@ def _log_plan(
             "dataset": context["dataset"],
             "train_size": context["train_size"],
             "train_offset": context["train_offset"],
-            "seeds": _listed(context["seeds"], "seeds"),
             "epochs": "/".join(map(str, context["epochs"])),
             "variants": _listed(labels, "variants"),
         },
+    )
+    # Seeds are added while verdicts are open: a tag and a metric, which can change.
+    tracker.set_tags(parent_id, {keys.SEEDS: _listed(context["seeds"], "seeds")})
+    tracker.log_metrics(
+        parent_id, {"seeds": len(context["seeds"])}, step=len((sequential or {}).get("looks", []))
     )
     return content
 

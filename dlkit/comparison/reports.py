@@ -184,6 +184,8 @@ class Comparison:
         if self.expectations:
             lines.append("")
             lines += wrap(f"Expectations ({self.how_compared()}):", subsequent="  ")
+            if self.untuned_note():
+                lines += wrap(self.untuned_note(), initial="  ", subsequent="  ")
             for verdict in self.expectations:
                 text = (
                     f"[{verdict.status.upper()}] {verdict.expectation}: {self.how_decided(verdict)}"
@@ -257,6 +259,15 @@ class Comparison:
         return (
             f"Decided {decided} of {len(self.expectations)} expectations; {rate}. "
             f"{seconds:.1f} s of training of the measured runs{each}."
+        )
+
+    def untuned_note(self) -> str:
+        """What an untuned verdict between variants rests on; empty when tuned."""
+        if self.tuning or not any(isinstance(e.right, str) for e in self.parsed):
+            return ""
+        return (
+            "Untuned, each variant trains at its recipe's own learning rate: a verdict on an "
+            "optimizer, an activation or an architecture can change when each is tuned (--tune)."
         )
 
     def how_compared(self) -> str:
