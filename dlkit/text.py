@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,14 +42,30 @@ def plural(count: int, noun: str) -> str:
 WIDTH = 100  # columns of the terminal report's wrapped lines
 
 
-def wrap(text: str, *, initial: str = "", subsequent: str = "", width: int = WIDTH) -> list[str]:
-    """Returns `text` wrapped to `width` columns, the first line after `initial`, the rest
-    after `subsequent`; a long word (a number with its interval) is never split."""
+def report_width() -> int:
+    """The columns the report wraps at: `WIDTH`, or a narrower terminal's width (at least 40)."""
+    import shutil
+
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced standard output
+        terminal = False
+    if not terminal:
+        return WIDTH
+    return max(40, min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns))
+
+
+def wrap(
+    text: str, *, initial: str = "", subsequent: str = "", width: int | None = None
+) -> list[str]:
+    """Returns `text` wrapped to `width` columns (`report_width()` unless given), the first line
+    after `initial`, the rest after `subsequent`; a long word (a number with its interval) is
+    never split."""
     import textwrap
 
     return textwrap.wrap(
         text,
-        width=width,
+        width=width or report_width(),
         initial_indent=initial,
         subsequent_indent=subsequent,
         break_long_words=False,

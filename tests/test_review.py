@@ -305,3 +305,15 @@ def test_ui_mistakes_are_clear(tmp_path):
     server = CliRunner().invoke(main, ["ui", "--tracking-uri", "http://127.0.0.1:9"])
     assert server.exit_code == 1 and "is an MLflow server already" in server.output
     assert not Path("mlflow.db").exists()
+
+
+def test_the_report_wraps_at_a_narrow_terminals_width(monkeypatch):
+    from dlkit.text import wrap
+
+    text = "word " * 60
+    assert max(map(len, wrap(text))) > 80  # not a terminal: 100 columns, as files keep
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert max(map(len, wrap(text))) <= 80
+    monkeypatch.setenv("COLUMNS", "200")
+    assert max(map(len, wrap(text))) <= 100  # never wider than the report's 100
