@@ -94,6 +94,7 @@ def test_seeds_are_added_until_the_budget_when_the_verdict_stays_open(decided):
     assert plan["context"]["split"] == "random"
     text = result.format()
     assert "paired on their random splits" in text
+    assert "Each interval's level is what its looks spent of that" in " ".join(text.split())
     assert all(len(line) <= 100 for line in text.split("Expectations")[1].splitlines())
 
 

@@ -222,6 +222,9 @@ def test_under_random_splits_p_better_compares_each_seeds_runs_on_their_split():
     a, b = [0.95, 0.90, 0.97, 0.92], [0.94, 0.89, 0.96, 0.93]  # a ahead on 3 of 4 splits
     assert probability_better(a, b, paired=True)[0] == 0.75
     assert probability_better(a, b)[0] == pytest.approx(9 / 16)  # every cross pair
+    # six wins in six seeds is not certainty: Jeffreys' interval for the share
+    p, low, high = probability_better([0.9] * 6, [0.8] * 6, paired=True)
+    assert p == 1.0 and high == 1.0 and 0.6 < low < 0.8
 
 
 @pytest.mark.parametrize(

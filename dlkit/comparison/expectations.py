@@ -494,7 +494,7 @@ def _need(e: Expectation) -> str:
     if e.op == ">":
         return f"held when it lies above {e.margin:g}"
     if e.op == "<":
-        return f"held when it lies below {-e.margin:g}"
+        return f"held when it lies below {-e.margin if e.margin else 0.0:g}"  # not "-0"
     return f"held when it lies within ±{e.margin:g}"
 
 

@@ -256,8 +256,14 @@ class Comparison:
             rate = f"at most {ALPHA:.0%} chance that any of them is wrong"
         else:
             rate = f"at most {ALPHA:.0%} chance that each is wrong (per expectation)"
+        looks = len(self.sequential.get("looks", [])) > 1
+        levels = (
+            " Each interval's level is what its looks spent of that, so the levels differ."
+            if looks
+            else ""
+        )
         return (
-            f"Decided {decided} of {len(self.expectations)} expectations; {rate}. "
+            f"Decided {decided} of {len(self.expectations)} expectations; {rate}.{levels} "
             f"{seconds:.1f} s of training of the measured runs{each}."
         )
 

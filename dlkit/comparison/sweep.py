@@ -240,7 +240,7 @@ def _choose(
 
 
 def _choice_lines(label: str, choice: Choice, tune: Tune, values: dict, asked: dict) -> list[str]:
-    failed = f"; {choice.failed} sweep runs failed" if choice.failed else ""
+    failed = f"; {plural(choice.failed, 'sweep run')} failed" if choice.failed else ""
     added = [
         f"{field} to {', '.join(f'{v:g}' for v in values[field] if v not in asked[field])}"
         for field in values
