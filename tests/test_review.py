@@ -317,3 +317,13 @@ def test_the_report_wraps_at_a_narrow_terminals_width(monkeypatch):
     assert max(map(len, wrap(text))) <= 80
     monkeypatch.setenv("COLUMNS", "200")
     assert max(map(len, wrap(text))) <= 100  # never wider than the report's 100
+
+
+def test_a_bar_stopped_by_ctrl_c_says_so_not_done(capsys):
+    with pytest.raises(KeyboardInterrupt):
+        with Progress(3, lambda line: None, bar=True) as progress:
+            progress.start("relu seed 0", 5)
+            progress.finish("test accuracy 0.9000")
+            raise KeyboardInterrupt
+    err = capsys.readouterr().err
+    assert "1/3 runs" in err and "interrupted" in err and "done" not in err

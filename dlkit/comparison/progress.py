@@ -86,10 +86,12 @@ class Progress:
                 self.line(text)
             self._bar.update(1)
 
-    def close(self) -> None:
-        """Ends the bar, leaving it on screen at its final count."""
+    def close(self, how: str = "") -> None:
+        """Ends the bar, leaving it on screen at its final count and saying how it ended:
+        `how`, or "done" when every run is counted, else "stopped"."""
         if self._bar is not None:
-            self._bar.set_description_str("done", refresh=False)
+            ended = how or ("done" if self.done >= self.total else "stopped")
+            self._bar.set_description_str(ended, refresh=False)
             self._bar.close()
             self._bar = None
 
@@ -103,8 +105,9 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, kind: Any, *exc_info: Any) -> None:
+        interrupted = kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit))
+        self.close("interrupted" if interrupted else "")
 
 
 def in_notebook() -> bool:
