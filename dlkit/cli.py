@@ -343,6 +343,15 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str, wide: boo
     is_flag=True,
     help="Also time packs of 1, 4 and 16 members, in float32 and bfloat16, against plain Keras.",
 )
+@click.option(
+    "--store",
+    "stores",
+    multiple=True,
+    metavar="URI",
+    help="Also time the store per run in comparisons of 100 and 1,000 tiny runs, on a "
+    "temporary sqlite store and on this one (a team's `mlflow server`; repeatable). "
+    "Give `sqlite` for the sqlite store alone.",
+)
 @click.option("--json", "json_path", default=None, help="Also write the figures to this file.")
 @_handle_errors
 def bench(
@@ -352,6 +361,7 @@ def bench(
     precision: str,
     levers: bool,
     packs: bool,
+    stores: tuple[str, ...],
     json_path: str | None,
 ) -> None:
     """Measure dlkit's training speed against plain Keras, tracking cost and start-up."""
@@ -372,6 +382,11 @@ def bench(
 
         results["packs"] = run_packs(dataset, epochs, repeats)
         click.echo("\n" + format_packs(results["packs"]))
+    if stores:
+        from dlkit.bench.store import format_store, store_overhead
+
+        results["store"] = store_overhead([uri for uri in stores if uri != "sqlite"])
+        click.echo("\n" + format_store(results["store"]))
     if json_path is not None:
         benchmark.save(results, json_path)
         click.echo(f"\nFigures written to {json_path}")

@@ -175,3 +175,15 @@ def test_packs_the_rule_compiles_are_timed_both_ways_on_asking(digits, monkeypat
     }
     compiled, not_compiled = figures["float32 K=3"], figures["float32 K=3, update not compiled"]
     assert compiled["test_accuracy"] == pytest.approx(not_compiled["test_accuracy"], abs=0.02)
+
+
+@pytest.mark.integration  # a real process or server, or a benchmark
+def test_the_store_is_timed_per_run_at_each_size():
+    from dlkit.bench.store import format_store, store_overhead
+
+    rows = store_overhead(sizes=(4, 8))
+    assert [(row["store"], row["runs"]) for row in rows] == [("sqlite", 4), ("sqlite", 8)]
+    for row in rows:
+        assert 0 < row["store_s"] < row["wall_s"] and row["calls_per_run"] > 1
+    text = format_store(rows)
+    assert "calls/run" in text and "1.00x" in text

@@ -106,10 +106,24 @@ class StoreCalls:
 
         @functools.wraps(value)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with signals.deferred():
-                return value(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                with signals.deferred():
+                    return value(*args, **kwargs)
+            finally:
+                _SPENT[0] += 1
+                _SPENT[1] += time.perf_counter() - start
 
         return call
+
+
+_SPENT = [0, 0.0]  # this process's store calls through `StoreCalls`, and their seconds
+
+
+def spent() -> tuple[int, float]:
+    """How many store calls this process has made through `StoreCalls`, and the seconds they
+    took: what `dlkit bench --store` reads before and after a comparison."""
+    return int(_SPENT[0]), float(_SPENT[1])
 
 
 # How stores say a row is there already: SQLite, PostgreSQL, MySQL (through a server too).
