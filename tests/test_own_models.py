@@ -157,17 +157,22 @@ def test_editing_the_builder_retrains_and_leaving_it_alone_resumes(tmp_path):
     file = experiment(tmp_path, "identity", seeds=1, overrides={"epochs": 1, "width": 8})
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    def trained() -> int:
+    def trained() -> tuple[int, str]:
         lines: list[str] = []
-        dlkit.compare(str(file), tracking_uri=store, output_dir=None, log=lines.append)
-        return sum("test accuracy" in line for line in lines)
+        result = dlkit.compare(str(file), tracking_uri=store, output_dir=None, log=lines.append)
+        return sum("test accuracy" in line for line in lines), result.parent_run_id
 
-    assert trained() == 2
+    count, first = trained()
+    assert count == 2
     del sys.modules["own_functional"]  # a new process: the module is imported again
-    assert trained() == 0  # nothing changed: both runs resume
+    assert trained() == (0, first)  # nothing changed: both runs resume
     path.write_text(path.read_text().replace('activation="relu")(x)', 'activation="tanh")(x)'))
     del sys.modules["own_functional"]
-    assert trained() == 1  # the edited builder's variant trains again; deep-relu resumes
+    # An edited builder is another comparison: a parent of its own, the first left as it was.
+    count, second = trained()
+    assert count == 2 and second != first
+    del sys.modules["own_functional"]
+    assert trained() == (0, second)  # and it resumes while the builder stays as it is
 
 
 def test_a_subclassed_model_with_a_custom_layer_trains_logs_and_loads(tmp_path, digits):
