@@ -78,12 +78,15 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from dlkit.console import quiet_tensorflow_start
+        module = sys.modules.get(_LAZY[name])
+        if module is None:
+            from dlkit.console import quiet_tensorflow_start
 
-        # A script's first `dlkit.fit` loads TensorFlow: without its start-up chatter on
-        # standard error, as the command line does (a user's TF_CPP_MIN_LOG_LEVEL wins).
-        with quiet_tensorflow_start():
-            return getattr(importlib.import_module(_LAZY[name]), name)
+            # A script's first `dlkit.fit` loads TensorFlow: without its start-up chatter on
+            # standard error, as the command line does (a user's TF_CPP_MIN_LOG_LEVEL wins).
+            with quiet_tensorflow_start():
+                module = importlib.import_module(_LAZY[name])
+        return getattr(module, name)
     raise AttributeError(f"module 'dlkit' has no attribute {name!r}")
 
 

@@ -49,7 +49,7 @@ def store_overhead(
         for store in ["sqlite", *stores]:
             for runs in sizes:
                 uri = f"sqlite:///{tmp}/mlflow-{runs}.db" if store == "sqlite" else store
-                calls, seconds = spent()
+                before = spent()
                 start = time.perf_counter()
                 result = compare(
                     parse_experiment(comparison(runs)),
@@ -61,7 +61,8 @@ def store_overhead(
                     progress=False,
                 )
                 wall = time.perf_counter() - start
-                calls, seconds = spent()[0] - calls, spent()[1] - seconds
+                after = spent()
+                calls, seconds = after[0] - before[0], after[1] - before[1]
                 finished = int((result.runs["status"] == "FINISHED").sum())
                 rows.append({
                     "store": store.split("://")[0] if store != "sqlite" else "sqlite",

@@ -223,15 +223,16 @@ def _open_parent(run: Run, data: Any) -> _Parent:
     """Finds the parent to resume (the latest), or claims a new one (joining another
     process's if it opened one at the same time); says so, and ends orphans KILLED."""
     experiment, options, tracker = run.experiment, run.options, run.tracker
+    # A parent means one comparison: what changes the meaning of its results (tuned or not,
+    # the grid, the split, the data, the variants' settings) opens a new one, and its children
+    # all share them.
+    like = _kind(experiment)
     tags = {
         keys.ROLE: "parent",
         keys.QUESTION: experiment.question,
         keys.DATASET: data.info.name,
-        **_kind(experiment),
+        **like,
     }
-    # A parent means one comparison: what changes the meaning of its results (tuned or not,
-    # the grid, the split, the data) opens a new one, and its children all share them.
-    like = _kind(experiment)
     resume_id = None if options.force else tracker.latest_parent(like)
     if resume_id is None and not options.force and tracker.latest_parent() is not None:
         text = (

@@ -156,7 +156,7 @@ class Experiment:
                 self.interval if options.interval is None else options.interval, "--interval"
             ),
         )
-        experiment.check_interval()
+        experiment.check_betting_split()
         if experiment.max_seeds is not None and experiment.max_seeds < len(experiment.seeds):
             raise DlkitError(
                 f"max_seeds ({experiment.max_seeds}) is below the {len(experiment.seeds)} seeds "
@@ -165,7 +165,7 @@ class Experiment:
         experiment.recipes()  # validate the result before anything trains
         return experiment
 
-    def check_interval(self) -> None:
+    def check_betting_split(self) -> None:
         """Betting needs each seed's difference to be an independent draw: its own split."""
         if self.interval == "betting" and self.data.split != "random":
             raise DlkitError(
@@ -233,23 +233,28 @@ def check_equivalence(value: Any, where: str) -> float:
 ERROR_RATES = ("per_comparison", "per_expectation")
 
 
-def check_error_rate(value: Any, where: str) -> str:
-    if value not in ERROR_RATES:
-        raise DlkitError(
-            f"{where}: expected one of {', '.join(ERROR_RATES)} (per_comparison: at most 5% "
-            f"chance that any expectation is decided wrongly). Received: {value!r}"
-        )
-    return str(value)
-
-
 INTERVALS = ("t", "betting")
 
 
+def check_error_rate(value: Any, where: str) -> str:
+    return _one_of(
+        value, ERROR_RATES, where, "per_comparison: at most 5% chance that any expectation is "
+        "decided wrongly"
+    )  # fmt: skip
+
+
 def check_interval(value: Any, where: str) -> str:
-    if value not in INTERVALS:
+    return _one_of(
+        value, INTERVALS, where, "t: repeated t intervals; betting: a distribution-free "
+        "confidence sequence"
+    )  # fmt: skip
+
+
+def _one_of(value: Any, choices: tuple[str, ...], where: str, meaning: str) -> str:
+    """`value`, one of `choices`, or a `DlkitError` naming them and what they mean."""
+    if value not in choices:
         raise DlkitError(
-            f"{where}: expected one of {', '.join(INTERVALS)} (t: repeated t intervals; "
-            f"betting: a distribution-free confidence sequence). Received: {value!r}"
+            f"{where}: expected one of {', '.join(choices)} ({meaning}). Received: {value!r}"
         )
     return str(value)
 

@@ -159,7 +159,7 @@ def parse_experiment(
         imports=imports,
         path=path,
     )
-    experiment.check_interval()
+    experiment.check_betting_split()
     experiment.recipes()
     from dlkit.comparison.expectations import parse_expectation
 

@@ -2,7 +2,7 @@
 
 `interval` is the fixed-split look: Welch's interval over the seeds plus the test
 set's sampling error from per-example results; `probability_better` is P(a run of
-one beats one of the other), by bootstrap over seeds.
+one beats one of the other), by bootstrap over seeds (Jeffreys' interval when seeds pair).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class Progress:
         self._label = ""
         self._epochs = 0
         self._bar = None
+        self._lines_to = sys.stderr  # beside a bar: standard error, or a notebook's output
         if bar and total:
             from tqdm.auto import tqdm  # a notebook's own bar there
 
@@ -47,14 +48,16 @@ class Progress:
                 dynamic_ncols=True,
                 bar_format="{n_fmt}/{total_fmt} runs |{bar:20}| {desc} [{elapsed}<{remaining}]",
             )
+            # A notebook's bar is a widget: there standard error shows as a warning.
+            if any(c.__module__ == "tqdm.notebook" for c in type(self._bar).__mro__):
+                self._lines_to = sys.stdout
 
     def line(self, text: str) -> None:
         """Prints a line that stays, above the bar when there is one: on standard error
         beside a terminal's bar, on standard output beside a notebook's (a widget), where
         standard error shows as a warning."""
         if self._bar is not None:
-            notebook = any(c.__module__ == "tqdm.notebook" for c in type(self._bar).__mro__)
-            self._bar.write(text, file=sys.stdout if notebook else sys.stderr)
+            self._bar.write(text, file=self._lines_to)
         else:
             self._log(text)
 

@@ -184,8 +184,7 @@ class Comparison:
         if self.expectations:
             lines.append("")
             lines += wrap(f"Expectations ({self.how_compared()}):", subsequent="  ")
-            if self.untuned_note():
-                lines += wrap(self.untuned_note(), initial="  ", subsequent="  ")
+            lines += wrap(self.untuned_note(), initial="  ", subsequent="  ")  # [] when tuned
             for verdict in self.expectations:
                 text = (
                     f"[{verdict.status.upper()}] {verdict.expectation}: {self.how_decided(verdict)}"
